@@ -1,0 +1,57 @@
+"""python -m scheduler_daemon --clusters PATH: arguments -> settings -> logging -> run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import logs
+from .settings import ConfigError, load_clusters, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scheduler-daemon", description="rmcs: multi-cluster scheduler for Ray jobs")
+    parser.add_argument("--clusters", default="clusters.yaml", help="clusters file (default: clusters.yaml)")
+    parser.add_argument("--config", default=None, help="daemon settings file (YAML); RMCS_* variables override it")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        clusters = load_clusters(args.clusters)
+    except ConfigError as exc:
+        print(f"scheduler-daemon: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    from .daemon import Daemon
+
+    async def run() -> None:
+        await Daemon(settings, clusters).run_until_stopped()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:  # e.g. the HTTP port is taken, or the broker refuses us
+        print(f"scheduler-daemon: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def declare_main(argv: list[str] | None = None) -> int:
+    """rmcs-declare: declare the broker topology so producers can publish before the daemon runs."""
+    parser = argparse.ArgumentParser(prog="rmcs-declare", description="declare rmcs's RabbitMQ topology")
+    parser.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"rmcs-declare: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from .broker import declare
+
+    asyncio.run(declare(settings))
+    print(f"declared {settings.intake_exchange}, {settings.intake_queue}, {settings.dead_letter_exchange}, "
+          f"{settings.dead_letter_queue}, {settings.events_exchange}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""What the daemon knows of each cluster: probe snapshots, health, and its own ledger.
+
+- `parse_cluster_status` turns Ray's `/api/cluster_status` answer into a `Snapshot`.
+- `Health` moves up / degraded / down with hysteresis; pure, time passed in.
+- `Ledger` counts the daemon's own dispatches and the completions it observed, so the
+  view is right between Ray's snapshots (refreshed only every few seconds).
+- `ClusterView` is the immutable picture placement decides on.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .settings import ClusterConfig
+
+# Resources that are bookkeeping, not capacity a job asks for.
+_IGNORED_PREFIXES = ("node:", "accelerator_type:")
+
+
+def ray_name(resource: str) -> str:
+    """Ray's dashboard camel-cases resource names in usage reports (`GPU_fake` -> `GPUFake`)."""
+    head, *rest = resource.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class HealthState(str, enum.Enum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    total: Mapping[str, float]
+    used: Mapping[str, float]
+
+    def free(self, resource: str) -> float:
+        return self.total.get(resource, 0.0) - self.used.get(resource, 0.0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One probe's picture: Ray's snapshot time (its clock, seconds) and the nodes."""
+
+    time: float
+    nodes: tuple[Node, ...]
+
+
+class ProbeError(Exception):
+    """A probe answer that cannot be used; the message says why."""
+
+
+def parse_cluster_status(body: Any) -> Snapshot:
+    try:
+        status = body["data"]["clusterStatus"]
+        report = status["loadMetricsReport"]
+        by_node = report.get("usageByNode") or {}
+        if not by_node and report.get("usage"):
+            by_node = {"cluster": report["usage"]}
+        nodes = []
+        for node_id, usage in by_node.items():
+            total: dict[str, float] = {}
+            used: dict[str, float] = {}
+            for name, pair in usage.items():
+                if name.startswith(_IGNORED_PREFIXES):
+                    continue
+                u, t = float(pair[0]), float(pair[1])
+                total[name] = t
+                used[name] = u
+            nodes.append(Node(str(node_id), total, used))
+        return Snapshot(time=float(status.get("time") or 0.0), nodes=tuple(nodes))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ProbeError(f"unexpected cluster_status answer: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class Health:
+    """Hysteresis: one failure or a slow answer degrades, `down_after` failures in a row
+    take the cluster down, `up_after` good answers in a row bring it back up."""
+
+    down_after: int
+    up_after: int
+    state: HealthState = HealthState.UNKNOWN
+    failures: int = 0
+    successes: int = 0
+    down_since: float | None = None
+
+    def record(self, ok: bool, slow: bool, now: float) -> HealthState | None:
+        """Feed one probe result; returns the new state when it changed."""
+        old = self.state
+        if ok:
+            self.failures = 0
+            self.successes += 1
+            if slow:
+                new = HealthState.DEGRADED if old != HealthState.DOWN else old
+            elif old in (HealthState.UNKNOWN,) or self.successes >= self.up_after:
+                new = HealthState.UP
+            else:
+                new = old
+        else:
+            self.successes = 0
+            self.failures += 1
+            if self.failures >= self.down_after or (old == HealthState.UNKNOWN and self.failures >= self.down_after):
+                new = HealthState.DOWN
+            elif old == HealthState.UP:
+                new = HealthState.DEGRADED
+            else:
+                new = old
+        if new == HealthState.DOWN and old != HealthState.DOWN:
+            self.down_since = now
+        elif new != HealthState.DOWN:
+            self.down_since = None
+        self.state = new
+        return new if new != old else None
+
+
+@dataclass
+class LedgerEntry:
+    """Resources the snapshot does not show yet: a dispatch (reserve) or a completion (release).
+    `visible_after` is the snapshot time after which Ray's own numbers include it; None while
+    unknown (a dispatched job Ray has not started)."""
+
+    ray_id: str
+    node_id: str
+    resources: Mapping[str, float]
+    release: bool
+    visible_after: float | None = None
+
+
+@dataclass
+class Ledger:
+    entries: dict[tuple[str, bool], LedgerEntry] = field(default_factory=dict)
+
+    def reserve(self, ray_id: str, node_id: str, resources: Mapping[str, float]) -> None:
+        self.entries[(ray_id, False)] = LedgerEntry(ray_id, node_id, resources, release=False)
+
+    def started(self, ray_id: str, at: float) -> None:
+        entry = self.entries.get((ray_id, False))
+        if entry is not None and entry.visible_after is None:
+            entry.visible_after = at
+
+    def finished(self, ray_id: str, at: float, node_id: str | None = None,
+                 resources: Mapping[str, float] | None = None, was_running: bool = True) -> None:
+        """A job ended at `at`: drop its reservation; if Ray counted it as using resources,
+        add them back until a snapshot after `at` shows them free."""
+        reserved = self.entries.pop((ray_id, False), None)
+        if reserved is not None:
+            node_id, resources = reserved.node_id, reserved.resources
+            counted_by_ray = reserved.visible_after is not None
+        else:
+            counted_by_ray = was_running
+        if counted_by_ray and node_id is not None and resources:
+            self.entries[(ray_id, True)] = LedgerEntry(ray_id, node_id, resources, release=True, visible_after=at)
+
+    def forget(self, ray_id: str) -> None:
+        self.entries.pop((ray_id, False), None)
+        self.entries.pop((ray_id, True), None)
+
+    def prune(self, snapshot_time: float, margin: float) -> None:
+        """Drop entries that a snapshot taken at `snapshot_time` already reflects."""
+        for key, entry in list(self.entries.items()):
+            if entry.visible_after is not None and snapshot_time > entry.visible_after + margin:
+                del self.entries[key]
+
+    def adjust(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
+        """Nodes with this ledger applied: reservations used, releases freed."""
+        delta: dict[str, dict[str, float]] = {}
+        for entry in self.entries.values():
+            sign = -1.0 if entry.release else 1.0
+            d = delta.setdefault(entry.node_id, {})
+            for res, amount in entry.resources.items():
+                name = ray_name(res)
+                d[name] = d.get(name, 0.0) + sign * amount
+        if not delta:
+            return nodes
+        out = []
+        for node in nodes:
+            d = delta.get(node.node_id)
+            if not d:
+                out.append(node)
+                continue
+            used = dict(node.used)
+            for name, amount in d.items():
+                used[name] = min(node.total.get(name, 0.0), max(0.0, used.get(name, 0.0) + amount))
+            out.append(Node(node.node_id, node.total, used))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Immutable picture of one cluster for placement."""
+
+    config: ClusterConfig
+    health: HealthState
+    nodes: tuple[Node, ...] = ()
+    last_probe: float | None = None
+    latency_s: float | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def summary(self) -> dict[str, Any]:
+        total: dict[str, float] = {}
+        free: dict[str, float] = {}
+        for node in self.nodes:
+            for name, amount in node.total.items():
+                total[name] = total.get(name, 0.0) + amount
+                free[name] = free.get(name, 0.0) + node.free(name)
+        return {
+            "name": self.name,
+            "health": self.health.value,
+            "dashboard_url": self.config.dashboard_url,
+            "tags": sorted(self.config.tags),
+            "total": total,
+            "available": free,
+            "nodes": [{"node_id": n.node_id, "total": dict(n.total),
+                       "available": {k: n.free(k) for k in n.total}} for n in self.nodes],
+            "last_probe": self.last_probe,
+            "latency_s": self.latency_s,
+            "error": self.error,
+        }

@@ -1,0 +1,425 @@
+"""Wiring: the one object that starts, owns and stops every background task.
+
+Data flow: intake (broker) -> window (admission) -> placement -> dispatch (Ray) ->
+journal -> ack; tracking follows dispatched jobs; every change is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import time
+from dataclasses import replace
+from typing import Any, Callable, Coroutine
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from . import api
+from .admission import Held, Window
+from .clusters import HealthState
+from .dispatch import Outcome, dispatch
+from .events import ClusterEvent, EventPublisher, JobEvent, PublishAborted
+from .intake import Intake, message_meta
+from .jobs import TERMINAL, InvalidJob, Job, JobState, RAY_STATES, parse_job
+from .journal import Journal, Tracked
+from .placement import NoFit, choose, has_spare_capacity
+from .probing import ClusterState, Prober
+from .rayapi import RayError, RayNotFound
+from .settings import ClusterConfig, Settings
+from .tracking import transitions
+
+log = structlog.get_logger("rmcs.daemon")
+
+TRANSIENT_EXCLUDE_S = 5.0
+VERIFY_ALL = "*"
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clusters: tuple[ClusterConfig, ...], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.configs = {c.name: c for c in clusters}
+        self.clock = clock
+        self.window = Window(settings.window_size)
+        self.tracked: dict[str, Tracked] = {}
+        self.journal = Journal(f"{settings.state_dir}/daemon.db")
+        self.intake = Intake(settings, self._on_message)
+        self.publisher = EventPublisher(lambda: self.intake.events_exchange)
+        self.prober = Prober(settings, clusters, self._on_health, self._wake_up)
+        self.stopping = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._work: set[asyncio.Task[Any]] = set()
+        self._missing: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self.http: api.HttpServer | None = None
+        self.metrics = api.Metrics()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.journal.open()
+        await self.intake.connect()
+        for t in await self.journal.open_jobs():
+            self.tracked[t.job.submission_id] = t
+        if self.tracked:
+            log.info("resuming jobs from the journal", count=len(self.tracked))
+        self._spawn(self._republish_unconfirmed(), "republish")
+        self.http = api.HttpServer(self)
+        await self.http.start()
+        self._tasks += [
+            asyncio.create_task(self.prober.run(), name="prober"),
+            asyncio.create_task(self._schedule_loop(), name="scheduler"),
+            asyncio.create_task(self._track_loop(), name="tracker"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_died)
+        log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size)
+
+    def _task_died(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        log.error("background task died; stopping", task=task.get_name(), error=repr(exc))
+        self.stopping.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Short-lived work (a dispatch, a verification): kept, reaped, errors surfaced."""
+        task = asyncio.create_task(coro, name=name)
+        self._work.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._work.discard(t)
+            if not t.cancelled() and t.exception() is not None and not isinstance(t.exception(), PublishAborted):
+                log.error("task failed", task=t.get_name(), error=repr(t.exception()))
+
+        task.add_done_callback(done)
+        return task
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.start()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Graceful: stop taking jobs, finish in-flight dispatches, close in order. Idempotent."""
+        if self.stopped.is_set():
+            return
+        self.stopping.set()
+        log.info("daemon stopping", in_flight=len(self._work), held=len(self.window))
+        await self.intake.stop_consuming()
+        # Let in-flight dispatches finish within the grace period.
+        deadline = self.clock() + self.settings.shutdown_grace_s
+        while self._work and self.clock() < deadline:
+            await asyncio.wait(set(self._work), timeout=max(0.0, deadline - self.clock()))
+        for task in reversed(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.publisher.close()
+        for task in list(self._work):
+            task.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
+        # Held jobs that were never dispatched go back to the queue when the channel closes.
+        if self.http is not None:
+            await self.http.stop()
+        await self.prober.close()
+        await self.intake.close()
+        await self.journal.close()
+        self.stopped.set()
+        log.info("daemon stopped")
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    # ---- events ----------------------------------------------------------------------
+
+    async def _emit(self, job: Job, state: JobState, cluster: str | None, message: str | None = None,
+                    final: bool = False) -> None:
+        await self.publisher.publish(JobEvent.of(job, state, cluster, message, final))
+        self.metrics.events[state.value] = self.metrics.events.get(state.value, 0) + 1
+
+    async def _on_health(self, state: ClusterState, health: HealthState) -> None:
+        if health == HealthState.UNKNOWN:
+            return
+        with contextlib.suppress(PublishAborted):
+            await self.publisher.publish(ClusterEvent(state.config.name, health.value, state.error))
+
+    async def _republish_unconfirmed(self) -> None:
+        """After a restart: publish each journaled state whose event was not confirmed."""
+        for sid, t in list(self.tracked.items()):
+            if not t.published:
+                await self._emit(t.job, t.state, t.cluster, None, t.final)
+                await self._record(t, published=True)
+
+    # ---- intake ----------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self.stopping.is_set():
+            await self.intake.requeue(message)
+            return
+        try:
+            job = parse_job(message.body, message_meta(message),
+                            default_resources=self.settings.default_resources,
+                            max_bytes=self.settings.max_message_bytes)
+        except InvalidJob as exc:
+            await self._reject_message(message, exc)
+            return
+        bound = structlog.contextvars.bound_contextvars(submission_id=job.submission_id)
+        with bound:
+            known = self.tracked.get(job.submission_id) or await self.journal.get(job.submission_id)
+            if known is not None and known.job.attempt >= job.attempt:
+                if message.redelivered or job.attempt > 1:
+                    log.info("redelivered job already dispatched; acknowledging", cluster=known.cluster)
+                    await self.intake.ack(message)
+                else:
+                    await self.intake.dead_letter(message, f"duplicate submission_id {job.submission_id!r}: "
+                                                           "a job with this id was already accepted")
+                    log.warning("duplicate submission rejected")
+                return
+            held = Held(job, message, self.clock())
+            if message.redelivered or job.attempt > 1:
+                # It may already be on a cluster (crash between dispatch and journal):
+                # look everywhere before dispatching again.
+                held.verify_on = VERIFY_ALL
+            if self.window.add(held) is not None:
+                log.info("job redelivered while held; keeping one copy")
+                return
+            if held.verify_on is None:
+                await self._emit(job, JobState.ACCEPTED, None, None)
+            log.info("job accepted", priority=job.priority, resources=dict(job.resources),
+                     attempt=job.attempt, redelivered=message.redelivered)
+        self._wake_up()
+
+    async def _reject_message(self, message: AbstractIncomingMessage, exc: InvalidJob) -> None:
+        log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
+        event = JobEvent(JobState.REJECTED, exc.submission_id or message.message_id, exc.job_id, None,
+                         message=exc.reason, final=True, correlation_id=message.correlation_id,
+                         reply_to=message.reply_to)
+        await self.publisher.publish(event)
+        await self.intake.dead_letter(message, exc.reason)
+
+    async def _finish_held(self, held: Held, state: JobState, reason: str) -> None:
+        """End a job that never left the window: REJECTED, EXPIRED or CANCELLED."""
+        self.window.remove(held.job.submission_id)
+        log.info("job ended before dispatch", submission_id=held.job.submission_id, state=state.value, reason=reason)
+        await self._emit(held.job, state, None, reason, final=True)
+        if state == JobState.REJECTED:
+            await self.intake.dead_letter(held.delivery, reason)
+        else:
+            await self.intake.ack(held.delivery)
+        self._wake_up()
+
+    # ---- scheduling ------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.25)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if self.stopping.is_set():
+                await self.intake.set_active(False)
+                continue
+            await self._schedule_pass()
+
+    async def _schedule_pass(self) -> None:
+        now = self.clock()
+        for held in self.window.expired(now):
+            await self._finish_held(held, JobState.EXPIRED,
+                                    f"not dispatched within queue_timeout_s={held.job.queue_timeout_s:g}")
+        views = {v.name: v for v in self.prober.views()}
+        for held in self.window.waiting():
+            job = held.job
+            if held.verify_on is not None:
+                held.in_flight = True
+                self._spawn(self._verify(held), f"verify-{job.submission_id}")
+                continue
+            exclude = frozenset(c for c, until in held.exclude_until.items() if until > now)
+            if self._refused_everywhere(held):
+                await self._finish_held(held, JobState.REJECTED, f"every fitting cluster refused it: {held.last_reason}")
+                continue
+            decision = choose(job, views.values(), self.settings.placement_strategy, exclude)
+            if isinstance(decision, NoFit):
+                if decision.infeasible:
+                    await self._finish_held(held, JobState.REJECTED, decision.explanation)
+                elif decision.explanation != held.last_reason:
+                    held.last_reason = decision.explanation
+                    log.info("job waits for capacity", submission_id=job.submission_id,
+                             explanation=decision.explanation)
+                continue
+            log.info("placement", submission_id=job.submission_id, cluster=decision.cluster,
+                     node=decision.node_id, explanation=decision.explanation)
+            state = self.prober.clusters[decision.cluster]
+            state.ledger.reserve(job.ray_submission_id, decision.node_id, job.ray_resources)
+            views[decision.cluster] = state.view()
+            held.in_flight = True
+            self._spawn(self._dispatch(held, decision.cluster, decision.node_id), f"dispatch-{job.submission_id}")
+        views_now = self.prober.views()
+        want = (not self.window.full and self.intake.connected and self.prober.any_probed
+                and has_spare_capacity(views_now))
+        await self.intake.set_active(want)
+
+    def _refused_everywhere(self, held: Held) -> bool:
+        fitting = [c for c in self.configs.values() if held.job.cluster_tags <= c.tags]
+        return bool(fitting) and all(held.exclude_until.get(c.name) == math.inf for c in fitting)
+
+    async def _dispatch(self, held: Held, cluster: str, node_id: str) -> None:
+        job = held.job
+        state = self.prober.clusters[cluster]
+        t0 = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=cluster):
+            result = await dispatch(job, state.config, state.dashboard)
+            self.metrics.dispatch_latency.observe(time.perf_counter() - t0)
+            if result.outcome == Outcome.DISPATCHED:
+                await self._dispatched(held, cluster, node_id, JobState.DISPATCHED, seen_running=False)
+                return
+            state.ledger.forget(job.ray_submission_id)
+            held.last_reason = f"{cluster}: {result.outcome.value}: {result.detail}"
+            log.warning("dispatch failed; job put back", outcome=result.outcome.value, detail=result.detail)
+            if result.outcome == Outcome.AMBIGUOUS:
+                held.verify_on = cluster
+            elif result.outcome == Outcome.REFUSED:
+                held.exclude_until[cluster] = math.inf
+            else:
+                held.exclude_until[cluster] = self.clock() + TRANSIENT_EXCLUDE_S
+            held.in_flight = False
+            self._wake_up()
+
+    async def _dispatched(self, held: Held, cluster: str, node_id: str, state: JobState,
+                          seen_running: bool) -> None:
+        """The job is on `cluster`: journal it, publish DISPATCHED, then ack its message."""
+        job = held.job
+        t = Tracked(job, cluster, node_id, JobState.DISPATCHED, seen_running=seen_running)
+        self.tracked[job.submission_id] = t
+        await self.journal.record(t)
+        await self._emit(job, JobState.DISPATCHED, cluster, None)
+        await self.intake.ack(held.delivery)
+        self.window.remove(job.submission_id)
+        t = await self._record(t, published=True)
+        log.info("job dispatched", cluster=cluster)
+        if state == JobState.SUCCEEDED:
+            t = await self._apply(t, JobState.RUNNING, "found already finished")
+        if state != JobState.DISPATCHED:
+            await self._apply(t, state, None)
+        self._wake_up()
+
+    async def _verify(self, held: Held) -> None:
+        """Before (re)dispatching a job that may already be on a cluster, look for it."""
+        job = held.job
+        scope = list(self.configs) if held.verify_on == VERIFY_ALL else [held.verify_on]
+        unsure: list[str] = []
+        for name in scope:
+            state = self.prober.clusters[name]
+            try:
+                info = await state.dashboard.job(job.ray_submission_id)
+            except RayNotFound:
+                continue
+            except RayError as exc:
+                down_for = (time.monotonic() - state.health.down_since) if state.health.down_since else 0.0
+                if state.health.state == HealthState.DOWN and down_for >= self.settings.lost_after_s:
+                    continue  # gone long enough: treat as lost, the job may run elsewhere
+                unsure.append(f"{name}: {exc}")
+                continue
+            found = RAY_STATES.get(str(info.get("status")), JobState.DISPATCHED)
+            log.info("job found on a cluster; adopting it", submission_id=job.submission_id, cluster=name,
+                     status=info.get("status"))
+            node = state.snapshot.nodes[0].node_id if state.snapshot and state.snapshot.nodes else ""
+            await self._dispatched(held, name, node, found, seen_running=False)
+            return
+        if unsure:
+            held.last_reason = "cannot tell whether the job is already on: " + "; ".join(unsure)
+            held.in_flight = False
+            await asyncio.sleep(1.0)
+            self._wake_up()
+            return
+        was_all = held.verify_on == VERIFY_ALL
+        held.verify_on = None
+        held.in_flight = False
+        if was_all:
+            await self._emit(job, JobState.ACCEPTED, None, None)
+        self._wake_up()
+
+    # ---- tracking --------------------------------------------------------------------
+
+    async def _track_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.track_interval_s)
+            by_cluster: dict[str, list[Tracked]] = {}
+            for t in self.tracked.values():
+                if not t.final and t.published:
+                    by_cluster.setdefault(t.cluster, []).append(t)
+            await asyncio.gather(*(self._track_cluster(c, ts) for c, ts in by_cluster.items()))
+
+    async def _track_cluster(self, cluster: str, tracked: list[Tracked]) -> None:
+        state = self.prober.clusters.get(cluster)
+        if state is None:  # cluster removed from config while jobs ran there
+            for t in tracked:
+                await self._apply(t, JobState.LOST, f"cluster {cluster} is no longer configured")
+            return
+        if state.health.state == HealthState.DOWN:
+            down_for = time.monotonic() - (state.health.down_since or time.monotonic())
+            if down_for >= self.settings.lost_after_s:
+                for t in tracked:
+                    await self._apply(t, JobState.LOST, f"cluster {cluster} down for {down_for:.0f}s")
+            return
+        try:
+            ray_jobs = await state.dashboard.list_jobs()
+        except RayError as exc:
+            log.warning("job list failed", cluster=cluster, error=str(exc))
+            return
+        for change in transitions(tracked, ray_jobs, self._missing):
+            current = self.tracked.get(change.tracked.job.submission_id)
+            if current is not None and not current.final:
+                await self._apply(current, change.state, change.message)
+
+    async def _apply(self, t: Tracked, new: JobState, message: str | None) -> Tracked:
+        """One state change of a dispatched job: ledger, journal, event, retry."""
+        job = t.job
+        ledger = self.prober.clusters[t.cluster].ledger if t.cluster in self.prober.clusters else None
+        now = time.time()
+        if ledger is not None:
+            if new == JobState.RUNNING:
+                ledger.started(job.ray_submission_id, now)
+            elif new in TERMINAL:
+                if new == JobState.LOST:
+                    ledger.forget(job.ray_submission_id)
+                else:
+                    ledger.finished(job.ray_submission_id, now, t.node_id, job.ray_resources,
+                                    was_running=t.seen_running or t.state == JobState.RUNNING)
+        retry = new in (JobState.FAILED, JobState.LOST) and job.attempt <= job.max_retries
+        final = new in TERMINAL and not retry
+        if retry:
+            message = f"{message or new.value.lower()}; retrying (attempt {job.attempt + 1} of {job.max_retries + 1})"
+        t = await self._record(t.moved(new, final=new in TERMINAL and not retry), published=False)
+        with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=t.cluster):
+            log.info("job state", state=new.value, message=message, attempt=job.attempt)
+            await self._emit(job, new, t.cluster, message, final)
+            if retry:
+                await self.intake.publish_retry(job, job.attempt + 1)
+                await self._emit(job, JobState.RETRYING, t.cluster, f"attempt {job.attempt + 1} queued")
+                t = await self._record(t.moved(new, final=True), published=True)
+            else:
+                t = await self._record(t, published=True)
+        self._missing.pop(job.submission_id, None)
+        if new in TERMINAL:
+            self._wake_up()
+        return t
+
+    async def _record(self, t: Tracked, *, published: bool) -> Tracked:
+        t = replace(t, published=published)
+        await self.journal.record(t)
+        if t.final and t.published:
+            self.tracked.pop(t.job.submission_id, None)
+        else:
+            self.tracked[t.job.submission_id] = t
+        return t

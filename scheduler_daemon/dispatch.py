@@ -1,0 +1,71 @@
+"""Submit a placed job to its cluster through the Ray Jobs REST API.
+
+The Ray submission id is derived from the job (its submission id, and the attempt after
+the first), so a retried or redelivered dispatch is idempotent: Ray's "already exists"
+answer means the job is there, and counts as success.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from .jobs import Job, merge_runtime_env
+from .rayapi import RayAmbiguous, RayDashboard, RayRejected, RayUnreachable
+from .settings import ClusterConfig
+
+_STANDARD = {"CPU": "entrypoint_num_cpus", "GPU": "entrypoint_num_gpus", "memory": "entrypoint_memory"}
+
+
+def submit_body(job: Job, cluster: ClusterConfig) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "entrypoint": job.entrypoint,
+        "submission_id": job.ray_submission_id,
+        "metadata": {
+            **job.metadata,
+            "rmcs_submission_id": job.submission_id,
+            "rmcs_job_id": job.job_id,
+            "rmcs_attempt": str(job.attempt),
+        },
+    }
+    runtime_env = merge_runtime_env(cluster.runtime_env, job.runtime_env)
+    if runtime_env:
+        body["runtime_env"] = runtime_env
+    custom: dict[str, float] = {}
+    for name, amount in job.ray_resources.items():
+        if name in _STANDARD:
+            body[_STANDARD[name]] = int(amount) if name == "memory" else amount
+        else:
+            custom[name] = amount
+    if custom:
+        body["entrypoint_resources"] = custom
+    return body
+
+
+class Outcome(str, enum.Enum):
+    DISPATCHED = "dispatched"      # the job is on the cluster (created now, or already there)
+    UNREACHABLE = "unreachable"    # never reached Ray: safe to go elsewhere
+    AMBIGUOUS = "ambiguous"        # may have reached Ray: look there before going elsewhere
+    REFUSED = "refused"            # Ray said no to this job (4xx): try other clusters
+    CLUSTER_ERROR = "cluster_error"  # Ray failed (5xx): try later or elsewhere
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    detail: str = ""
+    created: bool = True
+
+
+async def dispatch(job: Job, cluster: ClusterConfig, dashboard: RayDashboard) -> Result:
+    try:
+        created = await dashboard.submit(submit_body(job, cluster))
+        return Result(Outcome.DISPATCHED, "" if created else "already on the cluster", created)
+    except RayUnreachable as exc:
+        return Result(Outcome.UNREACHABLE, str(exc))
+    except RayAmbiguous as exc:
+        return Result(Outcome.AMBIGUOUS, str(exc))
+    except RayRejected as exc:
+        outcome = Outcome.REFUSED if 400 <= exc.status < 500 else Outcome.CLUSTER_ERROR
+        return Result(outcome, exc.message)

@@ -1,0 +1,163 @@
+"""The broker edge: consume the intake queue, decode messages, acknowledge by policy.
+
+Backpressure: the channel's prefetch is the window size, and the consumer is only
+registered while the daemon has room and some cluster has spare capacity; otherwise it
+is cancelled and the backlog, with its priority order, stays in RabbitMQ.
+
+Ack policy: a message is acknowledged only when its job has a final intake outcome
+(dispatched and journaled, rejected, cancelled or expired). A rejected message is
+republished to the dead-letter exchange with the reason in `x-rmcs-reason`, confirmed,
+then acknowledged, so it is never lost between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+
+from .broker import Topology, declare_topology
+from .jobs import ATTEMPT_HEADER, Job, MessageMeta
+from .settings import Settings
+
+log = structlog.get_logger("rmcs.intake")
+
+MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+def message_meta(message: AbstractIncomingMessage) -> MessageMeta:
+    attempt = (message.headers or {}).get(ATTEMPT_HEADER, 1)
+    return MessageMeta(
+        message_id=message.message_id,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        attempt=attempt if isinstance(attempt, int) and attempt >= 1 else 1,
+    )
+
+
+class Intake:
+    def __init__(self, settings: Settings, handler: MessageHandler) -> None:
+        self.settings = settings
+        self._handler = handler
+        self.connection: AbstractRobustConnection | None = None
+        self.consume_channel: AbstractRobustChannel | None = None
+        self.publish_channel: AbstractRobustChannel | None = None
+        self.topology: Topology | None = None
+        self._publish_topology: Topology | None = None
+        self._consumer_tag: str | None = None
+        self._gate = asyncio.Lock()
+        self.consumed = 0
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
+            "connection_name": "rmcs-scheduler-daemon"})
+        self.consume_channel = await self.connection.channel()
+        await self.consume_channel.set_qos(prefetch_count=self.settings.window_size)
+        self.topology = await declare_topology(self.consume_channel, self.settings)
+        self.publish_channel = await self.connection.channel(publisher_confirms=True)
+        self._publish_topology = await declare_topology(self.publish_channel, self.settings)
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed and \
+            self.consume_channel is not None and not self.consume_channel.is_closed
+
+    @property
+    def events_exchange(self) -> aio_pika.abc.AbstractExchange:
+        assert self._publish_topology is not None
+        return self._publish_topology.events
+
+    @property
+    def active(self) -> bool:
+        return self._consumer_tag is not None
+
+    async def set_active(self, want: bool) -> None:
+        """Register or cancel the consumer; a no-op when already as wanted."""
+        async with self._gate:
+            if self.topology is None or want == self.active:
+                return
+            try:
+                if want:
+                    self._consumer_tag = await self.topology.queue.consume(self._on_message, no_ack=False)
+                else:
+                    tag, self._consumer_tag = self._consumer_tag, None
+                    assert tag is not None
+                    await self.topology.queue.cancel(tag)
+            except Exception as exc:  # channel closed: the robust connection restores it
+                log.warning("consumer gate change failed", want=want, error=str(exc))
+                if not want:
+                    self._consumer_tag = None
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.consumed += 1
+        try:
+            await self._handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The handler decides every outcome; an exception here is a bug. Put the
+            # message back rather than lose it, and keep consuming.
+            log.exception("intake handler failed; message requeued")
+            await self.requeue(message)
+
+    async def ack(self, message: AbstractIncomingMessage) -> bool:
+        try:
+            await message.ack()
+            return True
+        except Exception as exc:  # stale channel after a reconnect: the broker redelivers
+            log.warning("ack failed; the message will be redelivered", error=str(exc))
+            return False
+
+    async def requeue(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.nack(requeue=True)
+        except Exception as exc:
+            log.warning("requeue failed; the broker requeues on channel close", error=str(exc))
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> bool:
+        """Copy the message to the dead-letter exchange with its reason, then ack it."""
+        assert self._publish_topology is not None
+        headers = dict(message.headers or {})
+        headers["x-rmcs-reason"] = reason[:1000]
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            priority=message.priority if isinstance(message.priority, int) and 0 <= message.priority <= 255 else None,
+        )
+        await self._publish_topology.dlx.publish(copy, routing_key="")
+        return await self.ack(message)
+
+    async def publish_retry(self, job: Job, next_attempt: int) -> None:
+        """Put a job back in the intake queue for another attempt (confirmed)."""
+        assert self._publish_topology is not None
+        data = orjson.loads(job.body) if job.body else {}
+        data.update(submission_id=job.submission_id, job_id=job.job_id)
+        await self._publish_topology.intake.publish(
+            aio_pika.Message(
+                orjson.dumps(data),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                priority=job.priority,
+                message_id=job.submission_id,
+                correlation_id=job.correlation_id,
+                reply_to=job.reply_to,
+                headers={ATTEMPT_HEADER: next_attempt},
+            ),
+            routing_key=self.settings.intake_routing_key,
+        )
+
+    async def stop_consuming(self) -> None:
+        await self.set_active(False)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()

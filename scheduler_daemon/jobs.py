@@ -1,0 +1,271 @@
+"""The job model, its states, and the parsing of intake messages into jobs.
+
+Parsing happens once, at the edge: `parse_job` turns the bytes and AMQP properties of
+a message into a frozen `Job`, or raises `InvalidJob` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import shlex
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+SUBMISSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+GIB = 1024 ** 3
+MAX_ENTRYPOINT = 16_384
+MAX_TAGS = 64
+MAX_TAG_LEN = 128
+MAX_METADATA_ITEMS = 64
+MAX_METADATA_VALUE = 4096
+MAX_RESOURCE_VALUE = 1e15
+PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
+ATTEMPT_HEADER = "x-rmcs-attempt"
+_PATHLIKE = re.compile(r"^[A-Za-z0-9_.~/+-]+$")
+_SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".jl", ".rb", ".pl")
+
+
+class JobState(str, enum.Enum):
+    ACCEPTED = "ACCEPTED"
+    DISPATCHED = "DISPATCHED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    LOST = "LOST"
+    RETRYING = "RETRYING"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REJECTED,
+                      JobState.CANCELLED, JobState.EXPIRED, JobState.LOST})
+RAY_STATES = {"PENDING": JobState.DISPATCHED, "RUNNING": JobState.RUNNING,
+              "SUCCEEDED": JobState.SUCCEEDED, "FAILED": JobState.FAILED, "STOPPED": JobState.STOPPED}
+
+
+class InvalidJob(ValueError):
+    """A message that cannot become a job; the text is the reason sent back to the producer."""
+
+    def __init__(self, reason: str, submission_id: str | None = None, job_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.submission_id = submission_id
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Job:
+    submission_id: str
+    job_id: str
+    entrypoint: str
+    runtime_env: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    preferred_cluster: str | None = None
+    # Requested resources in the job's units (memory in GiB), as written by the producer.
+    resources: Mapping[str, float] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    cluster_tags: frozenset[str] = frozenset()
+    priority: int = 0
+    max_retries: int = 0
+    queue_timeout_s: float | None = None
+    attempt: int = 1
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    body: bytes = b""
+
+    @property
+    def ray_resources(self) -> dict[str, float]:
+        """Resources in Ray's units: memory in bytes."""
+        return {k: (v * GIB if k == "memory" else v) for k, v in self.resources.items()}
+
+    @property
+    def ray_submission_id(self) -> str:
+        """The id the job has on its Ray cluster: the submission id, with the attempt after
+        the first (the `~` cannot occur in a submission id, so no two jobs collide)."""
+        return self.submission_id if self.attempt == 1 else f"{self.submission_id}~{self.attempt}"
+
+
+def ray_id_to_submission(ray_id: str) -> tuple[str, int]:
+    sid, sep, attempt = ray_id.partition("~")
+    return (sid, int(attempt)) if sep and attempt.isdigit() else (ray_id, 1)
+
+
+def parse_priority(raw: Any, where: str = "priority") -> int:
+    if isinstance(raw, str) and raw.upper() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[raw.upper()]
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 9:
+        return raw
+    raise InvalidJob(f"{where} must be an integer 0..9 or HIGH, NORMAL or LOW, got {raw!r}")
+
+
+def check_entrypoint(entrypoint: str) -> None:
+    """Scripts and executables must be named by absolute path (seed 000), with no `..`."""
+    if not entrypoint.strip():
+        raise InvalidJob("entrypoint is empty")
+    if len(entrypoint) > MAX_ENTRYPOINT:
+        raise InvalidJob(f"entrypoint is longer than {MAX_ENTRYPOINT} characters")
+    if "\x00" in entrypoint:
+        raise InvalidJob("entrypoint contains a NUL character")
+    try:
+        words = shlex.split(entrypoint)
+    except ValueError as exc:
+        raise InvalidJob(f"entrypoint cannot be parsed as a shell command: {exc}") from None
+    # Only plain path-like words are checked; quoted code (`python -c '...'`) is left alone.
+    for word in (w for w in words if _PATHLIKE.match(w)):
+        if ".." in word.split("/"):
+            raise InvalidJob(f"entrypoint path {word!r} contains '..'")
+        if word.startswith("-"):
+            continue
+        if word.endswith(_SCRIPT_SUFFIXES) and not word.startswith("/"):
+            raise InvalidJob(f"entrypoint names script {word!r} by a relative path; use an absolute path")
+        if "/" in word and not word.startswith("/"):
+            raise InvalidJob(f"entrypoint names {word!r} by a relative path; use an absolute path")
+
+
+def _resources(raw: Any, defaults: Mapping[str, float]) -> dict[str, float]:
+    if raw is None:
+        return dict(defaults)
+    if not isinstance(raw, Mapping):
+        raise InvalidJob("resource_requirements must be an object of resource name to number")
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.:/-]{1,64}$", name):
+            raise InvalidJob(f"resource name {name!r} is not valid")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidJob(f"resource {name} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise InvalidJob(f"resource {name} must be a finite number >= 0, got {value!r}")
+        if value > MAX_RESOURCE_VALUE:
+            raise InvalidJob(f"resource {name} = {value!r} is absurdly large")
+        if value:
+            out[name] = float(value)
+    return out
+
+
+def _str_list(raw: Any, name: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise InvalidJob(f"{name} must be a list of strings")
+    if len(raw) > MAX_TAGS or any(len(t) > MAX_TAG_LEN or not t for t in raw):
+        raise InvalidJob(f"{name}: at most {MAX_TAGS} non-empty strings of at most {MAX_TAG_LEN} characters")
+    return tuple(raw)
+
+
+def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidJob(f"{key} must be a string")
+    return value
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    """The AMQP properties of an intake message that matter to parsing."""
+
+    message_id: str | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    attempt: int = 1
+
+
+def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
+              max_bytes: int) -> Job:
+    """Validate an intake message into a Job, or raise InvalidJob with the reason."""
+    if len(body) > max_bytes:
+        raise InvalidJob(f"message of {len(body)} bytes is larger than the limit of {max_bytes}")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJob(f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidJob("body must be a JSON object")
+    sid = data.get("submission_id", meta.message_id)
+    if sid is None:
+        sid = f"sub_{uuid.uuid4().hex}"
+    job_id = data.get("job_id")
+    ids = (sid if isinstance(sid, str) and SUBMISSION_ID.match(sid) else None,
+           job_id if isinstance(job_id, str) else None)
+    try:
+        return _parse_fields(data, meta, sid, default_resources, body)
+    except InvalidJob as exc:
+        raise InvalidJob(exc.reason, *ids) from None
+
+
+def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
+                  default_resources: Mapping[str, float], body: bytes) -> Job:
+    if not isinstance(sid, str) or not SUBMISSION_ID.match(sid):
+        raise InvalidJob(f"submission_id must match [A-Za-z0-9._-]{{1,128}}, got {sid!r}")
+    entrypoint = data.get("entrypoint")
+    if not isinstance(entrypoint, str):
+        raise InvalidJob("entrypoint is required and must be a string")
+    check_entrypoint(entrypoint)
+    job_id = data.get("job_id")
+    if job_id is None:
+        job_id = f"job_{uuid.uuid4().hex}"
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 256:
+        raise InvalidJob("job_id must be a string of 1 to 256 characters")
+    runtime_env = data.get("runtime_env") or {}
+    if not isinstance(runtime_env, dict):
+        raise InvalidJob("runtime_env must be an object")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise InvalidJob("metadata must be an object of string to string")
+    if len(metadata) > MAX_METADATA_ITEMS or any(len(k) > 256 or len(v) > MAX_METADATA_VALUE for k, v in metadata.items()):
+        raise InvalidJob(f"metadata: at most {MAX_METADATA_ITEMS} items, keys of 256 and values of {MAX_METADATA_VALUE} characters")
+    preferred = _opt_str(data, "preferred_cluster")
+    priority = meta.priority if meta.priority is not None else 0
+    if "priority" in data and data["priority"] is not None:
+        priority = parse_priority(data["priority"])
+    elif meta.priority is not None and not 0 <= meta.priority <= 9:
+        raise InvalidJob(f"message priority must be 0..9, got {meta.priority}")
+    max_retries = data.get("max_retries", 0)
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
+        raise InvalidJob("max_retries must be an integer from 0 to 100")
+    timeout = data.get("queue_timeout_s")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+            raise InvalidJob("queue_timeout_s must be a finite number > 0")
+        timeout = float(timeout)
+    known = {"entrypoint", "submission_id", "job_id", "runtime_env", "metadata", "preferred_cluster",
+             "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidJob(f"unknown field {unknown[0]!r}")
+    return Job(
+        submission_id=sid,
+        job_id=job_id,
+        entrypoint=entrypoint,
+        runtime_env=runtime_env,
+        metadata=metadata,
+        preferred_cluster=preferred,
+        resources=_resources(data.get("resource_requirements"), default_resources),
+        tags=_str_list(data.get("tags"), "tags"),
+        cluster_tags=frozenset(_str_list(data.get("cluster_tags"), "cluster_tags")),
+        priority=priority,
+        max_retries=max_retries,
+        queue_timeout_s=timeout,
+        attempt=meta.attempt,
+        correlation_id=meta.correlation_id,
+        reply_to=meta.reply_to,
+        body=body,
+    )
+
+
+def merge_runtime_env(default: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's runtime_env over the cluster's: top-level keys replaced, env_vars merged by name."""
+    merged = dict(default)
+    for key, value in job.items():
+        if key == "env_vars" and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged

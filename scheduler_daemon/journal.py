@@ -1,0 +1,132 @@
+"""The daemon's durable record of every job it has dispatched, in SQLite.
+
+A message is acknowledged only after its job is written here, so after a crash the
+daemon knows every job that left the queue: it resumes tracking them, re-publishes any
+event the broker had not confirmed, and recognises a redelivered message as a job it
+already dispatched. SQLite runs on one worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import orjson
+
+from .jobs import Job, JobState
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracked (
+    submission_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    published INTEGER NOT NULL,
+    final INTEGER NOT NULL,
+    seen_running INTEGER NOT NULL,
+    job TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracked_open ON tracked (final, published);
+"""
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A dispatched job: where it went and the last state the daemon gave it."""
+
+    job: Job
+    cluster: str
+    node_id: str
+    state: JobState
+    published: bool = False
+    final: bool = False
+    seen_running: bool = False
+
+    def moved(self, state: JobState, *, final: bool = False) -> "Tracked":
+        return replace(self, state=state, published=False, final=final,
+                       seen_running=self.seen_running or state == JobState.RUNNING)
+
+
+def _job_to_json(job: Job) -> str:
+    data = asdict(job)
+    data["body"] = job.body.decode("utf-8", errors="replace")
+    data["cluster_tags"] = sorted(job.cluster_tags)
+    return orjson.dumps(data).decode()
+
+
+def _job_from_json(text: str) -> Job:
+    data: dict[str, Any] = orjson.loads(text)
+    data["body"] = data["body"].encode()
+    data["cluster_tags"] = frozenset(data["cluster_tags"])
+    data["tags"] = tuple(data["tags"])
+    return Job(**data)
+
+
+class Journal:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmcs-journal")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self) -> None:
+        def _open() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
+            db.executescript(_SCHEMA)
+            return db
+
+        self._db = await self._run(_open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    async def record(self, t: Tracked) -> None:
+        def _write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO tracked VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
+                 int(t.published), int(t.final), int(t.seen_running), _job_to_json(t.job), time.time()),
+            )
+
+        assert self._db is not None
+        await self._run(_write, self._db)
+
+    async def get(self, submission_id: str) -> Tracked | None:
+        def _read(db: sqlite3.Connection) -> Tracked | None:
+            row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
+            return _row(row) if row else None
+
+        assert self._db is not None
+        return await self._run(_read, self._db)
+
+    async def open_jobs(self) -> list[Tracked]:
+        """Jobs still to follow, or whose last event was not confirmed."""
+        def _read(db: sqlite3.Connection) -> list[Tracked]:
+            rows = db.execute("SELECT * FROM tracked WHERE final = 0 OR published = 0").fetchall()
+            return [_row(r) for r in rows]
+
+        assert self._db is not None
+        return await self._run(_read, self._db)
+
+
+def _row(row: tuple[Any, ...]) -> Tracked:
+    sid, attempt, cluster, node_id, state, published, final, seen_running, job, _ = row
+    return Tracked(_job_from_json(job), cluster, node_id, JobState(state), bool(published),
+                   bool(final), bool(seen_running))

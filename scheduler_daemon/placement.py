@@ -1,0 +1,138 @@
+"""Choose a cluster and node for a job. Pure: no I/O, no clock.
+
+Rules:
+- A job fits a cluster only if all its resources fit on one node, the cluster carries
+  every tag in `cluster_tags`, and it is up (degraded clusters are used, with a penalty).
+- The preferred cluster wins whenever it fits now; otherwise the job falls back.
+- Among the rest the highest score wins: `weight` x prefer bonus x health x capacity, where
+  capacity favours the fullest node that still fits ("pack") or the emptiest ("spread").
+  A job that needs no GPU avoids GPU nodes while other nodes fit.
+- A job that fits no node of any configured cluster even when idle is infeasible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .clusters import ClusterView, HealthState, Node, ray_name
+from .jobs import Job
+
+PREFER_BONUS = 1.2
+DEGRADED_FACTOR = 0.5
+GPU_AVOID_FACTOR = 0.5
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Placement:
+    cluster: str
+    node_id: str
+    score: float
+    explanation: str
+
+
+@dataclass(frozen=True)
+class NoFit:
+    infeasible: bool
+    explanation: str
+
+
+def needs(job: Job) -> dict[str, float]:
+    """The job's resources under the names Ray's usage report uses."""
+    return {ray_name(k): v for k, v in job.ray_resources.items()}
+
+
+def _short(need: Mapping[str, float], node: Node, *, idle: bool) -> str | None:
+    """Why `need` does not fit on `node` (None if it fits)."""
+    for name, amount in need.items():
+        have = node.total.get(name, 0.0) if idle else node.free(name)
+        if amount > have + _EPS:
+            return f"{name} {amount:g} > {'total' if idle else 'free'} {have:g}"
+    return None
+
+
+def _node_term(need: Mapping[str, float], node: Node, strategy: str) -> float:
+    dims = set(need) | {"CPU"}
+    fracs = [max(0.0, node.free(d) - need.get(d, 0.0)) / node.total[d] for d in dims if node.total.get(d, 0.0) > 0]
+    free_after = sum(fracs) / len(fracs) if fracs else 0.0
+    term = free_after if strategy == "spread" else 1.0 - free_after
+    if "GPU" not in need and node.total.get("GPU", 0.0) > 0:
+        term *= GPU_AVOID_FACTOR
+    return term
+
+
+def _cluster_factor(view: ClusterView) -> float:
+    factor = view.config.weight * (PREFER_BONUS if view.config.prefer else 1.0)
+    return factor * (DEGRADED_FACTOR if view.health == HealthState.DEGRADED else 1.0)
+
+
+def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
+           exclude: frozenset[str] = frozenset()) -> Placement | NoFit:
+    need = needs(job)
+    notes: list[str] = []
+    candidates: list[tuple[float, str, str]] = []  # (score, cluster, node)
+    ever_possible = False
+    unknown = False
+    preferred_hit: tuple[float, str, str] | None = None
+    views = list(views)
+    if job.preferred_cluster and job.preferred_cluster not in {v.name for v in views}:
+        notes.append(f"preferred {job.preferred_cluster}: not configured")
+    for view in views:
+        name = view.name
+        missing = sorted(job.cluster_tags - view.config.tags)
+        if missing:
+            notes.append(f"{name}: lacks tags {','.join(missing)}")
+            continue
+        if not view.nodes:
+            unknown = True
+            notes.append(f"{name}: never probed ({view.health.value})")
+            continue
+        idle_reasons = [_short(need, n, idle=True) for n in view.nodes]
+        if all(idle_reasons):
+            notes.append(f"{name}: too small even idle ({idle_reasons[0]})")
+            continue
+        ever_possible = True
+        if view.health not in (HealthState.UP, HealthState.DEGRADED):
+            notes.append(f"{name}: {view.health.value}")
+            continue
+        if name in exclude:
+            notes.append(f"{name}: excluded after a failed dispatch")
+            continue
+        fitting = [n for n in view.nodes if _short(need, n, idle=False) is None]
+        if not fitting:
+            notes.append(f"{name}: busy ({_short(need, view.nodes[0], idle=False)})")
+            continue
+        node = max(fitting, key=lambda n: (_node_term(need, n, strategy), n.node_id))
+        score = _cluster_factor(view) * (0.1 + _node_term(need, node, strategy))
+        notes.append(f"{name}: fits, score {score:.3f}")
+        candidates.append((score, name, node.node_id))
+        if name == job.preferred_cluster:
+            preferred_hit = (score, name, node.node_id)
+    if preferred_hit is not None:
+        score, cluster, node_id = preferred_hit
+        return Placement(cluster, node_id, score, f"chose preferred {cluster}; " + "; ".join(notes))
+    if candidates:
+        score, cluster, node_id = max(candidates)
+        why = f"chose {cluster}"
+        if job.preferred_cluster:
+            why += f" (fell back from preferred {job.preferred_cluster})"
+        return Placement(cluster, node_id, score, why + "; " + "; ".join(notes))
+    infeasible = not ever_possible and not unknown
+    head = "infeasible: fits no node of any configured cluster even when idle" if infeasible else "no cluster fits now"
+    return NoFit(infeasible, head + "; " + "; ".join(notes))
+
+
+def has_spare_capacity(views: Iterable[ClusterView]) -> bool:
+    """Whether any usable cluster has a whole free unit of CPU, GPU or a custom resource:
+    the signal to take another job from the broker."""
+    for view in views:
+        if view.health not in (HealthState.UP, HealthState.DEGRADED):
+            continue
+        for node in view.nodes:
+            for name in node.total:
+                if name in ("memory", "objectStoreMemory"):
+                    continue
+                if node.free(name) >= 1.0 - _EPS:
+                    return True
+    return False

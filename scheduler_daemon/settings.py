@@ -1,0 +1,261 @@
+"""Daemon settings and cluster configs: loaded and validated once, at start-up.
+
+Every problem is reported as a `ConfigError` that names the offending key, so a bad
+file fails the daemon at start and never later at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    dashboard_url: str
+    head_address: str = ""
+    runtime_env: Mapping[str, Any] = field(default_factory=dict)
+    prefer: bool = False
+    weight: float = 1.0
+    tags: frozenset[str] = frozenset()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Daemon settings. Field names are the keys of the settings file; each can be
+    overridden by the environment variable RMCS_<KEY upper-cased>."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    http_addr: str = "127.0.0.1:8600"
+    intake_exchange: str = "rmcs.jobs"
+    intake_queue: str = "rmcs.jobs.submit"
+    intake_routing_key: str = "submit"
+    dead_letter_exchange: str = "rmcs.jobs.dlx"
+    dead_letter_queue: str = "rmcs.jobs.dead"
+    events_exchange: str = "rmcs.events"
+    max_priority: int = 10
+    window_size: int = 8
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 2.0
+    track_interval_s: float = 0.5
+    dispatch_timeout_s: float = 10.0
+    degraded_latency_s: float = 1.0
+    down_after_failures: int = 3
+    up_after_successes: int = 2
+    lost_after_s: float = 30.0
+    snapshot_margin_s: float = 1.0
+    placement_strategy: str = "spread"
+    default_resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    max_message_bytes: int = 1_048_576
+    state_dir: str = "var/rmcs"
+    shutdown_grace_s: float = 20.0
+    log_level: str = "info"
+
+    def validate(self) -> "Settings":
+        _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
+        _check(1 <= self.max_priority <= 255, "max_priority", "must be between 1 and 255")
+        _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
+        for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
+                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, name, "must be a positive number")
+        _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
+        _check(self.down_after_failures >= 1, "down_after_failures", "must be >= 1")
+        _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
+        _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
+        _check(urlsplit(self.amqp_url).scheme in ("amqp", "amqps"), "amqp_url", "must be an amqp:// or amqps:// URL")
+        parse_http_addr(self.http_addr)
+        for res, amount in self.default_resources.items():
+            _check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount >= 0,
+                   f"default_resources.{res}", "must be a finite number >= 0")
+        _check(self.log_level in ("debug", "info", "warning", "error"), "log_level",
+               "must be debug, info, warning or error")
+        return self
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid setting {key!r}: {why}")
+
+
+def parse_http_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid setting 'http_addr': {addr!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(key: str, raw: Any, default: Any) -> Any:
+    """Turn a file or environment value into the type of the default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, str):
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            if isinstance(raw, bool):
+                return raw
+            raise ValueError(raw)
+        if isinstance(default, int):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if isinstance(default, float):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if isinstance(default, str):
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            return raw
+        if isinstance(default, Mapping):
+            if isinstance(raw, str):
+                raw = yaml.safe_load(raw)
+            if not isinstance(raw, Mapping):
+                raise ValueError(raw)
+            return {str(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise ConfigError(f"invalid setting {key!r}: {raw!r} is not a valid {type(default).__name__}") from None
+    raise ConfigError(f"invalid setting {key!r}")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the YAML settings file (if any), then RMCS_* environment variables."""
+    environ = os.environ if environ is None else environ
+    base = Settings()
+    known = {f.name: getattr(base, f.name) for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(path)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"settings file {path}: top level must be a mapping of setting names")
+        for key, raw in data.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r} in {path}; known: {', '.join(sorted(known))}")
+            values[key] = _coerce(key, raw, known[key])
+    for key, default in known.items():
+        env_key = f"RMCS_{key.upper()}"
+        if env_key in environ:
+            values[key] = _coerce(env_key, environ[env_key], default)
+    return replace(base, **values).validate()
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+
+
+def _expand_env(value: str, key: str, environ: Mapping[str, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+        return environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _normalize_runtime_env(raw: Any, key: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key} must be a mapping")
+    env = dict(raw)
+    env_vars = env.get("env_vars")
+    if isinstance(env_vars, list):
+        # Seed 000 writes env_vars as a list of "NAME=value" strings; Ray wants a mapping.
+        mapped: dict[str, str] = {}
+        for item in env_vars:
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(f"{key}.env_vars: {item!r} is not NAME=value")
+            name, _, value = item.partition("=")
+            mapped[name] = value
+        env["env_vars"] = mapped
+    elif env_vars is not None:
+        if not isinstance(env_vars, Mapping) or not all(isinstance(v, str) for v in env_vars.values()):
+            raise ConfigError(f"{key}.env_vars must map names to strings")
+        env["env_vars"] = {str(k): v for k, v in env_vars.items()}
+    return env
+
+
+_CLUSTER_KEYS = {"head_address", "dashboard_url", "runtime_env", "prefer", "weight", "tags", "headers"}
+
+
+def load_clusters(path: str | os.PathLike[str],
+                  environ: Mapping[str, str] | None = None) -> tuple[ClusterConfig, ...]:
+    """Parse a clusters file (seed 000's keys plus dashboard_url and headers)."""
+    environ = os.environ if environ is None else environ
+    data = _read_yaml(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("clusters"), Mapping) or not data["clusters"]:
+        raise ConfigError(f"{path}: 'clusters' must be a non-empty mapping of cluster name to settings")
+    extra = set(data) - {"clusters"}
+    if extra:
+        raise ConfigError(f"{path}: unknown top-level key {sorted(extra)[0]!r}")
+    out = []
+    for name, raw in data["clusters"].items():
+        key = f"clusters.{name}"
+        if not isinstance(name, str) or not CLUSTER_NAME.match(name):
+            raise ConfigError(f"{key}: cluster names must match [A-Za-z0-9_-]+")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{key} must be a mapping")
+        unknown = set(raw) - _CLUSTER_KEYS
+        if unknown:
+            raise ConfigError(f"{key}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_CLUSTER_KEYS))}")
+        head = raw.get("head_address", "") or ""
+        if not isinstance(head, str):
+            raise ConfigError(f"{key}.head_address must be a string HOST:PORT")
+        url = raw.get("dashboard_url")
+        if url is None:
+            if not head:
+                raise ConfigError(f"{key}: needs dashboard_url or head_address")
+            url = f"http://{head.rsplit(':', 1)[0]}:8265"
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"{key}.dashboard_url must be an http:// or https:// URL")
+        prefer = raw.get("prefer", False)
+        if not isinstance(prefer, bool):
+            raise ConfigError(f"{key}.prefer must be true or false")
+        weight = raw.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"{key}.weight must be a positive number")
+        tags = raw.get("tags", []) or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ConfigError(f"{key}.tags must be a list of strings")
+        headers = raw.get("headers", {}) or {}
+        if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
+            raise ConfigError(f"{key}.headers must map header names to strings")
+        out.append(ClusterConfig(
+            name=name,
+            dashboard_url=url.rstrip("/"),
+            head_address=head,
+            runtime_env=_normalize_runtime_env(raw.get("runtime_env"), f"{key}.runtime_env"),
+            prefer=prefer,
+            weight=float(weight),
+            tags=frozenset(tags),
+            headers={str(k): _expand_env(v, f"{key}.headers.{k}", environ) for k, v in headers.items()},
+        ))
+    return tuple(out)

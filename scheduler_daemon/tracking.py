@@ -1,0 +1,52 @@
+"""Follow dispatched jobs to their end from one job list per cluster. Pure.
+
+`transitions` compares what the daemon last said of each job with the cluster's job list
+and returns the state changes to publish, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .jobs import RAY_STATES, TERMINAL, JobState
+from .journal import Tracked
+
+_ORDER = {JobState.DISPATCHED: 1, JobState.RUNNING: 2}
+
+
+@dataclass(frozen=True)
+class Change:
+    tracked: Tracked
+    state: JobState
+    message: str | None
+
+
+def transitions(tracked: Iterable[Tracked], ray_jobs: Iterable[Mapping[str, Any]],
+                missing_counts: dict[str, int], lost_after_misses: int = 3) -> list[Change]:
+    """State changes for `tracked` jobs given the cluster's job list.
+
+    A job the cluster no longer lists for `lost_after_misses` lists in a row is LOST.
+    A job that ended without the daemon seeing it run gets a RUNNING first if it succeeded."""
+    by_id = {str(j.get("submission_id")): j for j in ray_jobs if isinstance(j, Mapping)}
+    changes: list[Change] = []
+    for t in tracked:
+        if t.state in TERMINAL:
+            continue
+        info = by_id.get(t.job.ray_submission_id)
+        if info is None:
+            missing_counts[t.job.submission_id] = missing_counts.get(t.job.submission_id, 0) + 1
+            if missing_counts[t.job.submission_id] >= lost_after_misses:
+                changes.append(Change(t, JobState.LOST, "job no longer listed by its cluster"))
+            continue
+        missing_counts.pop(t.job.submission_id, None)
+        new = RAY_STATES.get(str(info.get("status")))
+        if new is None or new == t.state:
+            continue
+        if new in _ORDER and _ORDER[new] <= _ORDER.get(t.state, 0):
+            continue  # never move backwards
+        message = info.get("message") if isinstance(info.get("message"), str) else None
+        if new == JobState.SUCCEEDED and not t.seen_running and t.state != JobState.RUNNING:
+            changes.append(Change(t, JobState.RUNNING, "started and finished between two looks"))
+        changes.append(Change(t, new, message))
+    return changes

@@ -1,0 +1,155 @@
+"""Helpers shared by the tests: broker names per test, event collection, publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import replace
+from typing import Any, AsyncIterator, Callable
+
+import aio_pika
+import orjson
+
+from scheduler_daemon.daemon import Daemon
+from scheduler_daemon.settings import ClusterConfig, Settings
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
+    """Settings with broker names of their own, so tests never see each other's messages."""
+    tag = uuid.uuid4().hex[:8]
+    base = Settings(
+        amqp_url=AMQP_URL,
+        http_addr=f"127.0.0.1:{_free_port()}",
+        intake_exchange=f"t.{tag}.jobs",
+        intake_queue=f"t.{tag}.jobs.submit",
+        dead_letter_exchange=f"t.{tag}.jobs.dlx",
+        dead_letter_queue=f"t.{tag}.jobs.dead",
+        events_exchange=f"t.{tag}.events",
+        probe_interval_s=0.5,
+        track_interval_s=0.3,
+        state_dir=str(tmp_path / "state"),
+        lost_after_s=5.0,
+        window_size=4,
+    )
+    return replace(base, **overrides).validate()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def delete_topology(s: Settings) -> None:
+    conn = await aio_pika.connect(s.amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        for q in (s.intake_queue, s.dead_letter_queue):
+            with contextlib.suppress(Exception):
+                await ch.queue_delete(q)
+        for x in (s.intake_exchange, s.dead_letter_exchange, s.events_exchange):
+            with contextlib.suppress(Exception):
+                await ch.exchange_delete(x)
+
+
+class Events:
+    """Collects every event from the events exchange into a list, in arrival order."""
+
+    def __init__(self, settings: Settings, pattern: str = "#") -> None:
+        self.settings = settings
+        self.pattern = pattern
+        self.items: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> "Events":
+        self.conn = await aio_pika.connect(self.settings.amqp_url)
+        ch = await self.conn.channel()
+        ex = await ch.declare_exchange(self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        q = await ch.declare_queue(exclusive=True)
+        await q.bind(ex, self.pattern)
+
+        async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            self.items.append(orjson.loads(msg.body))
+            self._changed.set()
+            await msg.ack()
+
+        await q.consume(on)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.conn.close()
+
+    def of(self, sid: str) -> list[dict[str, Any]]:
+        return [e for e in self.items if e.get("submission_id") == sid]
+
+    def states(self, sid: str) -> list[str]:
+        return [e["state"] for e in self.of(sid)]
+
+    async def wait_for(self, pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what or pred}; events: {self.items[-20:]}")
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    async def wait_final(self, sids: list[str], timeout: float = 120.0) -> None:
+        await self.wait_for(lambda: all(any(e.get("final") for e in self.of(s)) for s in sids),
+                            timeout, f"final states of {sids}")
+
+
+async def publish(settings: Settings, body: dict[str, Any] | bytes, *, priority: int = 0,
+                  message_id: str | None = None) -> None:
+    conn = await aio_pika.connect(settings.amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(settings.intake_exchange)
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        await ex.publish(aio_pika.Message(data, priority=priority, message_id=message_id,
+                                          content_type="application/json",
+                                          delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                         routing_key=settings.intake_routing_key)
+
+
+async def publish_many(settings: Settings, bodies: list[tuple[dict[str, Any], int]]) -> None:
+    conn = await aio_pika.connect(settings.amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(settings.intake_exchange)
+        for body, prio in bodies:
+            await ex.publish(aio_pika.Message(orjson.dumps(body), priority=prio, content_type="application/json",
+                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                             routing_key=settings.intake_routing_key)
+
+
+async def queue_depth(settings: Settings, queue: str | None = None) -> int:
+    conn = await aio_pika.connect(settings.amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(queue or settings.intake_queue, passive=True)
+        return int(q.declaration_result.message_count or 0)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...]) -> AsyncIterator[Daemon]:
+    from scheduler_daemon.broker import declare
+
+    await declare(settings)
+    daemon = Daemon(settings, clusters)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+def sid(prefix: str = "s") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
