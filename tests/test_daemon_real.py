@@ -1,0 +1,238 @@
+"""The daemon against the real RabbitMQ and two real local Ray clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+import orjson
+import yaml
+
+from scheduler_daemon.rayapi import RayDashboard
+from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid
+
+LEGAL_NEXT = {
+    None: {"ACCEPTED", "REJECTED"},
+    "ACCEPTED": {"DISPATCHED", "REJECTED", "CANCELLED", "EXPIRED"},
+    "DISPATCHED": {"RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "LOST"},
+    "RUNNING": {"SUCCEEDED", "FAILED", "STOPPED", "LOST"},
+    "FAILED": {"RETRYING"},
+    "LOST": {"RETRYING"},
+    "RETRYING": {"ACCEPTED"},
+}
+
+
+def assert_in_order(events: Events, sids: list[str]) -> None:
+    """Each job's events, deduplicated as the contract says, follow the state machine."""
+    for s in sids:
+        seen: set[tuple[str, int]] = set()
+        prev = None
+        for e in events.of(s):
+            key = (e["state"], e["attempt"])
+            if key in seen:
+                continue
+            seen.add(key)
+            assert e["state"] in LEGAL_NEXT.get(prev, set()), f"{s}: {prev} -> {e['state']} in {events.states(s)}"
+            prev = e["state"]
+
+
+async def test_gpu_job_goes_to_gpu_cluster_and_cpu_job_to_cpu_cluster(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        gpu_job, cpu_job = sid("gpu"), sid("cpu")
+        await publish(s, {"submission_id": gpu_job, "entrypoint": "/bin/true",
+                          "resource_requirements": {"CPU": 1, "GPU": 1}})
+        await publish(s, {"submission_id": cpu_job, "entrypoint": "/bin/true",
+                          "resource_requirements": {"CPU": 1, "memory": 0.5}})
+        await ev.wait_final([gpu_job, cpu_job])
+        assert ev.of(gpu_job)[-1]["cluster"] == "gpu_cluster"
+        assert ev.of(cpu_job)[-1]["cluster"] == "cpu_cluster"
+        assert ev.states(gpu_job)[-1] == "SUCCEEDED"
+        assert_in_order(ev, [gpu_job, cpu_job])
+        info = await _ray_job(ray_clusters[1], gpu_job)
+        assert info["metadata"]["rmcs_submission_id"] == gpu_job
+
+
+async def test_preferred_cluster_is_used_and_fallen_back_from(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        preferred, fallback = sid("pref"), sid("fall")
+        # A CPU job would normally avoid the GPU cluster; preferred, it goes there.
+        await publish(s, {"submission_id": preferred, "entrypoint": "/bin/true",
+                          "preferred_cluster": "gpu_cluster"})
+        # A GPU job preferring the CPU cluster cannot fit there and falls back.
+        await publish(s, {"submission_id": fallback, "entrypoint": "/bin/true", "preferred_cluster": "cpu_cluster",
+                          "resource_requirements": {"GPU": 1}})
+        await ev.wait_final([preferred, fallback])
+        assert ev.of(preferred)[-1]["cluster"] == "gpu_cluster"
+        assert ev.of(fallback)[-1]["cluster"] == "gpu_cluster"
+        assert ev.states(fallback)[-1] == "SUCCEEDED"
+
+
+async def test_job_larger_than_any_node_is_rejected_with_reason(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        big = sid("big")
+        await publish(s, {"submission_id": big, "entrypoint": "/bin/true", "resource_requirements": {"CPU": 64}})
+        await ev.wait_final([big], timeout=30)
+        (rejected,) = [e for e in ev.of(big) if e["state"] == "REJECTED"]
+        assert "infeasible" in rejected["message"] and "CPU 64 > total 2" in rejected["message"]
+        assert rejected["event"] == "job.rejected._"
+        dead = await _dead_letters(s, 1)
+        assert orjson.loads(dead[0][0])["submission_id"] == big
+        assert "infeasible" in dead[0][1]
+
+
+async def test_invalid_message_is_dead_lettered_and_next_job_runs(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        bad_sid, good = sid("bad"), sid("good")
+        await publish(s, b"{not json", message_id="garbage-1")
+        await publish(s, {"submission_id": bad_sid, "entrypoint": "python script.py"})
+        await publish(s, b'{"entrypoint": "/bin/true", "resource_requirements": {"CPU": -1}}')
+        await publish(s, {"submission_id": good, "entrypoint": "/bin/true"})
+        await ev.wait_final([good])
+        assert ev.states(good)[-1] == "SUCCEEDED"
+        dead = await _dead_letters(s, 3)
+        reasons = sorted(r for _, r in dead)
+        assert any("not valid UTF-8 JSON" in r for r in reasons), reasons
+        assert any("relative path" in r for r in reasons), reasons
+        assert any("resource CPU" in r for r in reasons), reasons
+        rejected = [e for e in ev.items if e.get("state") == "REJECTED"]
+        assert len(rejected) == 3 and all(e["event"] == "job.rejected._" for e in rejected)
+        assert {e["submission_id"] for e in rejected} >= {bad_sid, "garbage-1"}
+
+
+async def test_backlog_waits_in_rabbitmq_and_high_priority_overtakes(tmp_path, ray_clusters):
+    s = make_settings(tmp_path, window_size=2)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        # Fill every CPU and GPU of both clusters.
+        blockers = [sid("block") for _ in range(4)]
+        for i, b in enumerate(blockers):
+            res = {"CPU": 1, "GPU": 1} if i >= 2 else {"CPU": 1}
+            await publish(s, {"submission_id": b, "entrypoint": "/bin/sleep 6", "resource_requirements": res,
+                              "preferred_cluster": "gpu_cluster" if i >= 2 else "cpu_cluster"})
+        await ev.wait_for(lambda: all("DISPATCHED" in ev.states(b) for b in blockers), 30, "blockers dispatched")
+        low = [sid("low") for _ in range(20)]
+        await publish_many(s, [({"submission_id": x, "entrypoint": "/bin/sleep 0.2"}, 1) for x in low])
+        await asyncio.sleep(1.5)
+        depth = await queue_depth(s)
+        assert depth == 20, f"the backlog should wait in RabbitMQ, {depth} of 20 there"
+        assert not any(ev.of(x) for x in low), "no low-priority job accepted while the clusters are full"
+        high = sid("high")
+        await publish(s, {"submission_id": high, "entrypoint": "/bin/sleep 0.2"}, priority=9)
+        await ev.wait_final(blockers + low + [high], timeout=150)
+        order = [e["submission_id"] for e in ev.items if e.get("state") == "DISPATCHED"]
+        assert order.index(high) < min(order.index(x) for x in low), order
+        assert all(ev.states(x)[-1] == "SUCCEEDED" for x in low + [high])
+        assert_in_order(ev, blockers + low + [high])
+
+
+async def test_queue_timeout_expires_a_waiting_job(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        blocker, waiting = sid("block"), sid("exp")
+        # All 2 GPUs busy, then a GPU job that may wait 2 s.
+        await publish(s, {"submission_id": blocker, "entrypoint": "/bin/sleep 6",
+                          "resource_requirements": {"GPU": 2}})
+        await ev.wait_for(lambda: "DISPATCHED" in ev.states(blocker), 30)
+        await publish(s, {"submission_id": waiting, "entrypoint": "/bin/true",
+                          "resource_requirements": {"GPU": 1}, "queue_timeout_s": 2})
+        await ev.wait_final([waiting], timeout=30)
+        assert ev.states(waiting) == ["ACCEPTED", "EXPIRED"]
+        await ev.wait_final([blocker], timeout=30)
+
+
+async def test_failed_job_is_retried_with_max_retries(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        job = sid("retry")
+        await publish(s, {"submission_id": job, "entrypoint": "/bin/false", "max_retries": 1})
+        await ev.wait_final([job], timeout=60)
+        states = [(e["state"], e["attempt"]) for e in ev.of(job)]
+        assert ("FAILED", 1) in states and ("RETRYING", 1) in states and ("FAILED", 2) in states, states
+        assert ev.of(job)[-1]["final"] and ev.of(job)[-1]["attempt"] == 2
+        assert_in_order(ev, [job])
+
+
+async def test_sigkill_mid_stream_then_restart_runs_every_job_exactly_once(tmp_path, ray_clusters):
+    s = make_settings(tmp_path, window_size=4)
+    clusters_file = tmp_path / "clusters.yaml"
+    clusters_file.write_text(yaml.safe_dump({"clusters": {
+        c.name: {"dashboard_url": c.dashboard_url, "tags": sorted(c.tags)} for c in ray_clusters}}))
+    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v) for k, v in s.__dict__.items()
+                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / "daemon.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "scheduler_daemon", "--clusters", str(clusters_file)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    from scheduler_daemon.broker import declare
+    await declare(s)
+    jobs = [sid("kill") for _ in range(24)]
+    async with Events(s) as ev:
+        await publish_many(s, [({"submission_id": j, "entrypoint": "/bin/sleep 0.3"}, 0) for j in jobs])
+        proc = start()
+        kills = 0
+        for target in (3, 9, 15):
+            await ev.wait_for(lambda: sum("DISPATCHED" in ev.states(j) for j in jobs) >= target, 90,
+                              f"{target} dispatched")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = start()
+        try:
+            await ev.wait_final(jobs, timeout=180)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert kills == 3
+    counts = {j: 0 for j in jobs}
+    for c in ray_clusters:
+        dash = RayDashboard(c, 10)
+        try:
+            for info in await dash.list_jobs():
+                if info.get("submission_id") in counts:
+                    counts[info["submission_id"]] += 1
+                    assert info["status"] == "SUCCEEDED", info
+        finally:
+            await dash.close()
+    assert all(n == 1 for n in counts.values()), {j: n for j, n in counts.items() if n != 1}
+    assert_in_order(ev, jobs)
+    finals = {j: [e["state"] for e in ev.of(j) if e["final"]] for j in jobs}
+    assert all(set(f) == {"SUCCEEDED"} for f in finals.values()), finals
+
+
+async def _ray_job(cluster, ray_id):
+    dash = RayDashboard(cluster, 10)
+    try:
+        return await dash.job(ray_id)
+    finally:
+        await dash.close()
+
+
+async def _dead_letters(s, n, timeout=10.0):
+    """Read n messages from the dead-letter queue: (body, x-rmcs-reason)."""
+    out = []
+    conn = await aio_pika.connect(s.amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(s.dead_letter_queue, passive=True)
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            msg = await q.get(fail=False)
+            if msg is None:
+                await asyncio.sleep(0.1)
+                continue
+            out.append((msg.body, msg.headers.get("x-rmcs-reason")))
+            await msg.ack()
+    assert len(out) == n, out
+    return out
