@@ -223,14 +223,19 @@ def test_nan_and_infinity_resources(text: bytes) -> None:
     rejected(body)
 
 
-@pytest.mark.parametrize("raw", [[{"CPU": 1}], "CPU=1", 4, {"bad name!": 1}, {"": 1}])
+@pytest.mark.parametrize("raw", [[{"CPU": 1}], "CPU=1", 4, {"bad name!": 1}, {"": 1}, {"CPU\n": 1}])
 def test_bad_resource_requirements(raw: Any) -> None:
     assert "resource" in rejected({"entrypoint": "echo", "resource_requirements": raw})
 
 
-@pytest.mark.parametrize("sid", ["", "has space", "a/b", "a~2", "x" * 129, 12, ["a"], "ü"])
+@pytest.mark.parametrize("sid", ["", "has space", "a/b", "a~2", "x" * 129, 12, ["a"], "ü", "abc\n", "\nabc"])
 def test_bad_submission_id(sid: Any) -> None:
     assert "submission_id" in rejected({"entrypoint": "echo", "submission_id": sid})
+
+
+def test_null_submission_id_falls_back_to_message_id() -> None:
+    job = parse({"entrypoint": "echo", "submission_id": None}, MessageMeta(message_id="from-property"))
+    assert job.submission_id == "from-property"
 
 
 def test_bad_message_id() -> None:

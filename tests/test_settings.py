@@ -216,6 +216,18 @@ def test_dashboard_url_and_headers(tmp_path: Path) -> None:
     assert b.name == "b-2" and b.dashboard_url == "http://10.0.0.2:8265"
 
 
+@pytest.mark.parametrize(("head", "url"), [
+    ("10.0.0.5:6379", "http://10.0.0.5:8265"),
+    ("headnode", "http://headnode:8265"),
+    ("ray://10.0.0.5:10001", "http://10.0.0.5:8265"),
+    ("[::1]:6379", "http://[::1]:8265"),
+])
+def test_dashboard_url_default_is_the_head_host(tmp_path: Path, head: str, url: str) -> None:
+    (c,) = load_clusters(_cluster_file(tmp_path, f'head_address: "{head}"\n'), environ={})
+    assert c.dashboard_url == url
+    assert c.head_address == head
+
+
 def test_missing_environment_variable_in_headers(tmp_path: Path) -> None:
     path = write(tmp_path, """
         clusters:
@@ -260,11 +272,12 @@ def test_bad_cluster_entry_names_the_key(tmp_path: Path, body: str, key: str) ->
     assert key in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["bad name", "a.b", "ü", "a/b"])
+@pytest.mark.parametrize("name", ["bad name", "a.b", "ü", "a/b", "gpu\n", "a#b", "a*"])
 def test_bad_cluster_name(tmp_path: Path, name: str) -> None:
+    quoted = name.replace("\n", "\\n")
     with pytest.raises(ConfigError) as info:
-        load_clusters(_cluster_file(tmp_path, "head_address: h:1\n", name=f'"{name}"'), environ={})
-    assert name in str(info.value)
+        load_clusters(_cluster_file(tmp_path, "head_address: h:1\n", name=f'"{quoted}"'), environ={})
+    assert "cluster names must match" in str(info.value)
 
 
 @pytest.mark.parametrize("text", [

@@ -1,0 +1,296 @@
+"""The real daemon and the real RabbitMQ against fake Ray dashboards (tests/fakeray.py):
+faults, scale and the capacity bookkeeping between Ray's snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fakeray import Fleet, fake_fleet, is_fake_task
+from scheduler_daemon.clusters import HealthState
+from scheduler_daemon.rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
+from support import Events, make_settings, publish, publish_many, running_daemon, sid
+
+
+def job(entrypoint: str = "/bin/sleep 0.3", cpu: float = 1.0, **kw: Any) -> dict[str, Any]:
+    return {"submission_id": sid(), "entrypoint": entrypoint, "resource_requirements": {"CPU": cpu}, **kw}
+
+
+def cluster_events(ev: Events, name: str, health: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in ev.items if e.get("cluster") == name and "health" in e
+            and (health is None or e["health"] == health)]
+
+
+async def wait_health(ev: Events, name: str, health: str, *, count: int = 1, timeout: float = 15.0) -> None:
+    await ev.wait_for(lambda: len(cluster_events(ev, name, health)) >= count, timeout,
+                      f"cluster.{health}.{name} (#{count})")
+
+
+def dispatched_to(ev: Events, sids: list[str]) -> dict[str, str]:
+    out = {}
+    for s in sids:
+        for e in ev.of(s):
+            if e["state"] == "DISPATCHED":
+                out[s] = e["cluster"]
+    return out
+
+
+def final_states(ev: Events, sids: list[str]) -> dict[str, str]:
+    return {s: next(e["state"] for e in ev.of(s) if e.get("final")) for s in sids}
+
+
+async def test_fake_speaks_ray_shape() -> None:
+    """The fake answers the real client as Ray 2.60 does, faults included."""
+    async with fake_fleet(1, name="shape") as fleet:
+        c = fleet[0]
+        d = RayDashboard(c.config(), 1.0)
+        try:
+            assert (await d.version())["ray_version"] == "2.60.0"
+            body = {"entrypoint": "/bin/sleep 0.2", "submission_id": "j1", "entrypoint_num_cpus": 1,
+                    "entrypoint_resources": {"GPU_fake": 0}, "metadata": {"k": "v"}}
+            assert await d.submit(body) is True
+            assert await d.submit(body) is False  # 500 "already exists"
+            status, raw = await d._request("POST", "/api/jobs/", body=body)
+            assert status == 500 and raw.decode().rstrip().endswith(
+                "ValueError: Job with submission_id j1 already exists. Please use a different submission_id.")
+            status, _ = await d._request("POST", "/api/jobs/", body={"entrypoint": "x", "bogus": 1})
+            assert status == 400
+            info = await d.job("j1")
+            assert info["status"] == "RUNNING" and info["metadata"] == {"k": "v"}
+            usage = (await d.cluster_status())["data"]["clusterStatus"]["loadMetricsReport"]["usageByNode"]
+            assert [u["CPU"] for u in usage.values()] == [[1.0, 2.0]] and "objectStoreMemory" in next(iter(usage.values()))
+            status, _ = await d._request("DELETE", "/api/jobs/j1")
+            assert status == 500  # running
+            await asyncio.sleep(0.3)
+            jobs = await d.list_jobs()
+            assert [(j["submission_id"], j["status"], j["driver_exit_code"]) for j in jobs] == [("j1", "SUCCEEDED", 0)]
+            assert isinstance(jobs[0]["start_time"], int) and jobs[0]["end_time"] >= jobs[0]["start_time"]
+            assert "sleep" in await d.logs("j1")
+            assert await d.stop("j1") is False
+            assert await d.delete("j1") is True
+            try:
+                await d.job("j1")
+                raise AssertionError("deleted job still there")
+            except RayNotFound as exc:
+                assert "does not exist" in str(exc)
+            # A job that does not fit waits in Ray's queue; the snapshot shows it as demand.
+            await d.submit({"entrypoint": "/bin/sleep 5", "submission_id": "big", "entrypoint_num_cpus": 2})
+            await d.submit({"entrypoint": "/bin/sleep 5", "submission_id": "w", "entrypoint_num_cpus": 1})
+            assert (await d.job("w"))["status"] == "PENDING"
+            report = (await d.cluster_status())["data"]["clusterStatus"]["loadMetricsReport"]
+            assert report["resourceDemand"] == [[{"CPU": 1.0}, 1]]
+            assert c.max_demand["CPU"] == 3.0 and c.max_reserved["CPU"] == 2.0
+            assert await d.stop("big") is True and (await d.job("w"))["status"] == "RUNNING"
+            for mode, error in (("dead", RayUnreachable), ("hang", RayAmbiguous), ("error500", RayRejected),
+                                ("garbage", RayRejected)):
+                await c.set_mode(mode)
+                try:
+                    await d.cluster_status()
+                    raise AssertionError(f"mode {mode} answered")
+                except error:
+                    pass
+            await c.set_mode("ok")
+            assert (await d.version())["ray_version"] == "2.60.0"
+        finally:
+            await d.close()
+
+
+async def test_snapshot_refreshes_only_every_interval() -> None:
+    async with fake_fleet(1, name="snap", snapshot_every_s=0.5) as fleet:
+        c = fleet[0]
+        d = RayDashboard(c.config(), 1.0)
+        try:
+            t0 = (await d.cluster_status())["data"]["clusterStatus"]["time"]
+            await d.submit({"entrypoint": "/bin/sleep 5", "submission_id": "a", "entrypoint_num_cpus": 1})
+            stale = (await d.cluster_status())["data"]["clusterStatus"]
+            assert stale["time"] == t0 and stale["loadMetricsReport"]["usage"]["CPU"] == [0.0, 2.0]
+            await asyncio.sleep(0.6)
+            fresh = (await d.cluster_status())["data"]["clusterStatus"]
+            assert abs(fresh["time"] - t0 - 0.5) < 1e-6 and fresh["loadMetricsReport"]["usage"]["CPU"] == [1.0, 2.0]
+        finally:
+            await d.close()
+
+
+async def test_dead_cluster_goes_down_and_comes_back(tmp_path: Any) -> None:
+    s = make_settings(tmp_path)
+    async with fake_fleet(2, name="dead") as fleet:
+        a, b = fleet
+        async with Events(s) as ev, running_daemon(s, fleet.configs()) as d:
+            await wait_health(ev, a.name, "up")
+            await wait_health(ev, b.name, "up")
+            await a.set_mode("dead")
+            await wait_health(ev, a.name, "down")
+            assert "cannot connect" in (cluster_events(ev, a.name, "down")[0]["message"] or "")
+            assert d.prober.clusters[b.name].health.state == HealthState.UP
+
+            jobs = [job(preferred_cluster=a.name) for _ in range(3)]
+            for body in jobs:
+                await publish(s, body)
+            sids = [j["submission_id"] for j in jobs]
+            await ev.wait_final(sids, timeout=15)
+            assert set(dispatched_to(ev, sids).values()) == {b.name}, ev.items[-10:]
+            assert set(final_states(ev, sids).values()) == {"SUCCEEDED"}
+            assert not a.submissions
+
+            await a.set_mode("ok")
+            await wait_health(ev, a.name, "up", count=2)
+            jobs = [job(preferred_cluster=a.name) for _ in range(2)]
+            for body in jobs:
+                await publish(s, body)
+            sids = [j["submission_id"] for j in jobs]
+            await ev.wait_final(sids, timeout=15)
+            assert set(dispatched_to(ev, sids).values()) == {a.name}
+            assert set(final_states(ev, sids).values()) == {"SUCCEEDED"}
+            assert len(a.submissions) == 2
+
+
+async def test_hanging_cluster_does_not_delay_others_and_nothing_leaks(tmp_path: Any) -> None:
+    s = make_settings(tmp_path, probe_timeout_s=1.0, dispatch_timeout_s=2.0)
+    interval = s.probe_interval_s
+    async with fake_fleet(2, name="hang") as fleet:
+        a, b = fleet
+        async with Events(s) as ev:
+            before = set(asyncio.all_tasks())
+            async with running_daemon(s, fleet.configs()) as d:
+                await wait_health(ev, a.name, "up")
+                await wait_health(ev, b.name, "up")
+                healthy = d.prober.clusters[b.name]
+                a.mode = "hang"
+                t_hang = time.monotonic()
+                seen: list[float] = []
+                probes0 = healthy.probes
+                while not cluster_events(ev, a.name, "down"):
+                    assert time.monotonic() - t_hang < 10, f"{a.name} never went down: {d.prober.clusters[a.name]}"
+                    if healthy.last_probe is not None and (not seen or healthy.last_probe != seen[-1]):
+                        seen.append(healthy.last_probe)
+                    await asyncio.sleep(0.02)
+                elapsed = time.monotonic() - t_hang
+                gaps = [y - x for x, y in zip(seen, seen[1:])]
+                print(f"\n{a.name} down after {elapsed:.2f}s; {b.name} probed {healthy.probes - probes0} times, "
+                      f"largest gap {max(gaps):.3f}s (interval {interval}s)")
+                assert healthy.probes - probes0 >= int(elapsed / interval) - 1
+                assert max(gaps) < interval + 0.3, gaps
+                assert "timed out" in (d.prober.clusters[a.name].error or "")
+                assert healthy.health.state == HealthState.UP and not cluster_events(ev, b.name, "degraded")
+
+                jobs = [job() for _ in range(2)]
+                for body in jobs:
+                    await publish(s, body)
+                sids = [j["submission_id"] for j in jobs]
+                await ev.wait_final(sids, timeout=15)
+                assert set(dispatched_to(ev, sids).values()) == {b.name}
+                t_stop = time.monotonic()
+            stop_s = time.monotonic() - t_stop
+            await asyncio.sleep(0.1)
+            leaked = [t for t in asyncio.all_tasks() - before
+                      if not t.done() and t is not asyncio.current_task() and not is_fake_task(t)]
+            assert not leaked, f"tasks left after daemon.stop(): {leaked}"
+            assert stop_s < 3.0, f"daemon.stop() took {stop_s:.1f}s with a hanging cluster"
+            assert a.requests["GET /api/cluster_status"] >= 3
+
+
+async def test_error_and_garbage_clusters_get_no_jobs(tmp_path: Any) -> None:
+    s = make_settings(tmp_path)
+    async with fake_fleet(5, name="bad") as fleet:
+        good, e500, html, wrong, flaky = fleet
+        e500.mode = "error500"
+        html.mode = "garbage"
+        wrong.mode = "garbage"
+        wrong.garbage_body = b'{"result": true, "data": {"clusterStatus": {"time": 1}}}'
+        async with Events(s) as ev, running_daemon(s, fleet.configs()) as d:
+            await wait_health(ev, good.name, "up")
+            await wait_health(ev, flaky.name, "up")
+            for bad in (e500, html, wrong):
+                await wait_health(ev, bad.name, "down")
+                assert not cluster_events(ev, bad.name, "up")
+            flaky.mode = "error500"
+            await wait_health(ev, flaky.name, "degraded")
+            await wait_health(ev, flaky.name, "down")
+            assert "HTTP 500" in (d.prober.clusters[flaky.name].error or "")
+            assert "not JSON" in (d.prober.clusters[html.name].error or "")
+            assert "unexpected cluster_status" in (d.prober.clusters[wrong.name].error or "")
+
+            jobs = [job() for _ in range(6)]
+            await publish_many(s, [(body, 0) for body in jobs])
+            sids = [j["submission_id"] for j in jobs]
+            await ev.wait_final(sids, timeout=20)
+            assert set(dispatched_to(ev, sids).values()) == {good.name}
+            assert set(final_states(ev, sids).values()) == {"SUCCEEDED"}
+            for bad in (e500, html, wrong, flaky):
+                assert bad.requests["POST /api/jobs/"] == 0, f"{bad.name} got a job"
+
+
+async def _round_time(d: Any) -> float:
+    """Time from one prober tick until every cluster has finished its probe of that tick."""
+    r0 = d.prober.rounds
+    while d.prober.rounds == r0:
+        await asyncio.sleep(0.001)
+    t0 = time.monotonic()
+    counts = {n: st.probes for n, st in d.prober.clusters.items()}
+    while any(st.probes <= counts[n] for n, st in d.prober.clusters.items()):
+        await asyncio.sleep(0.002)
+    return time.monotonic() - t0
+
+
+async def test_two_hundred_clusters(tmp_path: Any) -> None:
+    s = make_settings(tmp_path, probe_interval_s=1.0, window_size=16)
+    async with fake_fleet(200, name="many", shared=True) as fleet:
+        async with Events(s) as ev, running_daemon(s, fleet.configs()) as d:
+            deadline = time.monotonic() + 15
+            while not all(st.health.state == HealthState.UP for st in d.prober.clusters.values()):
+                assert time.monotonic() < deadline, "not every cluster came up"
+                await asyncio.sleep(0.05)
+            rounds = [await _round_time(d) for _ in range(3)]
+            print(f"\nprobe rounds over 200 clusters: {', '.join(f'{r * 1000:.0f} ms' for r in rounds)}")
+            assert max(rounds) < 0.5 * s.probe_interval_s, rounds
+
+            jobs = [job("/bin/sleep 0.5") for _ in range(50)]
+            t0 = time.monotonic()
+            await publish_many(s, [(body, 0) for body in jobs])
+            sids = [j["submission_id"] for j in jobs]
+            await ev.wait_final(sids, timeout=25)
+            used = dispatched_to(ev, sids)
+            print(f"50 jobs done in {time.monotonic() - t0:.1f}s on {len(set(used.values()))} clusters")
+            assert set(final_states(ev, sids).values()) == {"SUCCEEDED"}
+            assert len(set(used.values())) >= 25
+            assert sum(len(c.submissions) for c in fleet) == 50
+            assert all(c.max_demand.get("CPU", 0.0) <= c.total("CPU") for c in fleet)
+
+
+def _overcommits(fleet: Fleet) -> list[str]:
+    out = []
+    for c in fleet:
+        queued = [j.submission_id for j in c.jobs.values()
+                  if j.reserved_at is None or j.reserved_at > j.submitted_at]
+        if c.max_demand.get("CPU", 0.0) > c.total("CPU") or queued:
+            out.append(f"{c.name}: up to {c.max_demand.get('CPU', 0.0):g} CPUs demanded at once on "
+                       f"{c.total('CPU'):g}; {len(queued)} jobs waited in Ray's own queue")
+    return out
+
+
+async def test_burst_never_overcommits_and_reuses_slots_between_snapshots(tmp_path: Any) -> None:
+    s = make_settings(tmp_path)
+    durations = [1.0, 2.0, 1.5, 1.0, 2.5, 1.2, 1.0, 1.8, 1.3, 1.1]
+    async with fake_fleet(2, name="burst", snapshot_every_s=5.0) as fleet:
+        async with Events(s) as ev, running_daemon(s, fleet.configs()):
+            await wait_health(ev, fleet[0].name, "up")
+            await wait_health(ev, fleet[1].name, "up")
+            jobs = [job(f"/bin/sleep {t}") for t in durations]
+            t0 = time.monotonic()
+            await publish_many(s, [(body, 0) for body in jobs])
+            sids = [j["submission_id"] for j in jobs]
+            await ev.wait_final(sids, timeout=25)
+            took = time.monotonic() - t0
+        assert set(final_states(ev, sids).values()) == {"SUCCEEDED"}
+        delays = sorted(x for c in fleet for x in c.reuse_delays)
+        print(f"\nburst of 10 on 2x2 CPUs done in {took:.1f}s; slot reuse delays (s): "
+              + ", ".join(f"{x:.2f}" for x in delays)
+              + f"; snapshots taken: {[c.snapshots_taken for c in fleet]}")
+        problems = _overcommits(fleet)
+        assert not problems, (
+            "BUG (scheduler_daemon/clusters.py Ledger.finished): a job dispatched and finished between two "
+            "snapshots gets a 'release' entry although the snapshot never counted it; the release cancels "
+            "another job's reservation, the cluster looks free and is overcommitted: " + "; ".join(problems))
+        assert len(delays) >= 6, f"freed slots were reused by only {len(delays)} submissions"
+        assert max(delays) < 2.5, f"a freed slot stayed idle {max(delays):.2f}s (snapshot every 5 s)"
