@@ -118,7 +118,7 @@ def check_entrypoint(entrypoint: str) -> None:
     except ValueError as exc:
         raise InvalidJob(f"entrypoint cannot be parsed as a shell command: {exc}") from None
     # Only plain path-like words are checked; quoted code (`python -c '...'`) is left alone.
-    for word in (w for w in words if _PATHLIKE.match(w)):
+    for word in (w for w in words if _PATHLIKE.fullmatch(w)):
         if ".." in word.split("/"):
             raise InvalidJob(f"entrypoint path {word!r} contains '..'")
         if word.startswith("-"):
@@ -136,7 +136,7 @@ def _resources(raw: Any, defaults: Mapping[str, float]) -> dict[str, float]:
         raise InvalidJob("resource_requirements must be an object of resource name to number")
     out: dict[str, float] = {}
     for name, value in raw.items():
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.:/-]{1,64}$", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,64}", name):
             raise InvalidJob(f"resource name {name!r} is not valid")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidJob(f"resource {name} must be a number, got {value!r}")
@@ -188,11 +188,13 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
         raise InvalidJob(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJob("body must be a JSON object")
-    sid = data.get("submission_id", meta.message_id)
+    sid = data.get("submission_id")
+    if sid is None:
+        sid = meta.message_id
     if sid is None:
         sid = f"sub_{uuid.uuid4().hex}"
     job_id = data.get("job_id")
-    ids = (sid if isinstance(sid, str) and SUBMISSION_ID.match(sid) else None,
+    ids = (sid if isinstance(sid, str) and SUBMISSION_ID.fullmatch(sid) else None,
            job_id if isinstance(job_id, str) else None)
     try:
         return _parse_fields(data, meta, sid, default_resources, body)
@@ -202,7 +204,7 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
 
 def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
                   default_resources: Mapping[str, float], body: bytes) -> Job:
-    if not isinstance(sid, str) or not SUBMISSION_ID.match(sid):
+    if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid):
         raise InvalidJob(f"submission_id must match [A-Za-z0-9._-]{{1,128}}, got {sid!r}")
     entrypoint = data.get("entrypoint")
     if not isinstance(entrypoint, str):
@@ -213,10 +215,12 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
         job_id = f"job_{uuid.uuid4().hex}"
     if not isinstance(job_id, str) or not 0 < len(job_id) <= 256:
         raise InvalidJob("job_id must be a string of 1 to 256 characters")
-    runtime_env = data.get("runtime_env") or {}
+    runtime_env = data.get("runtime_env")
+    runtime_env = {} if runtime_env is None else runtime_env
     if not isinstance(runtime_env, dict):
         raise InvalidJob("runtime_env must be an object")
-    metadata = data.get("metadata") or {}
+    metadata = data.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise InvalidJob("metadata must be an object of string to string")
     if len(metadata) > MAX_METADATA_ITEMS or any(len(k) > 256 or len(v) > MAX_METADATA_VALUE for k, v in metadata.items()):

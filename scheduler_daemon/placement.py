@@ -62,6 +62,10 @@ def _node_term(need: Mapping[str, float], node: Node, strategy: str) -> float:
     return term
 
 
+def _wastes_gpu(need: Mapping[str, float], node: Node) -> bool:
+    return "GPU" not in need and node.total.get("GPU", 0.0) > 0
+
+
 def _cluster_factor(view: ClusterView) -> float:
     factor = view.config.weight * (PREFER_BONUS if view.config.prefer else 1.0)
     return factor * (DEGRADED_FACTOR if view.health == HealthState.DEGRADED else 1.0)
@@ -71,7 +75,7 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
            exclude: frozenset[str] = frozenset()) -> Placement | NoFit:
     need = needs(job)
     notes: list[str] = []
-    candidates: list[tuple[float, str, str]] = []  # (score, cluster, node)
+    candidates: list[tuple[bool, float, str, str]] = []  # (spares GPUs, score, cluster, node)
     ever_possible = False
     unknown = False
     preferred_hit: tuple[float, str, str] | None = None
@@ -103,17 +107,17 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
         if not fitting:
             notes.append(f"{name}: busy ({_short(need, view.nodes[0], idle=False)})")
             continue
-        node = max(fitting, key=lambda n: (_node_term(need, n, strategy), n.node_id))
+        node = max(fitting, key=lambda n: (not _wastes_gpu(need, n), _node_term(need, n, strategy), n.node_id))
         score = _cluster_factor(view) * (0.1 + _node_term(need, node, strategy))
         notes.append(f"{name}: fits, score {score:.3f}")
-        candidates.append((score, name, node.node_id))
+        candidates.append((not _wastes_gpu(need, node), score, name, node.node_id))
         if name == job.preferred_cluster:
             preferred_hit = (score, name, node.node_id)
     if preferred_hit is not None:
         score, cluster, node_id = preferred_hit
         return Placement(cluster, node_id, score, f"chose preferred {cluster}; " + "; ".join(notes))
     if candidates:
-        score, cluster, node_id = max(candidates)
+        _, score, cluster, node_id = max(candidates)
         why = f"chose {cluster}"
         if job.preferred_cluster:
             why += f" (fell back from preferred {job.preferred_cluster})"

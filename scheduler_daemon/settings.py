@@ -84,7 +84,7 @@ class Settings:
         for res, amount in self.default_resources.items():
             _check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount >= 0,
                    f"default_resources.{res}", "must be a finite number >= 0")
-        _check(self.log_level in ("debug", "info", "warning", "error"), "log_level",
+        _check(self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
                "must be debug, info, warning or error")
         return self
 
@@ -219,7 +219,7 @@ def load_clusters(path: str | os.PathLike[str],
     out = []
     for name, raw in data["clusters"].items():
         key = f"clusters.{name}"
-        if not isinstance(name, str) or not CLUSTER_NAME.match(name):
+        if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
             raise ConfigError(f"{key}: cluster names must match [A-Za-z0-9_-]+")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{key} must be a mapping")
@@ -233,7 +233,8 @@ def load_clusters(path: str | os.PathLike[str],
         if url is None:
             if not head:
                 raise ConfigError(f"{key}: needs dashboard_url or head_address")
-            url = f"http://{head.rsplit(':', 1)[0]}:8265"
+            host = urlsplit(head if "://" in head else f"//{head}").hostname or ""
+            url = f"http://[{host}]:8265" if ":" in host else f"http://{host}:8265"
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ConfigError(f"{key}.dashboard_url must be an http:// or https:// URL")
         prefer = raw.get("prefer", False)

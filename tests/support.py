@@ -75,7 +75,7 @@ class Events:
         await q.bind(ex, self.pattern)
 
         async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-            self.items.append(orjson.loads(msg.body))
+            self.items.append({**orjson.loads(msg.body), "_recv": time.time()})
             self._changed.set()
             await msg.ack()
 
