@@ -46,8 +46,9 @@ class Daemon:
         self.window = Window(settings.window_size)
         self.tracked: dict[str, Tracked] = {}
         self.journal = Journal(f"{settings.state_dir}/daemon.db")
-        self.intake = Intake(settings, self._on_message)
-        self.publisher = EventPublisher(lambda: self.intake.events_exchange)
+        self._closing = asyncio.Event()  # set late in shutdown: pending publishes give up
+        self.intake = Intake(settings, self._on_message, self._closing)
+        self.publisher = EventPublisher(lambda: self.intake.events_exchange, self._closing)
         self.prober = Prober(settings, clusters, self._on_health, self._wake_up)
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -124,7 +125,7 @@ class Daemon:
         for task in reversed(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.publisher.close()
+        self._closing.set()
         for task in list(self._work):
             task.cancel()
         await asyncio.gather(*self._work, return_exceptions=True)
@@ -157,8 +158,12 @@ class Daemon:
         """After a restart: publish each journaled state whose event was not confirmed."""
         for sid, t in list(self.tracked.items()):
             if not t.published:
+                pending_retry = t.state in (JobState.FAILED, JobState.LOST) and not t.final
                 await self._emit(t.job, t.state, t.cluster, None, t.final)
-                await self._record(t, published=True)
+                if pending_retry:
+                    await self._queue_retry(t)
+                else:
+                    await self._record(t, published=True)
 
     # ---- intake ----------------------------------------------------------------------
 
@@ -185,14 +190,21 @@ class Daemon:
                                                            "a job with this id was already accepted")
                     log.warning("duplicate submission rejected")
                 return
+            existing = self.window.get(job.submission_id)
+            if existing is not None:
+                if self.intake.is_live(existing.delivery):
+                    log.info("second message for a held job; acknowledging the copy")
+                    await self.intake.ack(message)
+                else:
+                    log.info("held job redelivered after a reconnect; keeping the new delivery")
+                    existing.delivery = message
+                return
             held = Held(job, message, self.clock())
             if message.redelivered or job.attempt > 1:
                 # It may already be on a cluster (crash between dispatch and journal):
                 # look everywhere before dispatching again.
                 held.verify_on = VERIFY_ALL
-            if self.window.add(held) is not None:
-                log.info("job redelivered while held; keeping one copy")
-                return
+            self.window.add(held)
             if held.verify_on is None:
                 await self._emit(job, JobState.ACCEPTED, None, None)
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),
@@ -230,7 +242,13 @@ class Daemon:
             if self.stopping.is_set():
                 await self.intake.set_active(False)
                 continue
-            await self._schedule_pass()
+            try:
+                await self._schedule_pass()
+            except PublishAborted:
+                return
+            except Exception:
+                log.exception("scheduling pass failed; will try again")
+                await asyncio.sleep(0.5)
 
     async def _schedule_pass(self) -> None:
         now = self.clock()
@@ -352,13 +370,25 @@ class Daemon:
     # ---- tracking --------------------------------------------------------------------
 
     async def _track_loop(self) -> None:
+        next_prune = 0.0
         while True:
             await asyncio.sleep(self.settings.track_interval_s)
             by_cluster: dict[str, list[Tracked]] = {}
             for t in self.tracked.values():
                 if not t.final and t.published:
                     by_cluster.setdefault(t.cluster, []).append(t)
-            await asyncio.gather(*(self._track_cluster(c, ts) for c, ts in by_cluster.items()))
+            results = await asyncio.gather(*(self._track_cluster(c, ts) for c, ts in by_cluster.items()),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, PublishAborted):
+                    return
+                if isinstance(result, Exception):
+                    log.error("tracking failed; will look again", error=repr(result))
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 300
+                removed = await self.journal.prune(time.time() - self.settings.journal_retention_s)
+                if removed:
+                    log.info("journal pruned", rows=removed)
 
     async def _track_cluster(self, cluster: str, tracked: list[Tracked]) -> None:
         state = self.prober.clusters.get(cluster)
@@ -405,15 +435,21 @@ class Daemon:
             log.info("job state", state=new.value, message=message, attempt=job.attempt)
             await self._emit(job, new, t.cluster, message, final)
             if retry:
-                await self.intake.publish_retry(job, job.attempt + 1)
-                await self._emit(job, JobState.RETRYING, t.cluster, f"attempt {job.attempt + 1} queued")
-                t = await self._record(t.moved(new, final=True), published=True)
+                t = await self._queue_retry(t)
             else:
                 t = await self._record(t, published=True)
         self._missing.pop(job.submission_id, None)
         if new in TERMINAL:
             self._wake_up()
         return t
+
+    async def _queue_retry(self, t: Tracked) -> Tracked:
+        """Put the next attempt in the intake queue, then close this one. Safe to repeat
+        after a crash: a second copy of the retry message is recognised and dropped."""
+        job = t.job
+        await self.intake.publish_retry(job, job.attempt + 1)
+        await self._emit(job, JobState.RETRYING, t.cluster, f"attempt {job.attempt + 1} queued")
+        return await self._record(t.moved(t.state, final=True), published=True)
 
     async def _record(self, t: Tracked, *, published: bool) -> Tracked:
         t = replace(t, published=published)

@@ -90,6 +90,26 @@ class ClusterEvent:
                 "ts": self.ts, "message": self.message}
 
 
+async def publish_confirmed(exchange: Callable[[], AbstractExchange], message: aio_pika.Message,
+                            routing_key: str, closed: asyncio.Event, retry_s: float = 0.5) -> None:
+    """Publish and wait for the broker's confirm, retrying through broker outages until it
+    succeeds, or until `closed` is set (then `PublishAborted`)."""
+    while True:
+        try:
+            await exchange().publish(message, routing_key=routing_key)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # broker away: keep the message, try again
+            if closed.is_set():
+                raise PublishAborted(str(exc)) from exc
+            log.warning("publish failed, retrying", routing_key=routing_key, error=str(exc))
+            try:
+                await asyncio.wait_for(closed.wait(), retry_s)
+            except asyncio.TimeoutError:
+                pass
+
+
 class EventPublisher:
     """Publishes events with publisher confirms, retrying through broker outages.
 
@@ -97,14 +117,10 @@ class EventPublisher:
     it keeps retrying, so callers that must not lose an event simply await it; at shutdown
     `close()` makes waiting publishes give up with `PublishAborted`."""
 
-    def __init__(self, exchange_getter: Callable[[], AbstractExchange], *, retry_s: float = 0.5) -> None:
+    def __init__(self, exchange_getter: Callable[[], AbstractExchange], closed: asyncio.Event) -> None:
         self._exchange = exchange_getter
-        self._retry_s = retry_s
-        self._closed = asyncio.Event()
+        self._closed = closed
         self.published = 0
-
-    def close(self) -> None:
-        self._closed.set()
 
     async def publish(self, event: JobEvent | ClusterEvent) -> None:
         message = aio_pika.Message(
@@ -114,22 +130,9 @@ class EventPublisher:
             message_id=uuid.uuid4().hex,
             correlation_id=getattr(event, "correlation_id", None),
         )
-        while True:
-            try:
-                await self._exchange().publish(message, routing_key=event.routing_key)
-                self.published += 1
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker away: keep the event, try again
-                if self._closed.is_set():
-                    raise PublishAborted(str(exc)) from exc
-                log.warning("event publish failed, retrying", routing_key=event.routing_key, error=str(exc))
-                try:
-                    await asyncio.wait_for(self._closed.wait(), self._retry_s)
-                except asyncio.TimeoutError:
-                    pass
+        await publish_confirmed(self._exchange, message, event.routing_key, self._closed)
+        self.published += 1
 
 
 class PublishAborted(Exception):
-    """The daemon is shutting down and the broker did not confirm the event."""
+    """The daemon is shutting down and the broker did not confirm the message."""

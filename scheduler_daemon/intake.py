@@ -21,6 +21,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
 from .broker import Topology, declare_topology
+from .events import publish_confirmed
 from .jobs import ATTEMPT_HEADER, Job, MessageMeta
 from .settings import Settings
 
@@ -41,8 +42,9 @@ def message_meta(message: AbstractIncomingMessage) -> MessageMeta:
 
 
 class Intake:
-    def __init__(self, settings: Settings, handler: MessageHandler) -> None:
+    def __init__(self, settings: Settings, handler: MessageHandler, closed: asyncio.Event) -> None:
         self.settings = settings
+        self._closed = closed
         self._handler = handler
         self.connection: AbstractRobustConnection | None = None
         self.consume_channel: AbstractRobustChannel | None = None
@@ -138,10 +140,10 @@ class Intake:
 
     async def publish_retry(self, job: Job, next_attempt: int) -> None:
         """Put a job back in the intake queue for another attempt (confirmed)."""
-        assert self._publish_topology is not None
         data = orjson.loads(job.body) if job.body else {}
         data.update(submission_id=job.submission_id, job_id=job.job_id)
-        await self._publish_topology.intake.publish(
+        await publish_confirmed(
+            lambda: self._topology().intake,
             aio_pika.Message(
                 orjson.dumps(data),
                 content_type="application/json",
@@ -152,8 +154,19 @@ class Intake:
                 reply_to=job.reply_to,
                 headers={ATTEMPT_HEADER: next_attempt},
             ),
-            routing_key=self.settings.intake_routing_key,
+            self.settings.intake_routing_key,
+            self._closed,
         )
+
+    def _topology(self) -> Topology:
+        assert self._publish_topology is not None
+        return self._publish_topology
+
+    @staticmethod
+    def is_live(message: AbstractIncomingMessage) -> bool:
+        """Whether the channel that delivered `message` is still open (it can still be acked)."""
+        channel = getattr(message, "channel", None)
+        return channel is not None and not getattr(channel, "is_closed", True)
 
     async def stop_consuming(self) -> None:
         await self.set_active(False)

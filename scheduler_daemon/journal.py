@@ -125,6 +125,15 @@ class Journal:
         assert self._db is not None
         return await self._run(_read, self._db)
 
+    async def prune(self, before: float) -> int:
+        """Forget jobs that ended, and whose end was published, before `before` (unix time)."""
+        def _delete(db: sqlite3.Connection) -> int:
+            cur = db.execute("DELETE FROM tracked WHERE final = 1 AND published = 1 AND updated < ?", (before,))
+            return cur.rowcount
+
+        assert self._db is not None
+        return await self._run(_delete, self._db)
+
 
 def _row(row: tuple[Any, ...]) -> Tracked:
     sid, attempt, cluster, node_id, state, published, final, seen_running, job, _ = row

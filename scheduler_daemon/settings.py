@@ -64,6 +64,7 @@ class Settings:
     default_resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
     max_message_bytes: int = 1_048_576
     state_dir: str = "var/rmcs"
+    journal_retention_s: float = 7 * 86400.0
     shutdown_grace_s: float = 20.0
     log_level: str = "info"
 
@@ -72,7 +73,7 @@ class Settings:
         _check(1 <= self.max_priority <= 255, "max_priority", "must be between 1 and 255")
         _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
         for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
-                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s"):
+                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "journal_retention_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
