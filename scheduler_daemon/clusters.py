@@ -147,13 +147,12 @@ class Ledger:
                  resources: Mapping[str, float] | None = None, was_running: bool = True) -> None:
         """A job ended at `at`: drop its reservation; if Ray counted it as using resources,
         add them back until a snapshot after `at` shows them free."""
-        reserved = self.entries.pop((ray_id, False), None)
-        if reserved is not None:
-            node_id, resources = reserved.node_id, reserved.resources
-            counted_by_ray = reserved.visible_after is not None
-        else:
-            counted_by_ray = was_running
-        if counted_by_ray and node_id is not None and resources:
+        if self.entries.pop((ray_id, False), None) is not None:
+            # Still reserved: no snapshot has been seen to count the job (prune drops the
+            # reservation once one does), so dropping the reservation is all it takes. A
+            # release would cancel another job's usage in the snapshot and overcommit.
+            return
+        if was_running and node_id is not None and resources:
             self.entries[(ray_id, True)] = LedgerEntry(ray_id, node_id, resources, release=True, visible_after=at)
 
     def forget(self, ray_id: str) -> None:

@@ -56,6 +56,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._work: set[asyncio.Task[Any]] = set()
         self._missing: dict[str, int] = {}
+        self._next_prune = 0.0
         self._lock = asyncio.Lock()
         self.http: api.HttpServer | None = None
         self.metrics = api.Metrics()
@@ -370,25 +371,40 @@ class Daemon:
     # ---- tracking --------------------------------------------------------------------
 
     async def _track_loop(self) -> None:
-        next_prune = 0.0
-        while True:
-            await asyncio.sleep(self.settings.track_interval_s)
-            by_cluster: dict[str, list[Tracked]] = {}
-            for t in self.tracked.values():
-                if not t.final and t.published:
-                    by_cluster.setdefault(t.cluster, []).append(t)
-            results = await asyncio.gather(*(self._track_cluster(c, ts) for c, ts in by_cluster.items()),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, PublishAborted):
-                    return
-                if isinstance(result, Exception):
-                    log.error("tracking failed; will look again", error=repr(result))
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + 300
-                removed = await self.journal.prune(time.time() - self.settings.journal_retention_s)
-                if removed:
-                    log.info("journal pruned", rows=removed)
+        """One look per cluster at a time, like the prober: a cluster that never answers
+        holds back only its own jobs."""
+        looks: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await asyncio.sleep(self.settings.track_interval_s)
+                by_cluster: dict[str, list[Tracked]] = {}
+                for t in self.tracked.values():
+                    if not t.final and t.published:
+                        by_cluster.setdefault(t.cluster, []).append(t)
+                for cluster, task in list(looks.items()):
+                    if not task.done():
+                        by_cluster.pop(cluster, None)  # its previous look is still waiting
+                        continue
+                    del looks[cluster]
+                    error = None if task.cancelled() else task.exception()
+                    if isinstance(error, PublishAborted):
+                        return
+                    if error is not None:
+                        log.error("tracking failed; will look again", cluster=cluster, error=repr(error))
+                for cluster, ts in by_cluster.items():
+                    looks[cluster] = asyncio.create_task(self._track_cluster(cluster, ts), name=f"track-{cluster}")
+                await self._maybe_prune_journal()
+        finally:
+            for task in looks.values():
+                task.cancel()
+            await asyncio.gather(*looks.values(), return_exceptions=True)
+
+    async def _maybe_prune_journal(self) -> None:
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 300
+            removed = await self.journal.prune(time.time() - self.settings.journal_retention_s)
+            if removed:
+                log.info("journal pruned", rows=removed)
 
     async def _track_cluster(self, cluster: str, tracked: list[Tracked]) -> None:
         state = self.prober.clusters.get(cluster)
@@ -410,13 +426,15 @@ class Daemon:
         for change in transitions(tracked, ray_jobs, self._missing):
             current = self.tracked.get(change.tracked.job.submission_id)
             if current is not None and not current.final:
-                await self._apply(current, change.state, change.message)
+                await self._apply(current, change.state, change.message, change.ray_time)
 
-    async def _apply(self, t: Tracked, new: JobState, message: str | None) -> Tracked:
-        """One state change of a dispatched job: ledger, journal, event, retry."""
+    async def _apply(self, t: Tracked, new: JobState, message: str | None,
+                     ray_time: float | None = None) -> Tracked:
+        """One state change of a dispatched job: ledger, journal, event, retry. `ray_time`
+        is when it happened on Ray's clock, which the ledger compares with snapshot times."""
         job = t.job
         ledger = self.prober.clusters[t.cluster].ledger if t.cluster in self.prober.clusters else None
-        now = time.time()
+        now = ray_time if ray_time is not None else time.time()
         if ledger is not None:
             if new == JobState.RUNNING:
                 ledger.started(job.ray_submission_id, now)

@@ -59,7 +59,7 @@ class Settings:
     down_after_failures: int = 3
     up_after_successes: int = 2
     lost_after_s: float = 30.0
-    snapshot_margin_s: float = 1.0
+    snapshot_margin_s: float = 0.25
     placement_strategy: str = "spread"
     default_resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
     max_message_bytes: int = 1_048_576

@@ -20,6 +20,13 @@ class Change:
     tracked: Tracked
     state: JobState
     message: str | None
+    # When it happened on Ray's clock, the clock of its snapshots: the job's start_time
+    # for RUNNING, its end_time for an end; None when Ray does not say.
+    ray_time: float | None = None
+
+
+def _ray_seconds(ms: Any) -> float | None:
+    return ms / 1000.0 if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms > 0 else None
 
 
 def transitions(tracked: Iterable[Tracked], ray_jobs: Iterable[Mapping[str, Any]],
@@ -46,7 +53,8 @@ def transitions(tracked: Iterable[Tracked], ray_jobs: Iterable[Mapping[str, Any]
         if new in _ORDER and _ORDER[new] <= _ORDER.get(t.state, 0):
             continue  # never move backwards
         message = info.get("message") if isinstance(info.get("message"), str) else None
+        started, ended = _ray_seconds(info.get("start_time")), _ray_seconds(info.get("end_time"))
         if new == JobState.SUCCEEDED and not t.seen_running and t.state != JobState.RUNNING:
-            changes.append(Change(t, JobState.RUNNING, "started and finished between two looks"))
-        changes.append(Change(t, new, message))
+            changes.append(Change(t, JobState.RUNNING, "started and finished between two looks", started))
+        changes.append(Change(t, new, message, ended if new in TERMINAL else started))
     return changes

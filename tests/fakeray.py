@@ -11,7 +11,7 @@ For policy, scale and fault tests that real clusters cannot show cheaply:
   tests check: requests per route, submissions, the most resources ever demanded at once by
   unfinished jobs (`max_demand`, which exceeds the node totals when a scheduler overcommits and
   jobs queue inside Ray) and how long a freed slot stayed idle before a new submission took it
-  (`reuse_delays`).
+  (`reuse_delays`, `idle_slot_delays`).
 - Fault knobs, settable at run time: `mode` "ok" | "dead" | "hang" | "error500" | "garbage",
   and `latency_s`. "dead" on a cluster with a port of its own stops its server (connection
   refused); use `await cluster.set_mode(...)` for it. On a shared server "dead" resets each
@@ -51,6 +51,7 @@ _NUMBER_FIELDS = {"entrypoint_num_cpus": "CPU", "entrypoint_num_gpus": "GPU", "e
 _BODY_FIELDS = {"entrypoint", "submission_id", "job_id", "runtime_env", "metadata", "entrypoint_resources",
                 *_NUMBER_FIELDS}
 _WEB_SERVERS: "weakref.WeakSet[Any]" = weakref.WeakSet()  # the fakes' aiohttp servers
+_FAKE_TASKS: "weakref.WeakSet[asyncio.Task[Any]]" = weakref.WeakSet()  # their request tasks
 PENDING_MESSAGE = ("Job has not started yet. It may be waiting for resources (CPUs, GPUs, memory, custom "
                    "resources) to become available. It may be waiting for the runtime environment to be set up.")
 
@@ -212,6 +213,8 @@ class FakeCluster:
             node = self._fit(job)
             if node is not None:
                 self._waiting.remove(job)
+                if self._freed:  # taken from Ray's own queue: not a reuse by the scheduler
+                    self._freed.pop(0)
                 self._reserve(job, node, now)
 
     def _reserve(self, job: FakeJob, node: str, now: float) -> None:
@@ -251,6 +254,12 @@ class FakeCluster:
 
     def in_ray_queue(self) -> int:
         return len(self._waiting)
+
+    def idle_slot_delays(self, until: float) -> list[float]:
+        """How long each slot freed by a finished job stayed idle until a new submission took
+        it (oldest free slot first); slots still free count until `until` (e.g. the last
+        submission anywhere: as long as jobs were still waiting to be placed)."""
+        return self.reuse_delays + [until - t for t in self._freed if t < until]
 
     # ---- the Ray API, as plain (status, body) answers ------------------------------------
 
@@ -536,6 +545,9 @@ class FakeServer:
         cluster, path = self._find(request.path)
         if cluster is None:
             return web.Response(status=404, text="404: Not Found")
+        for task in (asyncio.current_task(), request.task):
+            if task is not None:
+                _FAKE_TASKS.add(task)
         body = await request.read()
         cluster.requests[f"{request.method} {_route_name(path)}"] += 1
         if cluster.latency_s > 0:
@@ -621,6 +633,8 @@ async def fake_fleet(n: int, **kw: Any) -> AsyncIterator[Fleet]:
 def is_fake_task(task: asyncio.Task[Any]) -> bool:
     """Whether a task is a fake dashboard's request handler (a hung request, say), to tell it
     apart from the daemon's own tasks when looking for leaks."""
+    if task in _FAKE_TASKS:
+        return True
     frame = getattr(task.get_coro(), "cr_frame", None)
     handler = frame.f_locals.get("self") if frame is not None else None
     return isinstance(handler, RequestHandler) and getattr(handler, "_manager", None) in _WEB_SERVERS

@@ -153,3 +153,16 @@ async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...]
 
 def sid(prefix: str = "s") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def wait_idle(daemon: Daemon, timeout: float = 30.0) -> None:
+    """Wait until the daemon sees every CPU and GPU of every cluster free (earlier tests'
+    jobs leave Ray's 5-second snapshot behind them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = daemon.prober.views()
+        if views and all(v.nodes for v in views) and all(
+                n.free(r) >= n.total[r] for v in views for n in v.nodes for r in ("CPU", "GPU") if r in n.total):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"clusters not idle after {timeout}s: {[v.summary() for v in daemon.prober.views()]}")

@@ -15,7 +15,7 @@ import orjson
 import yaml
 
 from scheduler_daemon.rayapi import RayDashboard
-from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid
+from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid, wait_idle
 
 LEGAL_NEXT = {
     None: {"ACCEPTED", "REJECTED"},
@@ -111,7 +111,8 @@ async def test_invalid_message_is_dead_lettered_and_next_job_runs(tmp_path, ray_
 
 async def test_backlog_waits_in_rabbitmq_and_high_priority_overtakes(tmp_path, ray_clusters):
     s = make_settings(tmp_path, window_size=2)
-    async with running_daemon(s, ray_clusters), Events(s) as ev:
+    async with running_daemon(s, ray_clusters) as daemon, Events(s) as ev:
+        await wait_idle(daemon)
         # Fill every CPU and GPU of both clusters.
         blockers = [sid("block") for _ in range(4)]
         for i, b in enumerate(blockers):
@@ -136,7 +137,8 @@ async def test_backlog_waits_in_rabbitmq_and_high_priority_overtakes(tmp_path, r
 
 async def test_queue_timeout_expires_a_waiting_job(tmp_path, ray_clusters):
     s = make_settings(tmp_path)
-    async with running_daemon(s, ray_clusters), Events(s) as ev:
+    async with running_daemon(s, ray_clusters) as daemon, Events(s) as ev:
+        await wait_idle(daemon)
         blocker, waiting = sid("block"), sid("exp")
         # All 2 GPUs busy, then a GPU job that may wait 2 s.
         await publish(s, {"submission_id": blocker, "entrypoint": "/bin/sleep 6",

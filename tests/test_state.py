@@ -139,13 +139,23 @@ def test_ledger_finished_adds_a_release_until_pruned() -> None:
     ledger = Ledger()
     ledger.reserve("r1", "n1", {"CPU": 1.0})
     ledger.started("r1", at=100.0)
-    ledger.finished("r1", at=110.0)
+    ledger.prune(snapshot_time=105.0, margin=1.0)  # a snapshot counts the job: reservation dropped
+    ledger.finished("r1", at=110.0, node_id="n1", resources={"CPU": 1.0})
     # Ray's snapshot still counts the job: the release frees its CPU.
     assert free(ledger)["CPU"] == 4.0
     ledger.prune(snapshot_time=110.5, margin=1.0)
     assert free(ledger)["CPU"] == 4.0
     ledger.prune(snapshot_time=111.5, margin=1.0)
     assert free(ledger)["CPU"] == 3.0 and not ledger.entries
+
+
+def test_ledger_finished_between_snapshots_drops_the_reservation_only() -> None:
+    ledger = Ledger()  # started and ended after the snapshot: no snapshot ever counted it
+    ledger.reserve("r1", "n1", {"CPU": 1.0})
+    ledger.reserve("r2", "n1", {"CPU": 1.0})
+    ledger.started("r1", at=100.0)
+    ledger.finished("r1", at=110.0)
+    assert free(ledger)["CPU"] == 2.0  # r2 still holds its CPU
 
 
 def test_ledger_finished_before_started_drops_the_reservation_only() -> None:
