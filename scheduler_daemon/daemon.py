@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from dataclasses import replace
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -106,11 +106,21 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_tasks)
         await self.start()
         try:
             await self.stopping.wait()
         finally:
             await self.stop()
+
+    def dump_tasks(self) -> None:
+        """SIGUSR1: log every task and where it waits (for a daemon that seems stuck)."""
+        import io
+
+        for task in asyncio.all_tasks():
+            out = io.StringIO()
+            task.print_stack(limit=12, file=out)
+            log.warning("task dump", task=task.get_name(), stack=out.getvalue())
 
     async def stop(self) -> None:
         """Graceful: stop taking jobs, finish in-flight dispatches, close in order. Idempotent."""
@@ -118,26 +128,35 @@ class Daemon:
             return
         self.stopping.set()
         log.info("daemon stopping", in_flight=len(self._work), held=len(self.window))
-        await self.intake.stop_consuming()
+        await self._step("stop consuming", self.intake.stop_consuming(), 5)
         # Let in-flight dispatches finish within the grace period.
         deadline = self.clock() + self.settings.shutdown_grace_s
         while self._work and self.clock() < deadline:
             await asyncio.wait(set(self._work), timeout=max(0.0, deadline - self.clock()))
         for task in reversed(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._step("stop loops", asyncio.gather(*self._tasks, return_exceptions=True), 5)
         self._closing.set()
         for task in list(self._work):
             task.cancel()
-        await asyncio.gather(*self._work, return_exceptions=True)
-        # Held jobs that were never dispatched go back to the queue when the channel closes.
+        await self._step("cancel work", asyncio.gather(*self._work, return_exceptions=True), 5)
         if self.http is not None:
-            await self.http.stop()
-        await self.prober.close()
-        await self.intake.close()
-        await self.journal.close()
+            await self._step("http", self.http.stop(), 5)
+        await self._step("probes", self.prober.close(), 5)
+        # Held jobs that were never dispatched go back to the queue when the channel closes.
+        await self._step("broker", self.intake.close(), 10)
+        await self._step("journal", self.journal.close(), 5)
         self.stopped.set()
         log.info("daemon stopped")
+
+    async def _step(self, name: str, aw: Awaitable[Any], timeout: float) -> None:
+        try:
+            await asyncio.wait_for(aw, timeout)
+        except asyncio.TimeoutError:
+            log.error("shutdown step timed out", step=name, timeout_s=timeout)
+            self.dump_tasks()
+        except Exception as exc:
+            log.error("shutdown step failed", step=name, error=repr(exc))
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -465,8 +484,8 @@ class Daemon:
         """Put the next attempt in the intake queue, then close this one. Safe to repeat
         after a crash: a second copy of the retry message is recognised and dropped."""
         job = t.job
-        await self.intake.publish_retry(job, job.attempt + 1)
         await self._emit(job, JobState.RETRYING, t.cluster, f"attempt {job.attempt + 1} queued")
+        await self.intake.publish_retry(job, job.attempt + 1)  # after RETRYING: events stay in order
         return await self._record(t.moved(t.state, final=True), published=True)
 
     async def _record(self, t: Tracked, *, published: bool) -> Tracked:

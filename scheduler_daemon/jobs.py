@@ -26,6 +26,7 @@ MAX_METADATA_VALUE = 4096
 MAX_RESOURCE_VALUE = 1e15
 PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
 ATTEMPT_HEADER = "x-rmcs-attempt"
+_JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
 _PATHLIKE = re.compile(r"^[A-Za-z0-9_.~/+-]+$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".jl", ".rb", ".pl")
 
@@ -212,7 +213,8 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
     check_entrypoint(entrypoint)
     job_id = data.get("job_id")
     if job_id is None:
-        job_id = f"job_{uuid.uuid4().hex}"
+        # Derived from the submission id, so a redelivered message keeps its job id.
+        job_id = f"job_{uuid.uuid5(_JOB_ID_NAMESPACE, sid).hex}"
     if not isinstance(job_id, str) or not 0 < len(job_id) <= 256:
         raise InvalidJob("job_id must be a string of 1 to 256 characters")
     runtime_env = data.get("runtime_env")

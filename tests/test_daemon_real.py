@@ -190,6 +190,13 @@ async def test_sigkill_mid_stream_then_restart_runs_every_job_exactly_once(tmp_p
             proc.wait()
             kills += 1
             proc = start()
+        # A graceful stop in the middle of the stream loses nothing either.
+        await ev.wait_for(lambda: sum("DISPATCHED" in ev.states(j) for j in jobs) >= 19, 90, "19 dispatched")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=s.shutdown_grace_s + 10) == 0
+        assert time.monotonic() - t0 < s.shutdown_grace_s + 5
+        proc = start()
         try:
             await ev.wait_final(jobs, timeout=180)
         finally:

@@ -1,0 +1,83 @@
+"""Backpressure with a deep queue, and LOST jobs on a dead cluster, against fake dashboards
+and the real RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from typing import Any
+
+from fakeray import FakeCluster, FakeServer
+from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid
+
+
+async def _serve(*clusters: FakeCluster) -> list[FakeServer]:
+    servers = [FakeServer([c]) for c in clusters]
+    for server in servers:
+        await server.start()
+    return servers
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def test_deep_backlog_stays_in_rabbitmq_and_window_stays_small(tmp_path: Any) -> None:
+    s = make_settings(tmp_path, window_size=4)
+    (busy,) = clusters = (FakeCluster("busy", nodes={"n1": {"CPU": 1, "memory": 8 * 2**30}}),)
+    servers = await _serve(*clusters)
+    try:
+        async with running_daemon(s, tuple(c.config() for c in clusters)) as daemon, Events(s) as ev:
+            first = sid("long")
+            await publish(s, {"submission_id": first, "entrypoint": "/bin/sleep 60"})
+            await ev.wait_for(lambda: "DISPATCHED" in ev.states(first), 15)
+            rss_before = _rss_mb()
+            n = 3000
+            await publish_many(s, [({"submission_id": sid("deep"), "entrypoint": "/bin/sleep 1"}, i % 10)
+                                   for i in range(n)])
+            await asyncio.sleep(2.0)
+            depth = await queue_depth(s)
+            assert len(daemon.window) <= s.window_size
+            assert daemon.intake.consumed <= 1 + s.window_size, daemon.intake.consumed
+            assert depth >= n - s.window_size, depth
+            assert not daemon.intake.active, "the consumer is cancelled while no cluster has room"
+            assert len(busy.submissions) == 1
+            print(f"queue depth {depth}, window {len(daemon.window)}, test process RSS "
+                  f"{rss_before:.0f} -> {_rss_mb():.0f} MB")
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def test_jobs_on_a_dead_cluster_become_lost_and_retry_elsewhere(tmp_path: Any) -> None:
+    s = make_settings(tmp_path, lost_after_s=1.5, probe_interval_s=0.3, down_after_failures=2)
+    doomed = FakeCluster("doomed", duration_of=lambda e: None, duration_s=60)
+    spare = FakeCluster("spare", duration_of=lambda e: None, duration_s=0.3)
+    servers = await _serve(doomed, spare)
+    try:
+        configs = (doomed.config(), spare.config())
+        async with running_daemon(s, configs), Events(s) as ev:
+            retried, single = sid("retried"), sid("single")
+            for job, retries in ((retried, 1), (single, 0)):
+                await publish(s, {"submission_id": job, "entrypoint": "/bin/true",
+                                  "preferred_cluster": "doomed", "max_retries": retries})
+            await ev.wait_for(lambda: all("RUNNING" in ev.states(j) for j in (retried, single)), 15)
+            await doomed.set_mode("dead")
+            await ev.wait_final([retried, single], timeout=30)
+            assert [(e["state"], e["attempt"], e["cluster"]) for e in ev.of(retried)] == [
+                ("ACCEPTED", 1, None), ("DISPATCHED", 1, "doomed"), ("RUNNING", 1, "doomed"),
+                ("LOST", 1, "doomed"), ("RETRYING", 1, "doomed"),
+                ("ACCEPTED", 2, None), ("DISPATCHED", 2, "spare"), ("RUNNING", 2, "spare"),
+                ("SUCCEEDED", 2, "spare"),
+            ], ev.of(retried)
+            lost = [e for e in ev.of(single) if e["state"] == "LOST"]
+            assert lost and lost[0]["final"] and "down" in lost[0]["message"]
+            assert [j for j in spare.jobs] == [f"{retried}~2"]
+    finally:
+        for server in servers:
+            await server.stop()
