@@ -117,6 +117,9 @@ class FakeCluster:
         self.snapshot_every_s = snapshot_every_s
         self.clock = clock
         self.latency_s = 0.0
+        # Faults for the next job submissions, one popped per POST /api/jobs/:
+        # "no_agent" (500, job not created), "refuse" (400), "hang_after_create".
+        self.submit_faults: list[str] = []
         self.garbage_body = b"<html><body>502 Bad Gateway</body></html>"
         self._mode = "ok"
         self._release = asyncio.Event()
@@ -346,6 +349,11 @@ class FakeCluster:
         return entrypoint, sid, need, metadata, runtime_env
 
     def submit(self, body: Any) -> tuple[int, Any]:
+        fault = self.submit_faults.pop(0) if self.submit_faults else None
+        if fault == "no_agent":  # what Ray answers when its job agent is not up
+            return 500, _traceback("RuntimeError: No available agent to submit job, please try again later.")
+        if fault == "refuse":
+            return 400, "TypeError: runtime_env is not valid for this cluster"
         try:
             entrypoint, sid, need, metadata, runtime_env = self._parse_submit(body)
         except BadRequest as exc:
@@ -367,6 +375,8 @@ class FakeCluster:
         else:
             self._waiting.append(job)
         self._note_demand()
+        if fault == "hang_after_create":  # the job exists, but the answer never comes
+            return HANG, None
         return 200, {"job_id": sid, "submission_id": sid}
 
     def job_info(self, job: FakeJob, now: float) -> dict[str, Any]:
@@ -484,6 +494,9 @@ class FakeCluster:
         return 404, "404: Not Found"
 
 
+HANG = -1  # route() status meaning: never answer
+
+
 def _traceback(last_line: str) -> str:
     return ("Traceback (most recent call last):\n"
             '  File "/usr/lib/python3/site-packages/ray/dashboard/modules/job/job_head.py", line 380, in submit_job\n'
@@ -568,6 +581,10 @@ class FakeServer:
             status, answer = cluster.route(request.method, path, body)
         except Exception:  # a bug in the fake: answer like a crashing dashboard, but loudly
             return web.Response(status=500, text=traceback.format_exc())
+        if status == HANG:
+            while not self._closing:
+                await asyncio.sleep(0.1)
+            raise asyncio.CancelledError()
         if isinstance(answer, str):
             return web.Response(status=status, text=answer)
         return web.Response(status=status, body=orjson.dumps(answer), content_type="application/json")

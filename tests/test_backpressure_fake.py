@@ -81,3 +81,56 @@ async def test_jobs_on_a_dead_cluster_become_lost_and_retry_elsewhere(tmp_path: 
     finally:
         for server in servers:
             await server.stop()
+
+
+async def test_failed_dispatch_puts_the_job_back_for_another_cluster(tmp_path: Any) -> None:
+    s = make_settings(tmp_path)
+    flaky, steady = FakeCluster("flaky", duration_s=0.2), FakeCluster("steady", duration_s=0.2)
+    flaky.submit_faults = ["no_agent"]
+    servers = await _serve(flaky, steady)
+    try:
+        async with running_daemon(s, (flaky.config(), steady.config())), Events(s) as ev:
+            job = sid("flaky")
+            await publish(s, {"submission_id": job, "entrypoint": "/bin/true", "preferred_cluster": "flaky"})
+            await ev.wait_final([job], timeout=15)
+            assert ev.states(job) == ["ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
+            assert ev.of(job)[-1]["cluster"] == "steady"
+            assert not flaky.jobs and list(steady.jobs) == [job]
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def test_dispatch_timeout_looks_on_the_cluster_before_going_elsewhere(tmp_path: Any) -> None:
+    s = make_settings(tmp_path, dispatch_timeout_s=1.0)
+    slow, other = FakeCluster("slow", duration_s=0.3), FakeCluster("other", duration_s=0.3)
+    slow.submit_faults = ["hang_after_create"]
+    servers = await _serve(slow, other)
+    try:
+        async with running_daemon(s, (slow.config(), other.config())), Events(s) as ev:
+            job = sid("ambiguous")
+            await publish(s, {"submission_id": job, "entrypoint": "/bin/true", "preferred_cluster": "slow"})
+            await ev.wait_final([job], timeout=20)
+            assert ev.of(job)[-1]["state"] == "SUCCEEDED" and ev.of(job)[-1]["cluster"] == "slow"
+            assert list(slow.jobs) == [job] and not other.jobs, "the job ran exactly once, where it landed"
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def test_job_refused_by_every_cluster_is_rejected(tmp_path: Any) -> None:
+    s = make_settings(tmp_path)
+    a, b = FakeCluster("ra"), FakeCluster("rb")
+    a.submit_faults, b.submit_faults = ["refuse"], ["refuse"]
+    servers = await _serve(a, b)
+    try:
+        async with running_daemon(s, (a.config(), b.config())), Events(s) as ev:
+            job = sid("refused")
+            await publish(s, {"submission_id": job, "entrypoint": "/bin/true"})
+            await ev.wait_final([job], timeout=15)
+            last = ev.of(job)[-1]
+            assert last["state"] == "REJECTED" and "refused" in last["message"] and "runtime_env" in last["message"]
+            assert not a.jobs and not b.jobs
+    finally:
+        for server in servers:
+            await server.stop()
