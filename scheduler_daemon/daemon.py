@@ -11,7 +11,7 @@ import contextlib
 import math
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Coroutine
 
 import structlog
@@ -27,14 +27,35 @@ from .jobs import TERMINAL, InvalidJob, Job, JobState, RAY_STATES, parse_job
 from .journal import Journal, Tracked
 from .placement import NoFit, choose, has_spare_capacity
 from .probing import ClusterState, Prober
-from .rayapi import RayError, RayNotFound
+from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import ClusterConfig, Settings
+from .status.consumer import StatusConsumer
+from .status.hub import EventHub
+from .status.store import SqliteStatusStore, StatusStore, now_minus
 from .tracking import transitions
 
 log = structlog.get_logger("rmcs.daemon")
 
 TRANSIENT_EXCLUDE_S = 5.0
 VERIFY_ALL = "*"
+MAINTENANCE_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class StopAnswer:
+    """What a stop request did: `cancelled` (never dispatched), `stopping` (asked its cluster),
+    `already_final`, or `recorded` (not seen yet: cancelled if it arrives)."""
+
+    submission_id: str
+    outcome: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"submission_id": self.submission_id, "outcome": self.outcome, "message": self.message}
+
+
+class LogsUnavailable(Exception):
+    """The job exists but its logs cannot be had; the message says why."""
 
 
 class Daemon:
@@ -60,23 +81,33 @@ class Daemon:
         self._lock = asyncio.Lock()
         self.http: api.HttpServer | None = None
         self.metrics = api.Metrics()
+        self.store: StatusStore = SqliteStatusStore(f"{settings.state_dir}/status.db")
+        self.hub = EventHub()
+        self.status = StatusConsumer(settings, self.store, self.hub, self._stop_from_broker)
+        self.queue_depth: int | None = None
+        self._stop_after_dispatch: dict[str, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.journal.open()
+        await self.store.open()
         await self.intake.connect()
+        assert self.intake.connection is not None
+        await self.status.start(self.intake.connection)
         for t in await self.journal.open_jobs():
             self.tracked[t.job.submission_id] = t
         if self.tracked:
             log.info("resuming jobs from the journal", count=len(self.tracked))
         self._spawn(self._republish_unconfirmed(), "republish")
+        self._spawn(self._reconcile_status(), "reconcile")
         self.http = api.HttpServer(self)
         await self.http.start()
         self._tasks += [
             asyncio.create_task(self.prober.run(), name="prober"),
             asyncio.create_task(self._schedule_loop(), name="scheduler"),
             asyncio.create_task(self._track_loop(), name="tracker"),
+            asyncio.create_task(self._maintenance_loop(), name="maintenance"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_died)
@@ -146,6 +177,7 @@ class Daemon:
         # Held jobs that were never dispatched go back to the queue when the channel closes.
         await self._step("broker", self.intake.close(), 10)
         await self._step("journal", self.journal.close(), 5)
+        await self._step("status store", self.store.close(), 5)
         self.stopped.set()
         log.info("daemon stopped")
 
@@ -209,6 +241,12 @@ class Daemon:
                     await self.intake.dead_letter(message, f"duplicate submission_id {job.submission_id!r}: "
                                                            "a job with this id was already accepted")
                     log.warning("duplicate submission rejected")
+                return
+            cancelled = await self.journal.cancellation(job.submission_id)
+            if cancelled is not None:
+                log.info("job cancelled before it was received", reason=cancelled)
+                await self._emit(job, JobState.CANCELLED, None, cancelled, final=True)
+                await self.intake.ack(message)
                 return
             existing = self.window.get(job.submission_id)
             if existing is not None:
@@ -345,6 +383,9 @@ class Daemon:
         self.window.remove(job.submission_id)
         t = await self._record(t, published=True)
         log.info("job dispatched", cluster=cluster)
+        reason = self._stop_after_dispatch.pop(job.submission_id, None)
+        if reason is not None:
+            await self._stop_on_cluster(t, reason)
         if state == JobState.SUCCEEDED:
             t = await self._apply(t, JobState.RUNNING, "found already finished")
         if state != JobState.DISPATCHED:
@@ -386,6 +427,119 @@ class Daemon:
         if was_all:
             await self._emit(job, JobState.ACCEPTED, None, None)
         self._wake_up()
+
+
+    # ---- stopping ----------------------------------------------------------------------
+
+    async def _stop_from_broker(self, submission_id: str, reason: str) -> dict[str, str]:
+        return (await self.stop_job(submission_id, reason)).to_json()
+
+    async def stop_job(self, submission_id: str, reason: str = "stop requested") -> StopAnswer:
+        """Stop a job wherever it is. Repeating it is harmless."""
+        with structlog.contextvars.bound_contextvars(submission_id=submission_id):
+            held = self.window.get(submission_id)
+            if held is not None:
+                if held.in_flight:
+                    self._stop_after_dispatch[submission_id] = reason
+                    log.info("stop requested during dispatch; will stop it on its cluster")
+                    return StopAnswer(submission_id, "stopping", "being dispatched; it is stopped on its cluster next")
+                await self._finish_held(held, JobState.CANCELLED, reason)
+                return StopAnswer(submission_id, "cancelled", "cancelled before dispatch; it never reaches a cluster")
+            t = self.tracked.get(submission_id)
+            if t is not None and not t.final:
+                return await self._stop_on_cluster(t, reason)
+            known = t or await self.journal.get(submission_id)
+            status = await self.store.get(submission_id, history=False)
+            if (known is not None and known.final) or (status is not None and status.final):
+                state = status.state if status is not None else known.state.value  # type: ignore[union-attr]
+                return StopAnswer(submission_id, "already_final", f"the job already ended: {state}")
+            if status is not None and status.state in ("DISPATCHED", "RUNNING"):
+                return StopAnswer(submission_id, "unknown", "the job runs on a cluster this daemon does not follow")
+            await self.journal.cancel(submission_id, reason)
+            log.info("stop recorded for a job not received yet")
+            return StopAnswer(submission_id, "recorded",
+                              "no such job has reached the daemon; if one with this id arrives it is cancelled")
+
+    async def _stop_on_cluster(self, t: Tracked, reason: str) -> StopAnswer:
+        state = self.prober.clusters.get(t.cluster)
+        if state is None:
+            return StopAnswer(t.job.submission_id, "unknown", f"cluster {t.cluster} is not configured")
+        try:
+            await state.dashboard.stop(t.job.ray_submission_id)
+        except RayError as exc:
+            log.warning("stop on cluster failed", cluster=t.cluster, error=str(exc))
+            return StopAnswer(t.job.submission_id, "failed", f"cluster {t.cluster} did not take the stop: {exc}")
+        log.info("stop sent to cluster", cluster=t.cluster, reason=reason)
+        return StopAnswer(t.job.submission_id, "stopping", f"stop sent to {t.cluster}; the job ends as STOPPED")
+
+    # ---- status upkeep -------------------------------------------------------------------
+
+    async def _reconcile_status(self) -> None:
+        """At start: jobs the status cache thinks run, that ended while the daemon was away,
+        get their real end state from their cluster."""
+        for status in await self.store.open_jobs():
+            if status.state not in ("DISPATCHED", "RUNNING") or status.submission_id in self.tracked:
+                continue
+            state = self.prober.clusters.get(status.cluster or "")
+            if state is None:
+                continue
+            ray_id = status.submission_id if status.attempt == 1 else f"{status.submission_id}~{status.attempt}"
+            try:
+                info = await state.dashboard.job(ray_id)
+            except RayError:
+                continue
+            ray_state = RAY_STATES.get(str(info.get("status")))
+            if ray_state is not None and ray_state in TERMINAL:
+                await self.store.apply({"event": f"job.{ray_state.value.lower()}.{status.cluster}",
+                                        "state": ray_state.value, "submission_id": status.submission_id,
+                                        "attempt": status.attempt, "cluster": status.cluster,
+                                        "message": "reconciled with the cluster at start",
+                                        "final": True})
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            try:
+                await self._delete_expired_ray_jobs()
+                self.queue_depth = await self.intake.queue_depth()
+            except Exception as exc:
+                log.warning("maintenance step failed", error=repr(exc))
+
+    async def _delete_expired_ray_jobs(self) -> None:
+        """Ray keeps job history forever: delete recorded terminal jobs after the retention."""
+        for status in await self.store.due_for_deletion(now_minus(self.settings.ray_job_retention_s)):
+            state = self.prober.clusters.get(status.cluster or "")
+            if state is None:
+                continue
+            ray_id = status.submission_id if status.attempt == 1 else f"{status.submission_id}~{status.attempt}"
+            try:
+                await state.dashboard.delete(ray_id)
+            except RayNotFound:
+                pass
+            except RayRejected as exc:
+                log.warning("could not delete job from its cluster", cluster=status.cluster, error=str(exc))
+                continue
+            except RayError:
+                continue
+            await self.store.mark_deleted(status.submission_id)
+
+    async def logs(self, submission_id: str) -> str:
+        """The job's logs, from its cluster."""
+        status = await self.store.get(submission_id, history=False)
+        t = self.tracked.get(submission_id)
+        cluster = t.cluster if t is not None else (status.cluster if status is not None else None)
+        if status is None and t is None:
+            raise LookupError(f"no job {submission_id!r}")
+        if cluster is None:
+            raise LogsUnavailable(f"job {submission_id!r} has not been dispatched to a cluster")
+        if status is not None and status.deleted_from_cluster:
+            raise LogsUnavailable(f"job {submission_id!r} was deleted from {cluster} after its retention")
+        state = self.prober.clusters.get(cluster)
+        if state is None:
+            raise LogsUnavailable(f"cluster {cluster} is not configured")
+        attempt = t.job.attempt if t is not None else status.attempt  # type: ignore[union-attr]
+        ray_id = submission_id if attempt == 1 else f"{submission_id}~{attempt}"
+        return await state.dashboard.logs(ray_id)
 
     # ---- tracking --------------------------------------------------------------------
 

@@ -168,6 +168,17 @@ class Intake:
         channel = getattr(message, "channel", None)
         return channel is not None and not getattr(channel, "is_closed", True)
 
+    async def queue_depth(self) -> int | None:
+        """Messages waiting in the intake queue, as the broker reports them."""
+        if self.connection is None or self.connection.is_closed:
+            return None
+        channel = await self.connection.channel()
+        try:
+            result = await channel.declare_queue(self.settings.intake_queue, passive=True)
+            return int(result.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+
     async def stop_consuming(self) -> None:
         await self.set_active(False)
 

@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS tracked (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tracked_open ON tracked (final, published);
+CREATE TABLE IF NOT EXISTS cancellations (
+    submission_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    ts REAL NOT NULL
+);
 """
 
 
@@ -125,10 +130,24 @@ class Journal:
         assert self._db is not None
         return await self._run(_read, self._db)
 
+    async def cancel(self, submission_id: str, reason: str) -> None:
+        """Record a stop for a job the daemon has not received yet (durable)."""
+        assert self._db is not None
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO cancellations VALUES (?,?,?)",
+                                              (submission_id, reason, time.time())), self._db)
+
+    async def cancellation(self, submission_id: str) -> str | None:
+        assert self._db is not None
+        row = await self._run(lambda db: db.execute("SELECT reason FROM cancellations WHERE submission_id = ?",
+                                                    (submission_id,)).fetchone(), self._db)
+        return row[0] if row else None
+
     async def prune(self, before: float) -> int:
-        """Forget jobs that ended, and whose end was published, before `before` (unix time)."""
+        """Forget jobs that ended, and whose end was published, before `before` (unix time),
+        and cancellations recorded before it."""
         def _delete(db: sqlite3.Connection) -> int:
             cur = db.execute("DELETE FROM tracked WHERE final = 1 AND published = 1 AND updated < ?", (before,))
+            db.execute("DELETE FROM cancellations WHERE ts < ?", (before,))
             return cur.rowcount
 
         assert self._db is not None

@@ -49,6 +49,8 @@ class Settings:
     dead_letter_exchange: str = "rmcs.jobs.dlx"
     dead_letter_queue: str = "rmcs.jobs.dead"
     events_exchange: str = "rmcs.events"
+    status_queue: str = "rmcs.status"
+    control_queue: str = "rmcs.control.stop"
     max_priority: int = 10
     window_size: int = 8
     probe_interval_s: float = 1.0
@@ -65,6 +67,7 @@ class Settings:
     max_message_bytes: int = 1_048_576
     state_dir: str = "var/rmcs"
     journal_retention_s: float = 7 * 86400.0
+    ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     log_level: str = "info"
 
@@ -73,7 +76,7 @@ class Settings:
         _check(1 <= self.max_priority <= 255, "max_priority", "must be between 1 and 255")
         _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
         for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
-                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "journal_retention_s"):
+                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "journal_retention_s", "ray_job_retention_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")

@@ -29,6 +29,8 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         dead_letter_exchange=f"t.{tag}.jobs.dlx",
         dead_letter_queue=f"t.{tag}.jobs.dead",
         events_exchange=f"t.{tag}.events",
+        status_queue=f"t.{tag}.status",
+        control_queue=f"t.{tag}.control",
         probe_interval_s=0.5,
         track_interval_s=0.3,
         state_dir=str(tmp_path / "state"),
@@ -50,7 +52,7 @@ async def delete_topology(s: Settings) -> None:
     conn = await aio_pika.connect(s.amqp_url)
     async with conn:
         ch = await conn.channel()
-        for q in (s.intake_queue, s.dead_letter_queue):
+        for q in (s.intake_queue, s.dead_letter_queue, s.status_queue, s.control_queue):
             with contextlib.suppress(Exception):
                 await ch.queue_delete(q)
         for x in (s.intake_exchange, s.dead_letter_exchange, s.events_exchange):
@@ -149,6 +151,7 @@ async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...]
         yield daemon
     finally:
         await daemon.stop()
+        await delete_topology(settings)
 
 
 def sid(prefix: str = "s") -> str:

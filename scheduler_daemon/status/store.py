@@ -1,0 +1,396 @@
+"""Where every job's current state and history are kept.
+
+`StatusStore` is the interface; `SqliteStatusStore` the embedded default (one worker
+thread, WAL). A server database can implement the same interface later.
+
+Applying events is idempotent and monotonic: a duplicate event changes nothing, and an
+event older than what is known (out of order) is recorded in the history but never moves
+the job's current state backwards.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import orjson
+
+T = TypeVar("T")
+
+# Order of states within one attempt; a later attempt always wins over an earlier one.
+RANK = {"ACCEPTED": 1, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
+        "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5}
+STATES = frozenset(RANK)
+
+
+class BadQuery(ValueError):
+    """A list query that cannot be answered; the message says which parameter is wrong."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: str
+    attempt: int
+    cluster: str | None
+    ts: str
+    message: str | None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    submission_id: str
+    job_id: str | None
+    state: str
+    cluster: str | None
+    attempt: int
+    final: bool
+    message: str | None
+    priority: int | None
+    tags: tuple[str, ...]
+    metadata: Mapping[str, str]
+    resource_requirements: Mapping[str, float]
+    created: str
+    updated: str
+    deleted_from_cluster: bool = False
+    transitions: tuple[Transition, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "submission_id": self.submission_id,
+            "job_id": self.job_id,
+            "state": self.state,
+            "cluster": self.cluster,
+            "attempt": self.attempt,
+            "final": self.final,
+            "message": self.message,
+            "priority": self.priority,
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+            "resource_requirements": dict(self.resource_requirements),
+            "created": self.created,
+            "updated": self.updated,
+            "deleted_from_cluster": self.deleted_from_cluster,
+            "transitions": [t.__dict__ for t in self.transitions],
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[JobStatus]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    state: str | None = None
+    cluster: str | None = None
+    tag: str | None = None
+    since: str | None = None      # RFC 3339, on the job's creation time
+    until: str | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+    def validate(self) -> "ListQuery":
+        if self.state is not None and self.state.upper() not in STATES:
+            raise BadQuery(f"state must be one of {', '.join(sorted(STATES))}")
+        if not 1 <= self.limit <= 1000:
+            raise BadQuery("limit must be between 1 and 1000")
+        if self.cursor is not None:
+            decode_cursor(self.cursor)
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_time(value, name)
+        return self
+
+
+def _check_time(value: str, name: str) -> None:
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadQuery(f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, seq = raw.partition(":")
+        if version != "v1" or not seq.isdigit():
+            raise ValueError
+        return int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise BadQuery("cursor is not one this API gave out") from None
+
+
+class StatusStore(abc.ABC):
+    """What the status cache needs of a database."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def apply(self, event: Mapping[str, Any]) -> bool:
+        """Record one job event; True if it changed the job's current state."""
+
+    @abc.abstractmethod
+    async def get(self, submission_id: str, *, history: bool = True) -> JobStatus | None: ...
+
+    @abc.abstractmethod
+    async def list(self, query: ListQuery) -> Page: ...
+
+    @abc.abstractmethod
+    async def counts_by_state(self) -> dict[str, int]: ...
+
+    @abc.abstractmethod
+    async def open_jobs(self) -> list[JobStatus]:
+        """Jobs whose current state is not final: what a reconcile looks at."""
+
+    @abc.abstractmethod
+    async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
+        """Final jobs last updated before `before`, still on their cluster."""
+
+    @abc.abstractmethod
+    async def mark_deleted(self, submission_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    submission_id TEXT NOT NULL UNIQUE,
+    job_id TEXT,
+    state TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    cluster TEXT,
+    attempt INTEGER NOT NULL,
+    final INTEGER NOT NULL,
+    message TEXT,
+    priority INTEGER,
+    tags TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    resources TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_cluster ON jobs (cluster, seq);
+CREATE INDEX IF NOT EXISTS jobs_final ON jobs (final, deleted, updated);
+CREATE TABLE IF NOT EXISTS job_tags (
+    submission_id TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (tag, submission_id)
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    submission_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    cluster TEXT,
+    ts TEXT NOT NULL,
+    message TEXT,
+    PRIMARY KEY (submission_id, attempt, state)
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    name TEXT PRIMARY KEY,
+    health TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    message TEXT
+);
+"""
+
+
+class SqliteStatusStore(StatusStore):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmcs-status")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._db is not None, "store not open"
+        db = self._db
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, db)
+
+    async def open(self) -> None:
+        def _open() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return db
+
+        self._db = await asyncio.get_running_loop().run_in_executor(self._pool, _open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
+        self._pool.shutdown(wait=True)
+
+    async def apply(self, event: Mapping[str, Any]) -> bool:
+        sid = event.get("submission_id")
+        state = str(event.get("state", "")).upper()
+        if not isinstance(sid, str) or state not in RANK:
+            return False
+        attempt = int(event.get("attempt") or 1)
+        cluster = event.get("cluster")
+        ts = str(event.get("ts") or _now())
+        message = event.get("message")
+        final = bool(event.get("final"))
+
+        def _apply(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
+                           (sid, state, attempt, cluster, ts, message))
+                row = db.execute("SELECT rank, attempt, final FROM jobs WHERE submission_id = ?", (sid,)).fetchone()
+                rank = RANK[state]
+                if row is None:
+                    tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
+                    db.execute(
+                        "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
+                        " priority, tags, metadata, resources, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (sid, event.get("job_id"), state, rank, cluster, attempt, int(final), message,
+                         event.get("priority"), orjson.dumps(tags).decode(),
+                         orjson.dumps(event.get("metadata") or {}).decode(),
+                         orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts))
+                    db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
+                    changed = True
+                else:
+                    cur_rank, cur_attempt, cur_final = row
+                    newer = (attempt, rank) > (cur_attempt, cur_rank)
+                    if newer and not cur_final:
+                        db.execute(
+                            "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
+                            " message=?, updated=?, job_id=COALESCE(job_id, ?) WHERE submission_id=?",
+                            (state, rank, cluster, attempt, int(final), message, ts, event.get("job_id"), sid))
+                        changed = True
+                    else:
+                        changed = False
+                db.execute("COMMIT")
+                return changed
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        return await self._run(_apply)
+
+    async def get(self, submission_id: str, *, history: bool = True) -> JobStatus | None:
+        def _get(db: sqlite3.Connection) -> JobStatus | None:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE submission_id = ?", (submission_id,)).fetchone()
+            if row is None:
+                return None
+            steps: tuple[Transition, ...] = ()
+            if history:
+                rows = db.execute("SELECT state, attempt, cluster, ts, message FROM transitions"
+                                  " WHERE submission_id = ?", (submission_id,)).fetchall()
+                steps = tuple(sorted((Transition(*r) for r in rows), key=lambda t: (t.attempt, RANK[t.state], t.ts)))
+            return _status(row, steps)
+
+        return await self._run(_get)
+
+    async def list(self, query: ListQuery) -> Page:
+        query = query.validate()
+
+        def _list(db: sqlite3.Connection) -> Page:
+            where, args = ["1=1"], []
+            if query.cursor is not None:
+                where.append("j.seq > ?")
+                args.append(decode_cursor(query.cursor))
+            if query.state:
+                where.append("j.state = ?")
+                args.append(query.state.upper())
+            if query.cluster:
+                where.append("j.cluster = ?")
+                args.append(query.cluster)
+            if query.tag:
+                where.append("EXISTS (SELECT 1 FROM job_tags t WHERE t.tag = ? AND t.submission_id = j.submission_id)")
+                args.append(query.tag)
+            if query.since:
+                where.append("j.created >= ?")
+                args.append(_norm(query.since))
+            if query.until:
+                where.append("j.created < ?")
+                args.append(_norm(query.until))
+            rows = db.execute(
+                f"SELECT {_COLUMNS}, j.seq FROM jobs j WHERE {' AND '.join(where)} ORDER BY j.seq LIMIT ?",
+                (*args, query.limit + 1)).fetchall()
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            jobs = [_status(r[:-1], ()) for r in rows]
+            return Page(jobs, encode_cursor(rows[-1][-1]) if more and rows else None)
+
+        return await self._run(_list)
+
+    async def counts_by_state(self) -> dict[str, int]:
+        return await self._run(lambda db: dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+
+    async def open_jobs(self) -> list[JobStatus]:
+        return await self._run(lambda db: [
+            _status(r, ()) for r in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE final = 0")])
+
+    async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
+        return await self._run(lambda db: [
+            _status(r, ()) for r in db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE final = 1 AND deleted = 0 AND cluster IS NOT NULL"
+                " AND updated < ? LIMIT ?", (_norm(before), limit))])
+
+    async def mark_deleted(self, submission_id: str) -> None:
+        await self._run(lambda db: db.execute("UPDATE jobs SET deleted = 1 WHERE submission_id = ?",
+                                              (submission_id,)))
+
+    async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None:
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO clusters VALUES (?,?,?,?)",
+                                              (cluster, health, ts, message)))
+
+
+_COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
+            " resources, created, updated, deleted")
+
+
+def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
+    (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
+     created, updated, deleted) = row
+    return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
+                     tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
+                     created, updated, bool(deleted), steps)
+
+
+def _now() -> str:
+    from .. import events
+
+    return events.now_rfc3339()
+
+
+def _norm(ts: str) -> str:
+    """Times are stored as RFC 3339 UTC with milliseconds and Z, so they sort as text."""
+    from datetime import datetime, timezone
+
+    dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_minus(seconds: float) -> str:
+    from datetime import datetime, timezone
+
+    return _norm(datetime.fromtimestamp(time.time() - seconds, timezone.utc).isoformat())
