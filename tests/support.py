@@ -88,7 +88,11 @@ class Events:
         await self.conn.close()
 
     def of(self, sid: str) -> list[dict[str, Any]]:
-        return [e for e in self.items if e.get("submission_id") == sid]
+        """The job events of one job (not stop requests or their answers)."""
+        return [e for e in self.items if e.get("submission_id") == sid and "state" in e]
+
+    def answers(self, sid: str) -> list[dict[str, Any]]:
+        return [e for e in self.items if e.get("event") == "control.stop.answer" and e.get("submission_id") == sid]
 
     def states(self, sid: str) -> list[str]:
         return [e["state"] for e in self.of(sid)]
@@ -141,7 +145,8 @@ async def queue_depth(settings: Settings, queue: str | None = None) -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...]) -> AsyncIterator[Daemon]:
+async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...], *,
+                         cleanup: bool = True) -> AsyncIterator[Daemon]:
     from scheduler_daemon.broker import declare
 
     await declare(settings)
@@ -151,7 +156,8 @@ async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...]
         yield daemon
     finally:
         await daemon.stop()
-        await delete_topology(settings)
+        if cleanup:
+            await delete_topology(settings)
 
 
 def sid(prefix: str = "s") -> str:
@@ -169,3 +175,13 @@ async def wait_idle(daemon: Daemon, timeout: float = 30.0) -> None:
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"clusters not idle after {timeout}s: {[v.summary() for v in daemon.prober.views()]}")
+
+
+async def request_stop(settings: Settings, submission_id: str, reason: str = "test") -> None:
+    """Publish a stop request as the contract says: to the event exchange, key control.stop."""
+    conn = await aio_pika.connect(settings.amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(settings.events_exchange)
+        await ex.publish(aio_pika.Message(orjson.dumps({"submission_id": submission_id, "reason": reason}),
+                                          content_type="application/json"), routing_key="control.stop")

@@ -1,0 +1,70 @@
+"""The status store: idempotent, monotonic, paginated."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler_daemon.status.store import BadQuery, ListQuery, SqliteStatusStore, decode_cursor, encode_cursor
+
+
+def ev(sid: str, state: str, attempt: int = 1, cluster: str | None = "c1", ts: str = "2026-01-01T00:00:00.000Z",
+       final: bool = False, tags: list[str] | None = None) -> dict:
+    return {"event": f"job.{state.lower()}.{cluster or '_'}", "state": state, "submission_id": sid,
+            "job_id": f"job-{sid}", "cluster": cluster, "attempt": attempt, "ts": ts, "message": None,
+            "final": final, "tags": tags or [], "metadata": {}, "priority": 0, "resource_requirements": {"CPU": 1}}
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SqliteStatusStore(tmp_path / "status.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_duplicates_and_out_of_order_never_move_backwards(store):
+    assert await store.apply(ev("a", "ACCEPTED", cluster=None, ts="2026-01-01T00:00:01.000Z"))
+    assert await store.apply(ev("a", "RUNNING", ts="2026-01-01T00:00:03.000Z"))
+    assert not await store.apply(ev("a", "DISPATCHED", ts="2026-01-01T00:00:02.000Z"))  # late
+    assert not await store.apply(ev("a", "RUNNING", ts="2026-01-01T00:00:03.000Z"))     # duplicate
+    assert await store.apply(ev("a", "SUCCEEDED", final=True, ts="2026-01-01T00:00:04.000Z"))
+    assert not await store.apply(ev("a", "RUNNING", ts="2026-01-01T00:00:05.000Z"))
+    job = await store.get("a")
+    assert job.state == "SUCCEEDED" and job.final and job.cluster == "c1"
+    assert [t.state for t in job.transitions] == ["ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
+
+
+async def test_a_retry_moves_to_the_next_attempt(store):
+    for e in (ev("r", "ACCEPTED", cluster=None), ev("r", "DISPATCHED"), ev("r", "FAILED"), ev("r", "RETRYING"),
+              ev("r", "ACCEPTED", attempt=2, cluster=None), ev("r", "DISPATCHED", attempt=2, cluster="c2"),
+              ev("r", "SUCCEEDED", attempt=2, cluster="c2", final=True)):
+        await store.apply(e)
+    assert not await store.apply(ev("r", "FAILED"))  # attempt 1, late duplicate
+    job = await store.get("r")
+    assert (job.state, job.attempt, job.cluster, job.final) == ("SUCCEEDED", 2, "c2", True)
+
+
+async def test_pages_return_every_job_once_while_jobs_are_added(store):
+    for i in range(10):
+        await store.apply(ev(f"j{i}", "ACCEPTED", cluster=None, tags=["even"] if i % 2 == 0 else []))
+    seen, cursor, added = [], None, 0
+    while True:
+        page = await store.list(ListQuery(limit=3, cursor=cursor))
+        seen += [j.submission_id for j in page.jobs]
+        await store.apply(ev(f"new{added}", "ACCEPTED", cluster=None))
+        added += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert len(seen) == len(set(seen))
+    assert {f"j{i}" for i in range(10)} <= set(seen)
+    evens = await store.list(ListQuery(tag="even", limit=100))
+    assert [j.submission_id for j in evens.jobs] == [f"j{i}" for i in range(0, 10, 2)]
+
+
+async def test_bad_queries_are_explained(store):
+    for query, word in ((ListQuery(state="BOGUS"), "state"), (ListQuery(limit=0), "limit"),
+                        (ListQuery(cursor="zzz"), "cursor"), (ListQuery(since="yesterday"), "since")):
+        with pytest.raises(BadQuery, match=word):
+            await store.list(query)
+    assert decode_cursor(encode_cursor(42)) == 42
