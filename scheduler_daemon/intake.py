@@ -52,6 +52,7 @@ class Intake:
         self.topology: Topology | None = None
         self._publish_topology: Topology | None = None
         self._consumer_tag: str | None = None
+        self._depth_channel: AbstractRobustChannel | None = None
         self._gate = asyncio.Lock()
         self.consumed = 0
 
@@ -172,12 +173,10 @@ class Intake:
         """Messages waiting in the intake queue, as the broker reports them."""
         if self.connection is None or self.connection.is_closed:
             return None
-        channel = await self.connection.channel()
-        try:
-            result = await channel.declare_queue(self.settings.intake_queue, passive=True)
-            return int(result.declaration_result.message_count or 0)
-        finally:
-            await channel.close()
+        if self._depth_channel is None or self._depth_channel.is_closed:
+            self._depth_channel = await self.connection.channel()
+        result = await self._depth_channel.declare_queue(self.settings.intake_queue, passive=True)
+        return int(result.declaration_result.message_count or 0)
 
     async def stop_consuming(self) -> None:
         await self.set_active(False)

@@ -112,11 +112,9 @@ class ListQuery:
 
 
 def _check_time(value: str, name: str) -> None:
-    from datetime import datetime
-
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        _norm(value)
+    except (ValueError, OverflowError):
         raise BadQuery(f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
 
 
