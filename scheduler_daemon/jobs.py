@@ -189,6 +189,15 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
         raise InvalidJob(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJob("body must be a JSON object")
+    from .formats import translate  # deferred: formats imports this module
+
+    try:
+        translated = translate(data)  # the job formats of seeds 003 and 004
+    except InvalidJob as exc:
+        mid = meta.message_id if meta.message_id and SUBMISSION_ID.fullmatch(meta.message_id) else None
+        raise InvalidJob(exc.reason, exc.submission_id or mid, exc.job_id) from None
+    if translated is not None:
+        data = translated
     sid = data.get("submission_id")
     if sid is None:
         sid = meta.message_id
