@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from .settings import ClusterConfig
 
 # Resources that are bookkeeping, not capacity a job asks for.
-_IGNORED_PREFIXES = ("node:", "accelerator_type:")
+_IGNORED_PREFIXES = ("node:",)
 
 
 def ray_name(resource: str) -> str:
