@@ -135,8 +135,8 @@ def has_spare_capacity(views: Iterable[ClusterView]) -> bool:
             continue
         for node in view.nodes:
             for name in node.total:
-                if name in ("memory", "objectStoreMemory"):
-                    continue
+                if name in ("memory", "objectStoreMemory") or name.startswith(("accelerator", "acceleratorType")):
+                    continue  # not slots: memory is shared, an accelerator type is a label
                 if node.free(name) >= 1.0 - _EPS:
                     return True
     return False
