@@ -13,6 +13,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	scripts/install-example-deps
 
 demo: install
 	scripts/ensure-rabbitmq
