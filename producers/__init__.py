@@ -1,5 +1,39 @@
-"""Producers of rmcs jobs. The Python helper with seed 000's API is built on `publish_job`."""
+"""Python producer helper for rmcs: seed 000's API (names, parameters, return values and
+exceptions) on top of the wire contract. Imports only aio-pika, aiohttp, orjson, pyyaml and the
+standard library; never the daemon or Ray.
 
-from .publish import publish_job
+    from producers import initialize_scheduler_environment, submit_job, wait_for_all_jobs
+    initialize_scheduler_environment("rmcs.yaml")          # or RMCS_AMQP_URL / RMCS_HTTP_ADDR
+    sid = submit_job("python /opt/jobs/train.py --epochs 3", resource_requirements={"CPU": 2})
+    wait_for_all_jobs([sid], timeout=3600)
 
-__all__ = ["publish_job"]
+`producers.aio` has the same functions as coroutines. See docs/producers.md.
+"""
+
+from ._core import RAY_STATUS, ray_status
+from .client import (
+    get_job_info,
+    get_job_status,
+    graceful_shutdown_on_keyboard_interrupt,
+    initialize_scheduler_environment,
+    shutdown_scheduler_environment,
+    stop_job,
+    submit_job,
+    wait_for_all_jobs,
+)
+from .config import ProducerConfig, load_config
+
+__all__ = [
+    "initialize_scheduler_environment",
+    "submit_job",
+    "get_job_status",
+    "get_job_info",
+    "stop_job",
+    "wait_for_all_jobs",
+    "graceful_shutdown_on_keyboard_interrupt",
+    "shutdown_scheduler_environment",
+    "ProducerConfig",
+    "load_config",
+    "RAY_STATUS",
+    "ray_status",
+]
