@@ -1,0 +1,49 @@
+"""Every function of the Python producer helper against the real broker, the daemon and
+two real local Ray clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import producers
+from support import make_settings, running_daemon, sid, wait_idle
+from test_producers import RMCS_ENV, call, write_config
+
+
+async def test_helper_functions_against_real_ray(tmp_path, ray_clusters):
+    s = make_settings(tmp_path)
+    saved = {k: os.environ.pop(k) for k in RMCS_ENV if k in os.environ}
+    try:
+        async with running_daemon(s, ray_clusters) as daemon:
+            await wait_idle(daemon)
+            await call(producers.initialize_scheduler_environment, write_config(tmp_path / "rmcs.yaml", s))
+            marker = sid("hello")
+            batch = [await call(producers.submit_job, f"/bin/echo {marker}-{i}", job_id=f"batch_job_{i}",
+                                resource_requirements={"CPU": 1, "memory": 0.25}, tags=["batch", f"iteration_{i}"])
+                     for i in range(3)]
+            gpu_job = await call(producers.submit_job, "/bin/true", preferred_cluster="gpu_cluster",
+                                 resource_requirements={"CPU": 1, "GPU": 1})
+            assert await call(producers.wait_for_all_jobs, batch + [gpu_job], 1, 120) is True
+            for i, job in enumerate(batch):
+                assert await call(producers.get_job_status, job) == "SUCCEEDED"
+                info = await call(producers.get_job_info, job)
+                assert info["cluster"] in ("cpu_cluster", "gpu_cluster") and f"{marker}-{i}" in (info["logs"] or "")
+            assert (await call(producers.get_job_info, gpu_job))["cluster"] == "gpu_cluster"
+
+            long_job = await call(producers.submit_job, "/bin/sleep 60")
+            for _ in range(100):
+                if await call(producers.get_job_status, long_job) == "RUNNING":
+                    break
+                await asyncio.sleep(0.3)
+            assert await call(producers.stop_job, long_job) is True
+            with pytest.raises(RuntimeError, match=long_job):
+                await call(producers.wait_for_all_jobs, [long_job], 1, 60)
+            assert await call(producers.get_job_status, long_job) == "STOPPED"
+            with pytest.raises(ValueError):
+                await call(producers.submit_job, "python script.py")
+            await call(producers.shutdown_scheduler_environment)
+    finally:
+        os.environ.update(saved)
