@@ -136,3 +136,42 @@ async def test_terminal_jobs_are_deleted_from_ray_after_the_retention(tmp_path, 
                 pass
         finally:
             await dash.close()
+
+
+async def test_cli_drives_submit_list_show_logs_stop_on_real_ray(tmp_path, ray_clusters):
+    import json
+
+    from test_rmcs_cli import run, write_config
+
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters) as daemon:
+        await wait_idle(daemon)
+        config = str(write_config(tmp_path / "rmcs.yaml", s))
+        done, long_job = sid("cli"), sid("cli-long")
+        r = await run(["--config", config, "submit", "--submission-id", done, "--tag", "cli", "--wait",
+                       "--", "/bin/echo", "hello from rmcs"], timeout=90)
+        assert r.code == 0 and "SUCCEEDED" in r.out, r
+        r = await run(["--config", config, "submit", "--submission-id", long_job, "--tag", "cli",
+                       "--", "/bin/sleep", "60"])
+        assert r.code == 0 and long_job in r.out, r
+        for _ in range(100):
+            r = await run(["--config", config, "show", long_job, "--json"])
+            if r.code == 0 and json.loads(r.out)["state"] == "RUNNING":
+                break
+            await asyncio.sleep(0.3)
+        r = await run(["--config", config, "list", "--tag", "cli", "--json"])
+        assert r.code == 0 and {j["submission_id"] for j in json.loads(r.out)["jobs"]} == {done, long_job}, r
+        r = await run(["--config", config, "list", "--tag", "cli"])
+        assert r.code == 0 and done in r.out and "SUCCEEDED" in r.out
+        r = await run(["--config", config, "logs", done])
+        assert r.code == 0 and "hello from rmcs" in r.out, r
+        r = await run(["--config", config, "stop", long_job, "--reason", "cli test"])
+        assert r.code == 0, r
+        for _ in range(100):
+            r = await run(["--config", config, "show", long_job, "--json"])
+            if json.loads(r.out)["state"] == "STOPPED":
+                break
+            await asyncio.sleep(0.3)
+        assert json.loads(r.out)["state"] == "STOPPED" and json.loads(r.out)["cluster"] in ("cpu_cluster", "gpu_cluster")
+        r = await run(["--config", config, "show", sid("nobody")])
+        assert r.code == 4
