@@ -7,7 +7,6 @@ journal -> ack; tracking follows dispatched jobs; every change is an event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import signal
 import time
@@ -93,10 +92,10 @@ class Daemon:
         await self.journal.open()
         await self.store.open()
         await self.intake.connect()
-        assert self.intake.connection is not None
-        await self.status.start(self.intake.connection)
         for t in await self.journal.open_jobs():
             self.tracked[t.job.submission_id] = t
+        assert self.intake.connection is not None
+        await self.status.start(self.intake.connection)
         if self.tracked:
             log.info("resuming jobs from the journal", count=len(self.tracked))
         self._spawn(self._republish_unconfirmed(), "republish")
@@ -203,8 +202,9 @@ class Daemon:
     async def _on_health(self, state: ClusterState, health: HealthState) -> None:
         if health == HealthState.UNKNOWN:
             return
-        with contextlib.suppress(PublishAborted):
-            await self.publisher.publish(ClusterEvent(state.config.name, health.value, state.error))
+        # Not awaited here: a broker outage must not hold up the next probe of this cluster.
+        self._spawn(self.publisher.publish(ClusterEvent(state.config.name, health.value, state.error)),
+                    f"health-{state.config.name}")
 
     async def _republish_unconfirmed(self) -> None:
         """After a restart: publish each journaled state whose event was not confirmed."""
@@ -241,6 +241,13 @@ class Daemon:
                     await self.intake.dead_letter(message, f"duplicate submission_id {job.submission_id!r}: "
                                                            "a job with this id was already accepted")
                     log.warning("duplicate submission rejected")
+                return
+            ended = await self.journal.ended(job.submission_id) if job.attempt == 1 or message.redelivered else None
+            if ended is not None and message.redelivered:
+                state, reason = ended
+                log.info("redelivered job had already ended before dispatch; acknowledging", state=state)
+                await self._emit(job, JobState(state), None, reason, final=True)
+                await self.intake.ack(message)
                 return
             cancelled = await self.journal.cancellation(job.submission_id)
             if cancelled is not None:
@@ -280,6 +287,7 @@ class Daemon:
     async def _finish_held(self, held: Held, state: JobState, reason: str) -> None:
         """End a job that never left the window: REJECTED, EXPIRED or CANCELLED."""
         self.window.remove(held.job.submission_id)
+        await self.journal.end(held.job.submission_id, state.value, reason)
         log.info("job ended before dispatch", submission_id=held.job.submission_id, state=state.value, reason=reason)
         await self._emit(held.job, state, None, reason, final=True)
         if state == JobState.REJECTED:
@@ -311,14 +319,18 @@ class Daemon:
     async def _schedule_pass(self) -> None:
         now = self.clock()
         for held in self.window.expired(now):
+            if self.window.get(held.job.submission_id) is not held or held.in_flight:
+                continue  # ended or taken while this pass awaited
             await self._finish_held(held, JobState.EXPIRED,
                                     f"not dispatched within queue_timeout_s={held.job.queue_timeout_s:g}")
         views = {v.name: v for v in self.prober.views()}
         for held in self.window.waiting():
+            if self.window.get(held.job.submission_id) is not held or held.in_flight:
+                continue  # ended or taken while this pass awaited
             job = held.job
             if held.verify_on is not None:
                 held.in_flight = True
-                self._spawn(self._verify(held), f"verify-{job.submission_id}")
+                self._spawn(self._guarded(held, self._verify(held)), f"verify-{job.submission_id}")
                 continue
             exclude = frozenset(c for c, until in held.exclude_until.items() if until > now)
             if self._refused_everywhere(held):
@@ -339,11 +351,25 @@ class Daemon:
             state.ledger.reserve(job.ray_submission_id, decision.node_id, job.ray_resources)
             views[decision.cluster] = state.view()
             held.in_flight = True
-            self._spawn(self._dispatch(held, decision.cluster, decision.node_id), f"dispatch-{job.submission_id}")
+            self._spawn(self._guarded(held, self._dispatch(held, decision.cluster, decision.node_id)),
+                        f"dispatch-{job.submission_id}")
         views_now = self.prober.views()
         want = (not self.window.full and self.intake.connected and self.prober.any_probed
                 and has_spare_capacity(views_now))
         await self.intake.set_active(want)
+
+    async def _guarded(self, held: Held, work: Coroutine[Any, Any, None]) -> None:
+        """Run a dispatch or verification; if it fails unexpectedly, the job goes back to waiting
+        (and its reservation is dropped) instead of staying in flight forever."""
+        try:
+            await work
+        except Exception:
+            log.exception("dispatch step failed; job put back", submission_id=held.job.submission_id)
+            for state in self.prober.clusters.values():
+                state.ledger.forget(held.job.ray_submission_id)
+            if self.window.get(held.job.submission_id) is held:
+                held.in_flight = False
+                self._wake_up()
 
     def _refused_everywhere(self, held: Held) -> bool:
         fitting = [c for c in self.configs.values() if held.job.cluster_tags <= c.tags]
@@ -399,15 +425,28 @@ class Daemon:
         unsure: list[str] = []
         for name in scope:
             state = self.prober.clusters[name]
+            if held.verify_on != VERIFY_ALL:
+                # After an ambiguous POST, a GET could answer 404 while Ray still creates the job:
+                # send the same submission again instead; "already exists" means it is there.
+                result = await dispatch(job, state.config, state.dashboard)
+                if result.outcome == Outcome.DISPATCHED:
+                    node = state.snapshot.nodes[0].node_id if state.snapshot and state.snapshot.nodes else ""
+                    await self._dispatched(held, name, node, JobState.DISPATCHED, seen_running=False)
+                    return
+                if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE) and not self._gone(state):
+                    unsure.append(f"{name}: {result.detail}")
+                elif result.outcome == Outcome.REFUSED:
+                    held.exclude_until[name] = math.inf
+                else:
+                    held.exclude_until[name] = self.clock() + TRANSIENT_EXCLUDE_S
+                continue
             try:
                 info = await state.dashboard.job(job.ray_submission_id)
             except RayNotFound:
                 continue
             except RayError as exc:
-                down_for = (time.monotonic() - state.health.down_since) if state.health.down_since else 0.0
-                if state.health.state == HealthState.DOWN and down_for >= self.settings.lost_after_s:
-                    continue  # gone long enough: treat as lost, the job may run elsewhere
-                unsure.append(f"{name}: {exc}")
+                if not self._gone(state):
+                    unsure.append(f"{name}: {exc}")
                 continue
             found = RAY_STATES.get(str(info.get("status")), JobState.DISPATCHED)
             log.info("job found on a cluster; adopting it", submission_id=job.submission_id, cluster=name,
@@ -449,8 +488,14 @@ class Daemon:
             if t is not None and not t.final:
                 return await self._stop_on_cluster(t, reason)
             known = t or await self.journal.get(submission_id)
+            if known is not None and not known.final:
+                return await self._stop_on_cluster(known, reason)
             status = await self.store.get(submission_id, history=False)
-            if (known is not None and known.final) or (status is not None and status.final):
+            # Between attempts (FAILED or LOST, retry queued) the job is not over: record the stop,
+            # and the next attempt's message is dropped as CANCELLED when it arrives.
+            between = (known is not None and known.state in (JobState.FAILED, JobState.LOST)
+                       and known.job.attempt <= known.job.max_retries)
+            if not between and ((known is not None and known.final) or (status is not None and status.final)):
                 state = status.state if status is not None else known.state.value  # type: ignore[union-attr]
                 return StopAnswer(submission_id, "already_final", f"the job already ended: {state}")
             if status is not None and status.state in ("DISPATCHED", "RUNNING"):
@@ -540,6 +585,12 @@ class Daemon:
         attempt = t.job.attempt if t is not None else status.attempt  # type: ignore[union-attr]
         ray_id = submission_id if attempt == 1 else f"{submission_id}~{attempt}"
         return await state.dashboard.logs(ray_id)
+
+    def _gone(self, state: ClusterState) -> bool:
+        """Down for `lost_after_s`: what was on it counts as lost, a job may go elsewhere."""
+        since = state.health.down_since
+        return (state.health.state == HealthState.DOWN and since is not None
+                and time.monotonic() - since >= self.settings.lost_after_s)
 
     # ---- tracking --------------------------------------------------------------------
 
@@ -643,6 +694,9 @@ class Daemon:
         return await self._record(t.moved(t.state, final=True), published=True)
 
     async def _record(self, t: Tracked, *, published: bool) -> Tracked:
+        current = self.tracked.get(t.job.submission_id)
+        if current is not None and current.job.attempt > t.job.attempt:
+            return t  # a later attempt already owns the record
         t = replace(t, published=published)
         await self.journal.record(t)
         if t.final and t.published:

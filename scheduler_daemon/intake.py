@@ -142,7 +142,9 @@ class Intake:
     async def publish_retry(self, job: Job, next_attempt: int) -> None:
         """Put a job back in the intake queue for another attempt (confirmed)."""
         data = orjson.loads(job.body) if job.body else {}
-        data.update(submission_id=job.submission_id, job_id=job.job_id)
+        data["submission_id"] = job.submission_id
+        if "entrypoint" in data:  # native format; the seed formats carry their own job name
+            data["job_id"] = job.job_id
         await publish_confirmed(
             lambda: self._topology().intake,
             aio_pika.Message(
@@ -166,8 +168,10 @@ class Intake:
     @staticmethod
     def is_live(message: AbstractIncomingMessage) -> bool:
         """Whether the channel that delivered `message` is still open (it can still be acked)."""
-        channel = getattr(message, "channel", None)
-        return channel is not None and not getattr(channel, "is_closed", True)
+        try:  # aio-pika raises when the delivering channel is closed
+            return not message.channel.is_closed
+        except Exception:
+            return False
 
     async def queue_depth(self) -> int | None:
         """Messages waiting in the intake queue, as the broker reports them."""

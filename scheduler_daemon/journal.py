@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS tracked (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tracked_open ON tracked (final, published);
+CREATE TABLE IF NOT EXISTS ended (
+    submission_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ts REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cancellations (
     submission_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -136,6 +142,19 @@ class Journal:
         await self._run(lambda db: db.execute("INSERT OR REPLACE INTO cancellations VALUES (?,?,?)",
                                               (submission_id, reason, time.time())), self._db)
 
+    async def end(self, submission_id: str, state: str, reason: str) -> None:
+        """Record that a job ended before dispatch (REJECTED, CANCELLED, EXPIRED), before its
+        message is acknowledged: a redelivered copy then ends the same way, never runs."""
+        assert self._db is not None
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
+                                              (submission_id, state, reason, time.time())), self._db)
+
+    async def ended(self, submission_id: str) -> tuple[str, str] | None:
+        assert self._db is not None
+        row = await self._run(lambda db: db.execute("SELECT state, reason FROM ended WHERE submission_id = ?",
+                                                    (submission_id,)).fetchone(), self._db)
+        return (row[0], row[1]) if row else None
+
     async def cancellation(self, submission_id: str) -> str | None:
         assert self._db is not None
         row = await self._run(lambda db: db.execute("SELECT reason FROM cancellations WHERE submission_id = ?",
@@ -148,6 +167,7 @@ class Journal:
         def _delete(db: sqlite3.Connection) -> int:
             cur = db.execute("DELETE FROM tracked WHERE final = 1 AND published = 1 AND updated < ?", (before,))
             db.execute("DELETE FROM cancellations WHERE ts < ?", (before,))
+            db.execute("DELETE FROM ended WHERE ts < ?", (before,))
             return cur.rowcount
 
         assert self._db is not None

@@ -57,12 +57,17 @@ class StatusConsumer:
             await message.ack()
             return
         key = str(event.get("event") or message.routing_key or "")
-        if key.startswith("job."):
-            await self.store.apply(event)
-            self.applied += 1
-        elif key.startswith("cluster."):
-            await self.store.set_cluster_health(str(event.get("cluster")), str(event.get("health")),
-                                                str(event.get("ts")), event.get("message"))
+        try:
+            if key.startswith("job."):
+                await self.store.apply(event)
+                self.applied += 1
+            elif key.startswith("cluster."):
+                await self.store.set_cluster_health(str(event.get("cluster")), str(event.get("health")),
+                                                    str(event.get("ts")), event.get("message"))
+        except (TypeError, ValueError, OverflowError) as exc:  # a foreign event of the wrong shape
+            log.warning("malformed event dropped", error=str(exc), routing_key=key)
+            await message.ack()
+            return
         self.hub.publish(event)
         await message.ack()
 

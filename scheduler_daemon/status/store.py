@@ -126,7 +126,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, seq = raw.partition(":")
-        if version != "v1" or not seq.isdigit():
+        if version != "v1" or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
             raise ValueError
         return int(seq)
     except (ValueError, UnicodeDecodeError):
@@ -248,11 +248,13 @@ class SqliteStatusStore(StatusStore):
         state = str(event.get("state", "")).upper()
         if not isinstance(sid, str) or state not in RANK:
             return False
-        attempt = int(event.get("attempt") or 1)
-        cluster = event.get("cluster")
+        attempt = int(event.get("attempt") or 1)  # ValueError for a foreign shape: the caller drops it
+        cluster = _opt_text(event.get("cluster"))
         ts = str(event.get("ts") or _now())
-        message = event.get("message")
+        message = _opt_text(event.get("message"))
         final = bool(event.get("final"))
+        priority = event.get("priority") if isinstance(event.get("priority"), int) else None
+        job_id = _opt_text(event.get("job_id"))
 
         def _apply(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
@@ -266,8 +268,8 @@ class SqliteStatusStore(StatusStore):
                     db.execute(
                         "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
                         " priority, tags, metadata, resources, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (sid, event.get("job_id"), state, rank, cluster, attempt, int(final), message,
-                         event.get("priority"), orjson.dumps(tags).decode(),
+                        (sid, job_id, state, rank, cluster, attempt, int(final), message,
+                         priority, orjson.dumps(tags).decode(),
                          orjson.dumps(event.get("metadata") or {}).decode(),
                          orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts))
                     db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
@@ -279,7 +281,7 @@ class SqliteStatusStore(StatusStore):
                         db.execute(
                             "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
                             " message=?, updated=?, job_id=COALESCE(job_id, ?) WHERE submission_id=?",
-                            (state, rank, cluster, attempt, int(final), message, ts, event.get("job_id"), sid))
+                            (state, rank, cluster, attempt, int(final), message, ts, job_id, sid))
                         changed = True
                     else:
                         changed = False
@@ -370,6 +372,10 @@ def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
     return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
                      tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
                      created, updated, bool(deleted), steps)
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)
 
 
 def _now() -> str:
