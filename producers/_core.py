@@ -11,8 +11,6 @@ import contextlib
 import contextvars
 import logging
 import math
-import re
-import shlex
 import threading
 import time
 import uuid
@@ -25,6 +23,7 @@ import aiohttp
 import orjson
 
 from .config import ProducerConfig, load_config, secret_of
+from .schema import MAX_ENTRYPOINT, PRIORITY_NAMES, SUBMISSION_ID, check_entrypoint  # noqa: F401
 
 log = logging.getLogger("producers")
 
@@ -51,37 +50,6 @@ def ray_status(state: Any, final: Any = None) -> str:
 
 
 # ---- job validation (a small copy of the daemon's rules; the daemon checks again) -----------
-
-SUBMISSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
-MAX_ENTRYPOINT = 16_384
-_PATHLIKE = re.compile(r"^[A-Za-z0-9_.~/+-]+$")
-_SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".jl", ".rb", ".pl")
-
-
-def check_entrypoint(entrypoint: Any) -> None:
-    """Scripts and programs must be named by absolute path (seed 000), with no `..`.
-    Only plain path-like words are looked at; quoted code (`python -c '...'`) is left alone."""
-    if not isinstance(entrypoint, str) or not entrypoint.strip():
-        raise ValueError("entrypoint must be a non-empty string")
-    if len(entrypoint) > MAX_ENTRYPOINT:
-        raise ValueError(f"entrypoint is longer than {MAX_ENTRYPOINT} characters")
-    if "\x00" in entrypoint:
-        raise ValueError("entrypoint contains a NUL character")
-    try:
-        words = shlex.split(entrypoint)
-    except ValueError as exc:
-        raise ValueError(f"entrypoint cannot be parsed as a shell command: {exc}") from None
-    for word in (w for w in words if _PATHLIKE.fullmatch(w)):
-        if ".." in word.split("/"):
-            raise ValueError(f"entrypoint path {word!r} contains '..'")
-        if word.startswith("-"):
-            continue
-        if word.endswith(_SCRIPT_SUFFIXES) and not word.startswith("/"):
-            raise ValueError(f"entrypoint names script {word!r} by a relative path; use an absolute path")
-        if "/" in word and not word.startswith("/"):
-            raise ValueError(f"entrypoint names {word!r} by a relative path; use an absolute path")
-
 
 def check_submission_id(sid: Any) -> str:
     if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid) or sid in (".", ".."):

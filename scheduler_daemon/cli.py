@@ -28,11 +28,11 @@ import aio_pika
 import aiohttp
 import yaml
 
+from producers.schema import PRIORITY_NAMES, SUBMISSION_ID
+
 from .settings import ConfigError, Settings, load_settings
 
 OK, JOB_FAILED, USAGE, UNREACHABLE, NOT_FOUND, TIMED_OUT, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
-SUBMISSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
 BAD_ENDS = ("FAILED", "STOPPED", "LOST", "EXPIRED", "CANCELLED", "REJECTED")
 STATES = ("ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "LOST", "RETRYING",
           "REJECTED", "CANCELLED", "EXPIRED")

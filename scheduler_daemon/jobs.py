@@ -9,26 +9,23 @@ from __future__ import annotations
 import enum
 import math
 import re
-import shlex
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import orjson
 
-SUBMISSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+from producers import schema
+from producers.schema import MAX_ENTRYPOINT, PRIORITY_NAMES, SUBMISSION_ID  # noqa: F401
+
 GIB = 1024 ** 3
-MAX_ENTRYPOINT = 16_384
 MAX_TAGS = 64
 MAX_TAG_LEN = 128
 MAX_METADATA_ITEMS = 64
 MAX_METADATA_VALUE = 4096
 MAX_RESOURCE_VALUE = 1e15
-PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
 ATTEMPT_HEADER = "x-rmcs-attempt"
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
-_PATHLIKE = re.compile(r"^[A-Za-z0-9_.~/+-]+$")
-_SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".jl", ".rb", ".pl")
 
 
 class JobState(str, enum.Enum):
@@ -108,26 +105,10 @@ def parse_priority(raw: Any, where: str = "priority") -> int:
 
 def check_entrypoint(entrypoint: str) -> None:
     """Scripts and executables must be named by absolute path (seed 000), with no `..`."""
-    if not entrypoint.strip():
-        raise InvalidJob("entrypoint is empty")
-    if len(entrypoint) > MAX_ENTRYPOINT:
-        raise InvalidJob(f"entrypoint is longer than {MAX_ENTRYPOINT} characters")
-    if "\x00" in entrypoint:
-        raise InvalidJob("entrypoint contains a NUL character")
     try:
-        words = shlex.split(entrypoint)
+        schema.check_entrypoint(entrypoint)
     except ValueError as exc:
-        raise InvalidJob(f"entrypoint cannot be parsed as a shell command: {exc}") from None
-    # Only plain path-like words are checked; quoted code (`python -c '...'`) is left alone.
-    for word in (w for w in words if _PATHLIKE.fullmatch(w)):
-        if ".." in word.split("/"):
-            raise InvalidJob(f"entrypoint path {word!r} contains '..'")
-        if word.startswith("-"):
-            continue
-        if word.endswith(_SCRIPT_SUFFIXES) and not word.startswith("/"):
-            raise InvalidJob(f"entrypoint names script {word!r} by a relative path; use an absolute path")
-        if "/" in word and not word.startswith("/"):
-            raise InvalidJob(f"entrypoint names {word!r} by a relative path; use an absolute path")
+        raise InvalidJob(str(exc)) from None
 
 
 def _resources(raw: Any, defaults: Mapping[str, float]) -> dict[str, float]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from producers.schema import SUBMISSION_ID_PATTERN
+
 from .status.store import STATES
 
-SUBMISSION_ID_PATTERN = "^[A-Za-z0-9._-]{1,128}$"
 STOP_OUTCOMES = ("cancelled", "stopping", "recorded", "already_final", "failed", "unknown")
 HEALTH = ("unknown", "up", "degraded", "down")
 
