@@ -103,7 +103,7 @@ class Daemon:
         self.http = api.HttpServer(self)
         await self.http.start()
         self._tasks += [
-            asyncio.create_task(self.prober.run(), name="prober"),
+            asyncio.create_task(self.prober.run(self.stopping), name="prober"),
             asyncio.create_task(self._schedule_loop(), name="scheduler"),
             asyncio.create_task(self._track_loop(), name="tracker"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
@@ -145,12 +145,14 @@ class Daemon:
 
     def dump_tasks(self) -> None:
         """SIGUSR1: log every task and where it waits (for a daemon that seems stuck)."""
-        import io
-
         for task in asyncio.all_tasks():
-            out = io.StringIO()
-            task.print_stack(limit=12, file=out)
-            log.warning("task dump", task=task.get_name(), stack=out.getvalue())
+            frames, coro = [], task.get_coro()
+            while coro is not None and len(frames) < 20:  # follow the await chain
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                if frame is not None:
+                    frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+            log.warning("task dump", task=task.get_name(), awaiting=frames)
 
     async def stop(self) -> None:
         """Graceful: stop taking jobs, finish in-flight dispatches, close in order. Idempotent."""
@@ -163,6 +165,9 @@ class Daemon:
         deadline = self.clock() + self.settings.shutdown_grace_s
         while self._work and self.clock() < deadline:
             await asyncio.wait(set(self._work), timeout=max(0.0, deadline - self.clock()))
+        # The loops see `stopping` and end by themselves, so no broker call is cut off midway
+        # (a cancelled AMQP call makes aio-pika close and reopen its channel); cancel stragglers.
+        await asyncio.wait(self._tasks, timeout=3.0)
         for task in reversed(self._tasks):
             task.cancel()
         await self._step("stop loops", asyncio.gather(*self._tasks, return_exceptions=True), 5)
@@ -185,9 +190,16 @@ class Daemon:
             await asyncio.wait_for(aw, timeout)
         except asyncio.TimeoutError:
             log.error("shutdown step timed out", step=name, timeout_s=timeout)
-            self.dump_tasks()
         except Exception as exc:
             log.error("shutdown step failed", step=name, error=repr(exc))
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, but wake at once when the daemon starts stopping; True if it is."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        return self.stopping.is_set()
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -306,8 +318,7 @@ class Daemon:
                 pass
             self._wake.clear()
             if self.stopping.is_set():
-                await self.intake.set_active(False)
-                continue
+                return  # stop() has cancelled the consumer
             try:
                 await self._schedule_pass()
             except PublishAborted:
@@ -542,8 +553,7 @@ class Daemon:
                                         "final": True})
 
     async def _maintenance_loop(self) -> None:
-        while True:
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+        while not await self._pause(MAINTENANCE_INTERVAL_S):
             try:
                 await self._delete_expired_ray_jobs()
                 self.queue_depth = await self.intake.queue_depth()
@@ -599,8 +609,7 @@ class Daemon:
         holds back only its own jobs."""
         looks: dict[str, asyncio.Task[None]] = {}
         try:
-            while True:
-                await asyncio.sleep(self.settings.track_interval_s)
+            while not await self._pause(self.settings.track_interval_s):
                 by_cluster: dict[str, list[Tracked]] = {}
                 for t in self.tracked.values():
                     if not t.final and t.published:

@@ -64,11 +64,14 @@ class Prober:
     def any_probed(self) -> bool:
         return any(c.snapshot is not None for c in self.clusters.values())
 
-    async def run(self) -> None:
+    async def run(self, stopping: asyncio.Event) -> None:
         interval = self.settings.probe_interval_s
-        while True:
+        while not stopping.is_set():
             self.tick()
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(stopping.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
 
     def tick(self) -> None:
         self.rounds += 1
