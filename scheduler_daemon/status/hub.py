@@ -59,8 +59,8 @@ class EventHub:
             while True:
                 event = await sub.queue.get()
                 if sub.dropped:
-                    yield {"event": "dropped", "count": sub.dropped}
-                    sub.dropped = 0
+                    count, sub.dropped = sub.dropped, 0  # before yielding: drops go on meanwhile
+                    yield {"event": "dropped", "count": count}
                 yield event
         finally:
             del self._subs[key]
