@@ -185,3 +185,26 @@ async def request_stop(settings: Settings, submission_id: str, reason: str = "te
         ex = await ch.get_exchange(settings.events_exchange)
         await ex.publish(aio_pika.Message(orjson.dumps({"submission_id": submission_id, "reason": reason}),
                                           content_type="application/json"), routing_key="control.stop")
+
+
+def daemon_launcher(settings: Settings, clusters: tuple[ClusterConfig, ...], workdir: Any) -> Callable[[], Any]:
+    """A function that starts the daemon as a real process (python -m scheduler_daemon) with these
+    settings (as RMCS_* variables) and clusters, logging to workdir/daemon.log."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    clusters_file = workdir / "clusters.yaml"
+    clusters_file.write_text(yaml.safe_dump({"clusters": {
+        c.name: {"dashboard_url": c.dashboard_url, "tags": sorted(c.tags)} for c in clusters}}))
+    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v) for k, v in settings.__dict__.items()
+                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(workdir / "daemon.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "scheduler_daemon", "--clusters", str(clusters_file)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    return start

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aio_pika
 import orjson
-import yaml
 
 from scheduler_daemon.rayapi import RayDashboard
-from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid, wait_idle
+from support import (Events, daemon_launcher, make_settings, publish, publish_many, queue_depth, running_daemon, sid,
+                     wait_idle)
 
 LEGAL_NEXT = {
     None: {"ACCEPTED", "REJECTED"},
@@ -165,16 +161,7 @@ async def test_failed_job_is_retried_with_max_retries(tmp_path, ray_clusters):
 
 async def test_sigkill_mid_stream_then_restart_runs_every_job_exactly_once(tmp_path, ray_clusters):
     s = make_settings(tmp_path, window_size=4)
-    clusters_file = tmp_path / "clusters.yaml"
-    clusters_file.write_text(yaml.safe_dump({"clusters": {
-        c.name: {"dashboard_url": c.dashboard_url, "tags": sorted(c.tags)} for c in ray_clusters}}))
-    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v) for k, v in s.__dict__.items()
-                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
-
-    def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / "daemon.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "scheduler_daemon", "--clusters", str(clusters_file)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    start = daemon_launcher(s, ray_clusters, tmp_path)
 
     from scheduler_daemon.broker import declare
     await declare(s)

@@ -4,18 +4,14 @@ finishes every job once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
-import yaml
 
 from fakeray import FakeCluster, FakeServer
 from scheduler_daemon.broker import declare
-from support import Events, make_settings, publish_many, sid
+from support import Events, daemon_launcher, make_settings, publish_many, sid
 
 
 async def test_sigterm_during_a_burst_is_graceful_and_loses_nothing(tmp_path: Any) -> None:
@@ -25,15 +21,7 @@ async def test_sigterm_during_a_burst_is_graceful_and_loses_nothing(tmp_path: An
     cluster.latency_s = 0.2
     server = FakeServer([cluster])
     await server.start()
-    clusters_file = tmp_path / "clusters.yaml"
-    clusters_file.write_text(yaml.safe_dump({"clusters": {"busy": {"dashboard_url": cluster.url}}}))
-    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v) for k, v in s.__dict__.items()
-                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
-    log = open(tmp_path / "daemon.log", "ab")
-
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "scheduler_daemon", "--clusters", str(clusters_file)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    start = daemon_launcher(s, (cluster.config(),), tmp_path)
 
     await declare(s)
     jobs = [sid("burst") for _ in range(100)]

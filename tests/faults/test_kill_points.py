@@ -5,17 +5,13 @@ second run of a job would show; the daemon runs as a real process."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
 from typing import Any
 
-import yaml
 
 from fakeray import FakeCluster, FakeServer
-from support import Events, make_settings, publish_many, sid
+from support import Events, daemon_launcher, make_settings, publish_many, sid
 from scheduler_daemon.broker import declare
 
 KILLS = 20
@@ -29,15 +25,7 @@ async def test_sigkill_at_many_points_loses_nothing_and_runs_nothing_twice(tmp_p
     servers = [FakeServer([a]), FakeServer([b])]
     for server in servers:
         await server.start()
-    clusters_file = tmp_path / "clusters.yaml"
-    clusters_file.write_text(yaml.safe_dump({"clusters": {c.name: {"dashboard_url": c.url} for c in (a, b)}}))
-    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v) for k, v in s.__dict__.items()
-                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
-    log = open(tmp_path / "daemon.log", "ab")
-
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "scheduler_daemon", "--clusters", str(clusters_file)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    start = daemon_launcher(s, (a.config(), b.config()), tmp_path)
 
     await declare(s)
     jobs = [sid("kp") for _ in range(JOBS)]
