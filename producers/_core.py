@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import logging
 import math
 import threading
@@ -200,6 +201,10 @@ def describe(exc: BaseException, secret: str | None = None) -> str:
 _STOP_OK = ("cancelled", "stopping", "recorded")
 
 
+class BrokerUnreachable(RuntimeError):
+    """No connection to the broker could be made; the message says where and why."""
+
+
 class Client:
     """One broker connection and one HTTP session, bound to the event loop that uses them."""
 
@@ -242,8 +247,8 @@ class Client:
             raise RuntimeError(f"{prefix}the RabbitMQ broker at {cfg.broker} refused the credentials of "
                                "amqp_url") from None
         except (asyncio.TimeoutError, *amqp_errors.CONNECTION_EXCEPTIONS) as exc:
-            raise RuntimeError(f"{prefix}cannot reach the RabbitMQ broker at {cfg.broker}: "
-                               f"{describe(exc, secret_of(cfg.amqp_url))}") from None
+            raise BrokerUnreachable(f"{prefix}cannot reach the RabbitMQ broker at {cfg.broker}: "
+                                    f"{describe(exc, secret_of(cfg.amqp_url))}") from None
 
     async def connect(self) -> None:
         await self.connection()
@@ -274,14 +279,23 @@ class Client:
         return exchange
 
     async def publish(self, exchange: str, routing_key: str, message: aio_pika.Message, what: str) -> None:
-        """Publish with mandatory routing and wait for the broker's confirm. One retry on a new
-        connection if the old one broke (harmless: the daemon drops duplicate submission ids)."""
+        """Publish with mandatory routing and wait for the broker's confirm. If the connection
+        breaks, publish again on a new one, for up to `broker_retry_s` while the broker is away
+        (a restart); then fail with the reason. Publishing twice is harmless: the daemon drops
+        duplicate submission ids."""
         timeout = self.config.request_timeout_s
-        for attempt in (1, 2):
+        loop = asyncio.get_running_loop()
+        give_up: float | None = None
+        for attempt in itertools.count(1):
             try:
                 ex = await self._exchange(exchange)
                 await ex.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout)
                 return
+            except BrokerUnreachable:
+                if give_up is None or loop.time() >= give_up:  # never connected, or out of time
+                    raise
+                await asyncio.sleep(min(2.0, 0.25 * attempt))
+                continue
             except amqp_errors.PublishError:
                 raise RuntimeError(f"no queue is bound to exchange {exchange!r} with key {routing_key!r} on "
                                    f"{self.config.broker}, so {what} was dropped: start the rmcs daemon once, "
@@ -295,9 +309,13 @@ class Client:
                 self._pub = None
                 if not isinstance(exc, amqp_errors.AMQPChannelError):
                     await self._drop_connection()
-                if attempt == 2:
+                if give_up is None:
+                    give_up = loop.time() + self.config.broker_retry_s
+                if attempt > 1 and loop.time() >= give_up:
                     raise RuntimeError(f"lost the connection to the broker at {self.config.broker} while "
-                                       f"publishing {what}: {describe(exc, secret_of(self.config.amqp_url))}") from None
+                                       f"publishing {what}, and it did not come back within broker_retry_s="
+                                       f"{self.config.broker_retry_s:g}: "
+                                       f"{describe(exc, secret_of(self.config.amqp_url))}") from None
                 log.warning("broker connection broke while publishing %s (%s); trying again", what, describe(exc))
 
     # ---- HTTP -------------------------------------------------------------------------------

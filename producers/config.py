@@ -34,6 +34,7 @@ class ProducerConfig:
     events_exchange: str = "rmcs.events"
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
+    broker_retry_s: float = 30.0
     source: str = "defaults"
 
     def validate(self) -> "ProducerConfig":
@@ -59,6 +60,9 @@ class ProducerConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        retry = self.broker_retry_s
+        if not (isinstance(retry, (int, float)) and not isinstance(retry, bool) and math.isfinite(retry) and retry >= 0):
+            raise ValueError(f"broker_retry_s must be a number >= 0, got {retry!r}")
         return self
 
     def __repr__(self) -> str:

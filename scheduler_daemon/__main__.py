@@ -9,6 +9,8 @@ import sys
 from . import logs
 from .settings import ConfigError, load_clusters, load_settings
 
+EXIT_LOST_LEADERSHIP = 75  # EX_TEMPFAIL
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scheduler-daemon", description="rmcs: multi-cluster scheduler for Ray jobs")
@@ -24,15 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     from .daemon import Daemon
 
-    async def run() -> None:
-        await Daemon(settings, clusters).run_until_stopped()
-
+    daemon = Daemon(settings, clusters)
     try:
-        asyncio.run(run())
+        asyncio.run(daemon.run_until_stopped())
     except OSError as exc:  # e.g. the HTTP port is taken, or the broker refuses us
         print(f"scheduler-daemon: {exc}", file=sys.stderr)
         return 1
-    return 0
+    # A leader that lost its place exits non-zero: its supervisor starts it again as a standby.
+    return EXIT_LOST_LEADERSHIP if daemon.lost_leadership else 0
 
 
 def declare_main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ journal -> ack; tracking follows dispatched jobs; every change is an event.
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import signal
 import time
@@ -24,6 +25,7 @@ from .events import ClusterEvent, EventPublisher, JobEvent, PublishAborted
 from .intake import Intake, message_meta
 from .jobs import TERMINAL, InvalidJob, Job, JobState, RAY_STATES, parse_job
 from .journal import Journal, Tracked
+from .leadership import Leadership
 from .placement import NoFit, choose, has_spare_capacity
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound, RayRejected
@@ -85,13 +87,27 @@ class Daemon:
         self.status = StatusConsumer(settings, self.store, self.hub, self._stop_from_broker)
         self.queue_depth: int | None = None
         self._stop_after_dispatch: dict[str, str] = {}
+        self.leadership = Leadership(settings) if settings.failover else None
 
     # ---- lifecycle -------------------------------------------------------------------
 
+    @property
+    def lost_leadership(self) -> bool:
+        return self.leadership is not None and self.leadership.lost
+
     async def start(self) -> None:
+        await self.intake.connect()
+        if self.leadership is not None:
+            # A standby holds nothing but its place in line: no journal, no consumers, no API.
+            assert self.intake.connection is not None
+            await self.leadership.join(self.intake.connection)
+            task = asyncio.create_task(self.leadership.run(self.stopping, self.stopping.set), name="leadership")
+            task.add_done_callback(self._task_died)
+            self._tasks.append(task)
+            if not await self.leadership.acquired(self.stopping):
+                return
         await self.journal.open()
         await self.store.open()
-        await self.intake.connect()
         for t in await self.journal.open_jobs():
             self.tracked[t.job.submission_id] = t
         assert self.intake.connection is not None
@@ -101,16 +117,39 @@ class Daemon:
         self._spawn(self._republish_unconfirmed(), "republish")
         self._spawn(self._reconcile_status(), "reconcile")
         self.http = api.HttpServer(self)
-        await self.http.start()
-        self._tasks += [
+        if self.leadership is None:
+            await self.http.start()
+        else:
+            self._spawn(self._serve_http_once_free(self.http), "http-bind")
+        loops = [
             asyncio.create_task(self.prober.run(self.stopping), name="prober"),
             asyncio.create_task(self._schedule_loop(), name="scheduler"),
             asyncio.create_task(self._track_loop(), name="tracker"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
         ]
-        for task in self._tasks:
+        for task in loops:
             task.add_done_callback(self._task_died)
+        self._tasks += loops
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size)
+
+    async def _serve_http_once_free(self, http: api.HttpServer) -> None:
+        """A new leader may find the API's port still held by the old one, which is stopping:
+        the pair shares one address, so wait for the port instead of failing."""
+        waited = False
+        while True:
+            try:
+                await http.start()
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                await http.stop()
+                if not waited:
+                    log.warning("HTTP API address in use, presumably by the previous leader; waiting for it",
+                                http_addr=self.settings.http_addr)
+                    waited = True
+                if await self._pause(0.5):
+                    return
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or self.stopping.is_set():
@@ -167,7 +206,8 @@ class Daemon:
             await asyncio.wait(set(self._work), timeout=max(0.0, deadline - self.clock()))
         # The loops see `stopping` and end by themselves, so no broker call is cut off midway
         # (a cancelled AMQP call makes aio-pika close and reopen its channel); cancel stragglers.
-        await asyncio.wait(self._tasks, timeout=3.0)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=3.0)
         for task in reversed(self._tasks):
             task.cancel()
         await self._step("stop loops", asyncio.gather(*self._tasks, return_exceptions=True), 5)
@@ -218,10 +258,10 @@ class Daemon:
         self._spawn(self.publisher.publish(ClusterEvent(state.config.name, health.value, state.error)),
                     f"health-{state.config.name}")
 
-    async def _republish_unconfirmed(self) -> None:
+    async def _republish_unconfirmed(self, only: str | None = None) -> None:
         """After a restart: publish each journaled state whose event was not confirmed."""
         for sid, t in list(self.tracked.items()):
-            if not t.published:
+            if not t.published and only in (None, sid):
                 pending_retry = t.state in (JobState.FAILED, JobState.LOST) and not t.final
                 await self._emit(t.job, t.state, t.cluster, None, t.final)
                 if pending_retry:
@@ -248,6 +288,8 @@ class Daemon:
             if known is not None and known.job.attempt >= job.attempt:
                 if message.redelivered or job.attempt > 1:
                     log.info("redelivered job already dispatched; acknowledging", cluster=known.cluster)
+                    if job.submission_id not in self.tracked and not (known.final and known.published):
+                        self._follow(known)
                     await self.intake.ack(message)
                 else:
                     await self.intake.dead_letter(message, f"duplicate submission_id {job.submission_id!r}: "
@@ -382,6 +424,17 @@ class Daemon:
                 held.in_flight = False
                 self._wake_up()
 
+    def _may_send(self, held: Held) -> bool:
+        """Whether this daemon may still submit `held` to Ray. Not once it has lost leadership,
+        and not once the channel that delivered the message is gone: the broker has then put the
+        message back in the queue, for this daemon after a reconnect or for the other one of a
+        pair, and only the holder of the live delivery submits it."""
+        if self.lost_leadership or not self.intake.is_live(held.delivery):
+            log.info("not submitting: the delivery is no longer this daemon's",
+                     lost_leadership=self.lost_leadership)
+            return False
+        return True
+
     def _refused_everywhere(self, held: Held) -> bool:
         fitting = [c for c in self.configs.values() if held.job.cluster_tags <= c.tags]
         return bool(fitting) and all(held.exclude_until.get(c.name) == math.inf for c in fitting)
@@ -391,6 +444,10 @@ class Daemon:
         state = self.prober.clusters[cluster]
         t0 = time.perf_counter()
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=cluster):
+            if not self._may_send(held):
+                state.ledger.forget(job.ray_submission_id)
+                held.in_flight = False
+                return
             result = await dispatch(job, state.config, state.dashboard)
             self.metrics.dispatch_latency.observe(time.perf_counter() - t0)
             if result.outcome == Outcome.DISPATCHED:
@@ -437,6 +494,9 @@ class Daemon:
         for name in scope:
             state = self.prober.clusters[name]
             if held.verify_on != VERIFY_ALL:
+                if not self._may_send(held):
+                    held.in_flight = False
+                    return
                 # After an ambiguous POST, a GET could answer 404 while Ray still creates the job:
                 # send the same submission again instead; "already exists" means it is there.
                 result = await dispatch(job, state.config, state.dashboard)
@@ -552,9 +612,26 @@ class Daemon:
                                         "message": "reconciled with the cluster at start",
                                         "final": True})
 
+    def _follow(self, t: Tracked) -> None:
+        """Take over a job journaled by the other daemon of a pair after this one loaded the
+        journal (the previous leader, while it stepped down)."""
+        log.info("following a job the previous leader journaled", submission_id=t.job.submission_id,
+                 cluster=t.cluster, state=t.state.value)
+        self.tracked[t.job.submission_id] = t
+        if not t.published:
+            self._spawn(self._republish_unconfirmed(t.job.submission_id), f"republish-{t.job.submission_id}")
+
+    async def _follow_journal(self) -> None:
+        for t in await self.journal.open_jobs():
+            sid = t.job.submission_id
+            if sid not in self.tracked and self.window.get(sid) is None:
+                self._follow(t)
+
     async def _maintenance_loop(self) -> None:
         while not await self._pause(MAINTENANCE_INTERVAL_S):
             try:
+                if self.leadership is not None:
+                    await self._follow_journal()
                 await self._delete_expired_ray_jobs()
                 self.queue_depth = await self.intake.queue_depth()
             except Exception as exc:

@@ -13,6 +13,8 @@ then acknowledged, so it is never lost between the two.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import Awaitable, Callable
 
 import aio_pika
@@ -58,7 +60,7 @@ class Intake:
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
-            "connection_name": "rmcs-scheduler-daemon"})
+            "connection_name": f"rmcs-scheduler-daemon {socket.gethostname()}:{os.getpid()}"})
         self.consume_channel = await self.connection.channel()
         await self.consume_channel.set_qos(prefetch_count=self.settings.window_size)
         self.topology = await declare_topology(self.consume_channel, self.settings)

@@ -69,6 +69,8 @@ class Settings:
     journal_retention_s: float = 7 * 86400.0
     ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
+    failover: bool = False
+    leader_tick_s: float = 0.5
     log_level: str = "info"
 
     def validate(self) -> "Settings":
@@ -76,7 +78,7 @@ class Settings:
         _check(1 <= self.max_priority <= 255, "max_priority", "must be between 1 and 255")
         _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
         for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
-                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "journal_retention_s", "ray_job_retention_s"):
+                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "leader_tick_s", "journal_retention_s", "ray_job_retention_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")

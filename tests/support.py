@@ -187,9 +187,10 @@ async def request_stop(settings: Settings, submission_id: str, reason: str = "te
                                           content_type="application/json"), routing_key="control.stop")
 
 
-def daemon_launcher(settings: Settings, clusters: tuple[ClusterConfig, ...], workdir: Any) -> Callable[[], Any]:
+def daemon_launcher(settings: Settings, clusters: tuple[ClusterConfig, ...], workdir: Any,
+                    log_name: str = "daemon.log") -> Callable[[], Any]:
     """A function that starts the daemon as a real process (python -m scheduler_daemon) with these
-    settings (as RMCS_* variables) and clusters, logging to workdir/daemon.log."""
+    settings (as RMCS_* variables) and clusters, logging to workdir/<log_name>."""
     import os
     import subprocess
     import sys
@@ -199,11 +200,11 @@ def daemon_launcher(settings: Settings, clusters: tuple[ClusterConfig, ...], wor
     clusters_file = workdir / "clusters.yaml"
     clusters_file.write_text(yaml.safe_dump({"clusters": {
         c.name: {"dashboard_url": c.dashboard_url, "tags": sorted(c.tags)} for c in clusters}}))
-    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v) for k, v in settings.__dict__.items()
-                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)})
+    env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+                              for k, v in settings.__dict__.items() if isinstance(v, (str, int, float))})
 
     def start() -> subprocess.Popen[bytes]:
-        log = open(workdir / "daemon.log", "ab")
+        log = open(workdir / log_name, "ab")
         return subprocess.Popen([sys.executable, "-m", "scheduler_daemon", "--clusters", str(clusters_file)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
