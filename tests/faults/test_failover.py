@@ -59,10 +59,11 @@ class Pair:
         await until_logged(self.logs[name], "standing by for leadership", after=seen)
         return seen
 
-    async def kill(self, name: str) -> float:
-        self.procs[name].send_signal(signal.SIGKILL)
+    async def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
+        self.procs[name].send_signal(sig)
         killed = time.time()
-        await asyncio.to_thread(self.procs[name].wait)
+        code = await asyncio.to_thread(self.procs[name].wait, 60)
+        assert sig != signal.SIGTERM or code == 0, f"SIGTERM ended {name} with {code}"
         return killed
 
     async def close(self) -> None:
@@ -131,8 +132,9 @@ async def test_standby_takes_over_from_a_killed_leader_on_real_ray(tmp_path: Any
 
 
 async def test_repeated_failovers_submit_every_job_exactly_once(tmp_path: Any) -> None:
-    """Five SIGKILLs of whichever daemon leads, during 200 jobs on fake dashboards that record
-    every submission: each job submitted once, on one cluster, and ended once."""
+    """Five stops of whichever daemon leads (SIGKILL, SIGTERM, SIGKILL, SIGTERM, SIGKILL) during
+    200 jobs on fake dashboards that record every submission: each job submitted once, on one
+    cluster, and ended once."""
     s = make_settings(tmp_path, failover=True, window_size=6, probe_interval_s=0.2, track_interval_s=0.1)
     a = FakeCluster("fa", nodes={"n": {"CPU": 3, "memory": 8 * 2**30}}, duration_s=0.1)
     b = FakeCluster("fb", nodes={"n": {"CPU": 3, "memory": 8 * 2**30}}, duration_s=0.1)
@@ -151,11 +153,13 @@ async def test_repeated_failovers_submit_every_job_exactly_once(tmp_path: Any) -
         async with Events(s, "job.#") as ev:
             await publish_many(s, [({"submission_id": j, "entrypoint": "/bin/true", "max_retries": 0}, 0)
                                    for j in jobs])
-            for _ in range(5):
+            for sig in (signal.SIGKILL, signal.SIGTERM) * 2 + (signal.SIGKILL,):
                 await asyncio.sleep(1.0)
                 seen = len(log_events(pair.logs[standby]))
-                killed = await pair.kill(leader)
-                takeovers.append(await until_logged(pair.logs[standby], "leadership acquired", 30, seen) - killed)
+                killed = await pair.kill(leader, sig)
+                took = await until_logged(pair.logs[standby], "leadership acquired", 30, seen) - killed
+                if sig == signal.SIGKILL:
+                    takeovers.append(took)
                 await pair.launch(leader)
                 leader, standby = standby, leader
             await ev.wait_final(jobs, timeout=120)
