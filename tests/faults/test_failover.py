@@ -73,6 +73,21 @@ class Pair:
             await asyncio.to_thread(proc.wait, 40)
 
 
+async def api_answers(url: str, timeout: float = 30.0) -> float:
+    """Wait until the pair's HTTP API answers `url` with 200 (the new leader serves it); when."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return time.time()
+            except aiohttp.ClientConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"the API at {url} did not come back"
+            await asyncio.sleep(0.05)
+
+
 def dispatched_before_leading(path: Path) -> bool:
     """Whether a daemon's log shows a job submitted before it acquired leadership (per run)."""
     leading = False
@@ -106,9 +121,7 @@ async def test_standby_takes_over_from_a_killed_leader_on_real_ray(tmp_path: Any
             await ev.wait_for(lambda: any(e["state"] == "DISPATCHED" and e["_recv"] > killed for e in ev.items),
                               60, "a dispatch by the new leader")
             first_dispatch = min(e["_recv"] for e in ev.items if e["state"] == "DISPATCHED" and e["_recv"] > killed)
-            async with aiohttp.ClientSession() as http:  # the new leader serves the pair's API address
-                async with http.get(f"http://{s.http_addr}/api/v1/jobs/{jobs[0]}") as resp:
-                    assert resp.status == 200, await resp.text()
+            api_back = await api_answers(f"http://{s.http_addr}/api/v1/jobs/{jobs[0]}")
             seen = await pair.launch("a")  # the old leader comes back as the standby
             await ev.wait_final(jobs, timeout=180)
             finals = {j: [e["state"] for e in ev.of(j) if e["final"]] for j in jobs}
@@ -125,8 +138,8 @@ async def test_standby_takes_over_from_a_killed_leader_on_real_ray(tmp_path: Any
             finally:
                 await dash.close()
         assert all(n == 1 for n in counts.values()), {j: n for j, n in counts.items() if n != 1}
-        print(f"failover: leadership {took_over - killed:.2f} s after SIGKILL, "
-              f"first dispatch by the new leader {first_dispatch - killed:.2f} s after it")
+        print(f"failover: leadership {took_over - killed:.2f} s after SIGKILL, first dispatch by the new "
+              f"leader {first_dispatch - killed:.2f} s after it, its HTTP API by {api_back - killed:.2f} s")
     finally:
         await pair.close()
 
