@@ -58,7 +58,7 @@ class Intake:
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
-            "connection_name": "rmcs-scheduler-daemon"})
+            "connection_name": "rmcs-scheduler-daemon"}, **self.settings.amqp_connect_kwargs())
         self.consume_channel = await self.connection.channel()
         await self.consume_channel.set_qos(prefetch_count=self.settings.window_size)
         self.topology = await declare_topology(self.consume_channel, self.settings)

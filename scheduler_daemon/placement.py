@@ -2,18 +2,22 @@
 
 Rules:
 - A job fits a cluster only if all its resources fit on one node, the cluster carries
-  every tag in `cluster_tags`, and it is up (degraded clusters are used, with a penalty).
+  every tag in `cluster_tags`, its entrypoint allow-list (if any) admits the job's command,
+  and it is up (degraded clusters are used, with a penalty).
 - The preferred cluster wins whenever it fits now; otherwise the job falls back.
 - Among the rest the highest score wins: `weight` x prefer bonus x health x capacity, where
   capacity favours the fullest node that still fits ("pack") or the emptiest ("spread").
   A job that needs no GPU avoids GPU nodes while other nodes fit.
-- A job that fits no node of any configured cluster even when idle is infeasible.
+- A job that fits no node of any configured cluster even when idle, or that no cluster's
+  allow-list admits, is infeasible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Mapping
+
+from producers.schema import entrypoint_refusal
 
 from .clusters import ClusterView, HealthState, Node, ray_name
 from .jobs import Job
@@ -87,6 +91,10 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
         missing = sorted(job.cluster_tags - view.config.tags)
         if missing:
             notes.append(f"{name}: lacks tags {','.join(missing)}")
+            continue
+        refusal = entrypoint_refusal(job.command, view.config.allowed_script_dirs, view.config.allowed_interpreters)
+        if refusal is not None:
+            notes.append(f"{name}: {refusal}")
             continue
         if not view.nodes:
             unknown = True

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from .settings import ClusterConfig
+from .settings import ClusterConfig, Secret
 
 
 class RayError(Exception):
@@ -60,13 +60,16 @@ class RayDashboard:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
         self._session: aiohttp.ClientSession | None = None
         self._limit = limit
+        self._ssl = config.ssl_context()  # built once: a bad CA bundle fails at start, not per request
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers=dict(self.config.headers),
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
+                headers={name: value.reveal() if isinstance(value, Secret) else value
+                         for name, value in self.config.headers.items()},
+                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300,
+                                               ssl=self._ssl if self._ssl is not None else True),
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
             )
         return self._session
