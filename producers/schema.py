@@ -35,6 +35,7 @@ _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".jl", ".rb", ".pl")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Shell syntax that chains, substitutes or redirects: a command using it is more than one program.
 SHELL_SYNTAX = frozenset(";&|<>`$()\n\r{}")
+_EXPANDS_IN_DOUBLE_QUOTES = frozenset("`$")
 
 
 def check_entrypoint(entrypoint: Any) -> None:
@@ -50,7 +51,8 @@ class Command:
 
     program: str                # the first word after any leading NAME=value assignments
     scripts: tuple[str, ...]    # absolute paths of the scripts it names (and the program, if a path)
-    shell_syntax: bool          # uses ; & | < > ` $ ( ) { } or a newline anywhere
+    shell_syntax: bool          # the shell would see an operator or an expansion (; & | $ ...)
+    first_arg: str = ""         # the program's first argument that is not an option
 
 
 def command_of(entrypoint: Any) -> Command:
@@ -85,15 +87,45 @@ def command_of(entrypoint: Any) -> Command:
         program = posixpath.normpath(program)
         if program not in scripts:
             scripts.insert(0, program)
-    return Command(program, tuple(scripts), any(c in SHELL_SYNTAX for c in entrypoint))
+    first_arg = next((w for w in rest[1:] if not w.startswith("-")), "")
+    if first_arg.startswith("/") and _PATHLIKE.fullmatch(first_arg):
+        first_arg = posixpath.normpath(first_arg)
+    return Command(program, tuple(scripts), _has_shell_syntax(entrypoint), first_arg)
+
+
+def _has_shell_syntax(text: str) -> bool:
+    """Whether the shell would see an operator or an expansion: any of SHELL_SYNTAX outside
+    quotes, `$` or a backtick inside double quotes; nothing inside single quotes."""
+    quote = ""
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quote == "'":
+            quote = "" if ch == "'" else quote
+        elif quote == '"':
+            if ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quote = ""
+            elif ch in _EXPANDS_IN_DOUBLE_QUOTES:
+                return True
+        elif ch == "\\":
+            escaped = True
+        elif ch in "'\"":
+            quote = ch
+        elif ch in SHELL_SYNTAX:
+            return True
+    return False
 
 
 def entrypoint_refusal(command: Command, script_dirs: Iterable[str], interpreters: Iterable[str]) -> str | None:
     """Why a cluster's allow-list refuses `command` (None when it admits it).
 
     - `interpreters` (if any): the program must be one of them, or a script under `script_dirs`.
-    - `script_dirs` (if any): every script the command names must lie under one of them, and it
-      must name at least one (so inline code such as `python -c '...'` is refused).
+    - `script_dirs` (if any): every script the command names must lie under one of them; the
+      program must be such a script, or an interpreter whose first argument that is not an
+      option is one (so `python -c '...'` and `python -m module` are refused).
     - With either list set, shell syntax that chains or substitutes commands is refused: the
       allow-list can only vouch for a single program.
     """
@@ -112,6 +144,9 @@ def entrypoint_refusal(command: Command, script_dirs: Iterable[str], interpreter
             return f"script {outside[0]!r} is outside the allowed directories ({', '.join(dirs)})"
         if not under:
             return f"entrypoint names no script under the allowed directories ({', '.join(dirs)})"
+        if command.program not in under and command.first_arg not in under:
+            return (f"the first argument of {command.program!r} that is not an option must be a script under "
+                    f"the allowed directories ({', '.join(dirs)}), got {command.first_arg!r}")
     return None
 
 
