@@ -349,6 +349,9 @@ def load_clusters(path: str | os.PathLike[str],
             url = f"http://[{host}]:8265" if ":" in host else f"http://{host}:8265"
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ConfigError(f"{key}.dashboard_url must be an http:// or https:// URL")
+        if "@" in urlsplit(url).netloc:
+            raise ConfigError(f"{key}.dashboard_url must not carry credentials (it is shown by the HTTP API); "
+                              "send them in headers")
         prefer = raw.get("prefer", False)
         if not isinstance(prefer, bool):
             raise ConfigError(f"{key}.prefer must be true or false")

@@ -296,3 +296,34 @@ def test_secret_type_keeps_values_out_of_formatting() -> None:
     assert "hunter2" not in f"{s} {s!r} {[s]} {({'a': s})}" and s.reveal() == "hunter2"
     assert s == "hunter2" and s == Secret("hunter2") and s != "other"
 
+
+
+def test_dashboard_url_may_not_carry_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"clusters": {"a": {"dashboard_url": "https://u:url-pw-321@h:8265"}}}))
+    with pytest.raises(ConfigError, match="headers") as info:
+        load_clusters(path, environ={})
+    assert "url-pw-321" not in str(info.value)
+
+
+async def test_dashboard_errors_never_echo_a_header_secret(pki: Pki) -> None:
+    """A dashboard (or a proxy in front of it) that echoes the request into an error answer does
+    not get the token into the daemon's error messages."""
+    from scheduler_daemon.rayapi import RayDashboard, RayRejected
+
+    token = "echo-" + secrets.token_hex(12)
+    cluster = FakeCluster("echo")
+    server = FakeServer([cluster], ssl_context=server_ssl_context(pki), token=token)
+    await server.start()
+    config = cluster.config(ca_file=str(pki.ca_file), headers={"Authorization": Secret(f"Bearer {token}")})
+    dashboard = RayDashboard(config, 2.0)
+    try:
+        assert (await dashboard.version())["ray_version"]
+        cluster.garbage_body = f"<html>bad request with Authorization: Bearer {token}</html>".encode()
+        cluster.mode = "garbage"
+        with pytest.raises(RayRejected) as info:
+            await dashboard.cluster_status()
+        assert token not in str(info.value) and "***" in str(info.value)
+    finally:
+        await dashboard.close()
+        await server.stop()
