@@ -82,6 +82,7 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
     candidates: list[tuple[bool, float, str, str]] = []  # (spares GPUs, score, cluster, node)
     ever_possible = False
     unknown = False
+    refused = False
     preferred_hit: tuple[float, str, str] | None = None
     views = list(views)
     if job.preferred_cluster and job.preferred_cluster not in {v.name for v in views}:
@@ -94,6 +95,7 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
             continue
         refusal = entrypoint_refusal(job.command, view.config.allowed_script_dirs, view.config.allowed_interpreters)
         if refusal is not None:
+            refused = True
             notes.append(f"{name}: {refusal}")
             continue
         if not view.nodes:
@@ -131,7 +133,12 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
             why += f" (fell back from preferred {job.preferred_cluster})"
         return Placement(cluster, node_id, score, why + "; " + "; ".join(notes))
     infeasible = not ever_possible and not unknown
-    head = "infeasible: fits no node of any configured cluster even when idle" if infeasible else "no cluster fits now"
+    if infeasible and refused:
+        head = "infeasible: no configured cluster both admits its entrypoint and has a node it fits even when idle"
+    elif infeasible:
+        head = "infeasible: fits no node of any configured cluster even when idle"
+    else:
+        head = "no cluster fits now"
     return NoFit(infeasible, head + "; " + "; ".join(notes))
 
 

@@ -115,6 +115,7 @@ def test_placement_only_considers_clusters_whose_allow_list_admits_the_job() -> 
     assert isinstance(p, Placement) and p.cluster == "open" and "locked: entrypoint names no script" in p.explanation
     nofit = choose(inline, [locked])
     assert isinstance(nofit, NoFit) and nofit.infeasible and "names no script" in nofit.explanation
+    assert nofit.explanation.startswith("infeasible: no configured cluster both admits its entrypoint")
 
 
 def test_allow_lists_in_clusters_file(tmp_path: Path) -> None:
