@@ -327,3 +327,34 @@ async def test_dashboard_errors_never_echo_a_header_secret(pki: Pki) -> None:
     finally:
         await dashboard.close()
         await server.stop()
+
+
+async def test_cli_and_declare_over_tls(tmp_path: Path, tls_broker: TlsBroker, pki: Pki) -> None:
+    """The CLI and `rmcs-declare` reach the broker through the same TLS settings."""
+    import io
+
+    from scheduler_daemon.broker import declare
+    from scheduler_daemon.cli import main as rmcs
+
+    settings = tls_settings(tmp_path, tls_broker, pki)
+    await declare(settings)  # rmcs-declare's path
+    config = tmp_path / "rmcs.yaml"
+    keys = ("amqp_url", "amqp_ca_file", "amqp_cert_file", "amqp_key_file", "intake_exchange", "intake_queue",
+            "intake_routing_key", "dead_letter_exchange", "dead_letter_queue", "events_exchange")
+    config.write_text(yaml.safe_dump({k: getattr(settings, k) for k in keys}))
+
+    def run(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = rmcs(list(argv), stdout=out, stderr=err)
+        return code, out.getvalue() + err.getvalue()
+
+    try:
+        code, text = await asyncio.to_thread(run, "declare", "--config", str(config))
+        assert code == 0, text
+        # Without the CA bundle the broker's certificate does not verify: a clear error, no password.
+        plain = tmp_path / "plain.yaml"
+        plain.write_text(yaml.safe_dump({"amqp_url": settings.amqp_url}))
+        code, text = await asyncio.to_thread(run, "declare", "--config", str(plain))
+        assert code != 0 and f"127.0.0.1:{tls_broker.tls_port}" in text and tls_broker.password not in text, text
+    finally:
+        await delete_topology(settings)

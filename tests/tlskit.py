@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -216,11 +215,3 @@ class TlsBroker:
         except ProcessLookupError:
             pass
 
-
-def rabbitmq_available() -> str | None:
-    """None when a second node can be started here, else why not."""
-    if not os.path.exists(RABBITMQ_SERVER):
-        return f"{RABBITMQ_SERVER} is missing"
-    if shutil.which("erl") is None and not os.path.exists("/usr/lib/erlang/bin/erl"):
-        return "Erlang is missing"
-    return None
