@@ -24,7 +24,9 @@ import aiohttp
 import orjson
 
 from .config import ProducerConfig, load_config, secret_of
-from .schema import MAX_ENTRYPOINT, PRIORITY_NAMES, SUBMISSION_ID, check_entrypoint  # noqa: F401
+from .tls import amqp_connect_kwargs
+from .schema import (MAX_ENTRYPOINT, MAX_MESSAGE_BYTES, PRIORITY_NAMES, SUBMISSION_ID,  # noqa: F401
+                     check_entrypoint, check_metadata, check_resources, check_strings)
 
 log = logging.getLogger("producers")
 
@@ -58,15 +60,6 @@ def check_submission_id(sid: Any) -> str:
     return sid
 
 
-def _strings(value: Any, name: str) -> list[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
-        raise ValueError(f"{name} must be a list of strings")
-    out = list(value)
-    if not all(isinstance(v, str) for v in out):
-        raise ValueError(f"{name} must be a list of strings")
-    return out
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -88,23 +81,18 @@ def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, meta
             raise ValueError("runtime_env must be a mapping")
         body["runtime_env"] = dict(runtime_env)
     if metadata is not None:
-        if not isinstance(metadata, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise ValueError("metadata must be a mapping of string to string (Ray job metadata)")
-        body["metadata"] = dict(metadata)
+        body["metadata"] = check_metadata(metadata)
     if preferred_cluster is not None:
         if not isinstance(preferred_cluster, str) or not preferred_cluster:
             raise ValueError("preferred_cluster must be a cluster name")
         body["preferred_cluster"] = preferred_cluster
     if resource_requirements is not None:
-        if not isinstance(resource_requirements, Mapping) or not all(
-                isinstance(k, str) and _number(v) and v >= 0 for k, v in resource_requirements.items()):
-            raise ValueError("resource_requirements must map resource names to finite numbers >= 0")
+        check_resources(resource_requirements)
         body["resource_requirements"] = dict(resource_requirements)
     if tags is not None:
-        body["tags"] = _strings(tags, "tags")
+        body["tags"] = check_strings(tags, "tags")
     if cluster_tags is not None:
-        body["cluster_tags"] = _strings(cluster_tags, "cluster_tags")
+        body["cluster_tags"] = check_strings(cluster_tags, "cluster_tags")
     amqp_priority = None
     if priority is not None:
         if isinstance(priority, str) and priority.upper() in PRIORITY_NAMES:
@@ -239,10 +227,11 @@ class Client:
         cfg = self.config
         prefix = ("the scheduler environment is not initialised and lazy initialisation failed: "
                   if self.lazy and not self._ever_connected else "")
+        tls_kwargs = amqp_connect_kwargs(cfg.amqp_url, cfg.amqp_ca_file, cfg.amqp_cert_file, cfg.amqp_key_file)
         try:
             return await aio_pika.connect(cfg.amqp_url, timeout=cfg.connect_timeout_s,
                                           client_properties={"connection_name": "rmcs-producers"},
-                                          connection_class=_Connection)
+                                          connection_class=_Connection, **tls_kwargs)
         except (amqp_errors.ProbableAuthenticationError, amqp_errors.AuthenticationError):
             raise RuntimeError(f"{prefix}the RabbitMQ broker at {cfg.broker} refused the credentials of "
                                "amqp_url") from None
@@ -378,6 +367,8 @@ class Client:
             data = orjson.dumps(body)
         except TypeError as exc:
             raise ValueError(f"the job cannot be encoded as JSON: {exc}") from None
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"the job is {len(data)} bytes as JSON, more than the limit of {MAX_MESSAGE_BYTES}")
         if check_duplicate:  # best effort: tell the caller at once, as Ray does
             with contextlib.suppress(DaemonUnreachable):
                 status, _ = await self.http("GET", f"/api/v1/jobs/{sid}", timeout=min(2.0, self.config.request_timeout_s))

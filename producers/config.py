@@ -28,6 +28,9 @@ DEFAULT_HTTP_ADDR = "127.0.0.1:8600"
 @dataclass(frozen=True, repr=False)
 class ProducerConfig:
     amqp_url: str = DEFAULT_AMQP_URL
+    amqp_ca_file: str = ""    # CA bundle for an amqps:// broker (default: the system CAs)
+    amqp_cert_file: str = ""  # client certificate (PEM), if the broker asks for one
+    amqp_key_file: str = ""   # its private key, unless it is in amqp_cert_file
     http_addr: str = DEFAULT_HTTP_ADDR
     intake_exchange: str = "rmcs.jobs"
     intake_routing_key: str = "submit"
@@ -45,6 +48,14 @@ class ProducerConfig:
             parts.port
         except ValueError:
             raise ValueError(f"amqp_url has an invalid port: {redact_url(self.amqp_url)!r}") from None
+        for name in ("amqp_ca_file", "amqp_cert_file", "amqp_key_file"):
+            path = getattr(self, name)
+            if path and parts.scheme != "amqps":
+                raise ValueError(f"{name} needs an amqps:// amqp_url")
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: cannot read {path}")
+        if self.amqp_key_file and not self.amqp_cert_file:
+            raise ValueError("amqp_key_file needs amqp_cert_file")
         base = self.http_base
         hp = urlsplit(base)
         try:

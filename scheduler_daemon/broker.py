@@ -36,6 +36,6 @@ async def declare_topology(channel: AbstractChannel, s: Settings) -> Topology:
 
 async def declare(s: Settings) -> None:
     """Declare the topology once and disconnect (the `rmcs-declare` command)."""
-    connection = await aio_pika.connect(s.amqp_url)
+    connection = await aio_pika.connect(s.amqp_url, **s.amqp_connect_kwargs())
     async with connection:
         await declare_topology(await connection.channel(), s)

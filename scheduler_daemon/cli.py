@@ -29,6 +29,7 @@ import aiohttp
 import yaml
 
 from producers.schema import PRIORITY_NAMES, SUBMISSION_ID
+from producers.tls import amqp_connect_kwargs
 
 from .settings import ConfigError, Settings, load_settings
 
@@ -334,7 +335,12 @@ class Ctx:
 
     async def connect(self) -> aio_pika.abc.AbstractConnection:
         try:
-            return await asyncio.wait_for(aio_pika.connect(self.amqp_url), CONNECT_TIMEOUT_S)
+            tls_kwargs = amqp_connect_kwargs(self.amqp_url, self.settings.amqp_ca_file,
+                                             self.settings.amqp_cert_file, self.settings.amqp_key_file)
+        except ValueError as exc:
+            raise CliError(USAGE, f"configuration error: {exc}") from None
+        try:
+            return await asyncio.wait_for(aio_pika.connect(self.amqp_url, **tls_kwargs), CONNECT_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise CliError(UNREACHABLE, f"cannot reach the broker at {self.broker_name}: timed out") from None
         except Exception as exc:  # refused, unknown host, bad credentials, TLS...

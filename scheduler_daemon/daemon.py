@@ -278,7 +278,8 @@ class Daemon:
         try:
             job = parse_job(message.body, message_meta(message),
                             default_resources=self.settings.default_resources,
-                            max_bytes=self.settings.max_message_bytes)
+                            max_bytes=self.settings.max_message_bytes,
+                            ceiling=self.settings.max_job_resources)
         except InvalidJob as exc:
             await self._reject_message(message, exc)
             return

@@ -67,7 +67,7 @@ async def _run(clusters_path: str, keep: bool) -> int:
         want = {str(b["submission_id"]) for b, _ in jobs}
         done: set[str] = set()
         finished = asyncio.Event()
-        conn = await aio_pika.connect(settings.amqp_url)
+        conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
         async with conn:
             ch = await conn.channel(publisher_confirms=True)
             events = await ch.get_exchange(settings.events_exchange)

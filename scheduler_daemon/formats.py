@@ -16,7 +16,11 @@ import re
 import shlex
 from typing import Any
 
-from .jobs import MAX_RESOURCE_VALUE, SUBMISSION_ID, InvalidJob, parse_priority
+from .jobs import SUBMISSION_ID, InvalidJob, parse_priority
+
+# Bound on raw numbers before unit conversion (memory may be written in bytes); the translated
+# job then meets the job's own limits (producers/schema.py).
+MAX_RESOURCE_VALUE = 1e18
 
 FORMAT_KEY = "rmcs_format"
 SEED003 = "seed003"

@@ -60,7 +60,8 @@ class Intake:
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
-            "connection_name": f"rmcs-scheduler-daemon {socket.gethostname()}:{os.getpid()}"})
+            "connection_name": f"rmcs-scheduler-daemon {socket.gethostname()}:{os.getpid()}"},
+            **self.settings.amqp_connect_kwargs())
         self.consume_channel = await self.connection.channel()
         await self.consume_channel.set_qos(prefetch_count=self.settings.window_size)
         self.topology = await declare_topology(self.consume_channel, self.settings)

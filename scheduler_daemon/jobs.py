@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import orjson
 
 from producers import schema
-from producers.schema import MAX_ENTRYPOINT, PRIORITY_NAMES, SUBMISSION_ID  # noqa: F401
+from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
+                              MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
 
 GIB = 1024 ** 3
-MAX_TAGS = 64
-MAX_TAG_LEN = 128
-MAX_METADATA_ITEMS = 64
-MAX_METADATA_VALUE = 4096
-MAX_RESOURCE_VALUE = 1e15
 ATTEMPT_HEADER = "x-rmcs-attempt"
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
 
@@ -78,6 +74,11 @@ class Job:
     reply_to: str | None = None
     body: bytes = b""
 
+    @cached_property
+    def command(self) -> Command:
+        """What the entrypoint runs, for the per-cluster allow-lists (checked once at parse)."""
+        return schema.command_of(self.entrypoint)
+
     @property
     def ray_resources(self) -> dict[str, float]:
         """Resources in Ray's units: memory in bytes."""
@@ -111,34 +112,22 @@ def check_entrypoint(entrypoint: str) -> None:
         raise InvalidJob(str(exc)) from None
 
 
-def _resources(raw: Any, defaults: Mapping[str, float]) -> dict[str, float]:
-    if raw is None:
-        return dict(defaults)
-    if not isinstance(raw, Mapping):
-        raise InvalidJob("resource_requirements must be an object of resource name to number")
-    out: dict[str, float] = {}
-    for name, value in raw.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,64}", name):
-            raise InvalidJob(f"resource name {name!r} is not valid")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidJob(f"resource {name} must be a number, got {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise InvalidJob(f"resource {name} must be a finite number >= 0, got {value!r}")
-        if value > MAX_RESOURCE_VALUE:
-            raise InvalidJob(f"resource {name} = {value!r} is absurdly large")
-        if value:
-            out[name] = float(value)
-    return out
+def _resources(raw: Any, defaults: Mapping[str, float], ceiling: Mapping[str, float] | None) -> dict[str, float]:
+    try:
+        return schema.check_resources(defaults if raw is None else raw, ceiling)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
 
 
 def _str_list(raw: Any, name: str) -> tuple[str, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+    if not isinstance(raw, list):
         raise InvalidJob(f"{name} must be a list of strings")
-    if len(raw) > MAX_TAGS or any(len(t) > MAX_TAG_LEN or not t for t in raw):
-        raise InvalidJob(f"{name}: at most {MAX_TAGS} non-empty strings of at most {MAX_TAG_LEN} characters")
-    return tuple(raw)
+    try:
+        return tuple(schema.check_strings(raw, name))
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
 
 
 def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
@@ -160,8 +149,9 @@ class MessageMeta:
 
 
 def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
-              max_bytes: int) -> Job:
-    """Validate an intake message into a Job, or raise InvalidJob with the reason."""
+              max_bytes: int, ceiling: Mapping[str, float] | None = None) -> Job:
+    """Validate an intake message into a Job, or raise InvalidJob with the reason. `ceiling` is
+    the most of each resource one job may ask for (the max_job_resources setting)."""
     if len(body) > max_bytes:
         raise InvalidJob(f"message of {len(body)} bytes is larger than the limit of {max_bytes}")
     try:
@@ -188,13 +178,13 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
     ids = (sid if isinstance(sid, str) and SUBMISSION_ID.fullmatch(sid) else None,
            job_id if isinstance(job_id, str) else None)
     try:
-        return _parse_fields(data, meta, sid, default_resources, body)
+        return _parse_fields(data, meta, sid, default_resources, ceiling, body)
     except InvalidJob as exc:
         raise InvalidJob(exc.reason, *ids) from None
 
 
-def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
-                  default_resources: Mapping[str, float], body: bytes) -> Job:
+def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_resources: Mapping[str, float],
+                  ceiling: Mapping[str, float] | None, body: bytes) -> Job:
     if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid):
         raise InvalidJob(f"submission_id must match [A-Za-z0-9._-]{{1,128}}, got {sid!r}")
     entrypoint = data.get("entrypoint")
@@ -213,10 +203,10 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
         raise InvalidJob("runtime_env must be an object")
     metadata = data.get("metadata")
     metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise InvalidJob("metadata must be an object of string to string")
-    if len(metadata) > MAX_METADATA_ITEMS or any(len(k) > 256 or len(v) > MAX_METADATA_VALUE for k, v in metadata.items()):
-        raise InvalidJob(f"metadata: at most {MAX_METADATA_ITEMS} items, keys of 256 and values of {MAX_METADATA_VALUE} characters")
+    try:
+        metadata = schema.check_metadata(metadata)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
     preferred = _opt_str(data, "preferred_cluster")
     priority = meta.priority if meta.priority is not None else 0
     if "priority" in data and data["priority"] is not None:
@@ -243,7 +233,7 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
         runtime_env=runtime_env,
         metadata=metadata,
         preferred_cluster=preferred,
-        resources=_resources(data.get("resource_requirements"), default_resources),
+        resources=_resources(data.get("resource_requirements"), default_resources, ceiling),
         tags=_str_list(data.get("tags"), "tags"),
         cluster_tags=frozenset(_str_list(data.get("cluster_tags"), "cluster_tags")),
         priority=priority,

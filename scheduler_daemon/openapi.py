@@ -20,6 +20,8 @@ HEALTH = ("unknown", "up", "degraded", "down")
 _STR = {"type": "string"}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
+# A query parameter as the API takes it: non-empty, at most 1024 characters, no control characters.
+_PARAM = {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}
 _NUMBERS = {"type": "object", "additionalProperties": {"type": "number"}}
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 
@@ -146,12 +148,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 _LIST_PARAMS = [
     _query("state", {"type": "string", "enum": sorted(STATES)},
            "only jobs in this state (case-insensitive)"),
-    _query("cluster", _STR, "only jobs placed on this cluster"),
-    _query("tag", _STR, "only jobs carrying this tag"),
-    _query("since", _TIME, "only jobs created at or after this RFC 3339 time"),
-    _query("until", _TIME, "only jobs created before this RFC 3339 time"),
+    _query("cluster", _PARAM, "only jobs placed on this cluster"),
+    _query("tag", _PARAM, "only jobs carrying this tag"),
+    _query("since", {**_PARAM, **_TIME}, "only jobs created at or after this RFC 3339 time"),
+    _query("until", {**_PARAM, **_TIME}, "only jobs created before this RFC 3339 time"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),
-    _query("cursor", _STR, "`next_cursor` of the previous page"),
+    _query("cursor", _PARAM, "`next_cursor` of the previous page"),
 ]
 
 

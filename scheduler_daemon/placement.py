@@ -2,18 +2,22 @@
 
 Rules:
 - A job fits a cluster only if all its resources fit on one node, the cluster carries
-  every tag in `cluster_tags`, and it is up (degraded clusters are used, with a penalty).
+  every tag in `cluster_tags`, its entrypoint allow-list (if any) admits the job's command,
+  and it is up (degraded clusters are used, with a penalty).
 - The preferred cluster wins whenever it fits now; otherwise the job falls back.
 - Among the rest the highest score wins: `weight` x prefer bonus x health x capacity, where
   capacity favours the fullest node that still fits ("pack") or the emptiest ("spread").
   A job that needs no GPU avoids GPU nodes while other nodes fit.
-- A job that fits no node of any configured cluster even when idle is infeasible.
+- A job that fits no node of any configured cluster even when idle, or that no cluster's
+  allow-list admits, is infeasible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Mapping
+
+from producers.schema import entrypoint_refusal
 
 from .clusters import ClusterView, HealthState, Node, ray_name
 from .jobs import Job
@@ -78,6 +82,7 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
     candidates: list[tuple[bool, float, str, str]] = []  # (spares GPUs, score, cluster, node)
     ever_possible = False
     unknown = False
+    refused = False
     preferred_hit: tuple[float, str, str] | None = None
     views = list(views)
     if job.preferred_cluster and job.preferred_cluster not in {v.name for v in views}:
@@ -87,6 +92,11 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
         missing = sorted(job.cluster_tags - view.config.tags)
         if missing:
             notes.append(f"{name}: lacks tags {','.join(missing)}")
+            continue
+        refusal = entrypoint_refusal(job.command, view.config.allowed_script_dirs, view.config.allowed_interpreters)
+        if refusal is not None:
+            refused = True
+            notes.append(f"{name}: {refusal}")
             continue
         if not view.nodes:
             unknown = True
@@ -123,7 +133,12 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
             why += f" (fell back from preferred {job.preferred_cluster})"
         return Placement(cluster, node_id, score, why + "; " + "; ".join(notes))
     infeasible = not ever_possible and not unknown
-    head = "infeasible: fits no node of any configured cluster even when idle" if infeasible else "no cluster fits now"
+    if infeasible and refused:
+        head = "infeasible: no configured cluster both admits its entrypoint and has a node it fits even when idle"
+    elif infeasible:
+        head = "infeasible: fits no node of any configured cluster even when idle"
+    else:
+        head = "no cluster fits now"
     return NoFit(infeasible, head + "; " + "; ".join(notes))
 
 

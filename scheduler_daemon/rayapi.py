@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from .settings import ClusterConfig
+from .settings import ClusterConfig, Secret
 
 
 class RayError(Exception):
@@ -60,13 +60,19 @@ class RayDashboard:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
         self._session: aiohttp.ClientSession | None = None
         self._limit = limit
+        self._ssl = config.ssl_context()  # built once: a bad CA bundle fails at start, not per request
+        self._headers = {name: value.reveal() if isinstance(value, Secret) else value
+                         for name, value in config.headers.items()}
+        # Header values to blank out of any error text (a proxy or dashboard may echo a request).
+        self._secrets = sorted((v for v in self._headers.values() if len(v) >= 4), key=len, reverse=True)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers=dict(self.config.headers),
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300,
+                                               ssl=self._ssl if self._ssl is not None else True),
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
             )
         return self._session
@@ -88,16 +94,23 @@ class RayDashboard:
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise RayAmbiguous(f"{self.config.name}: {type(exc).__name__} on {method} {path}: {exc}") from None
 
+    def _text(self, raw: bytes) -> str:
+        """The last line of an answer, for an error message, with any header secret blanked."""
+        text = _last_line(raw.decode(errors="replace"))
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         status, raw = await self._request(method, path, **kw)
         if status == 404:
-            raise RayNotFound(status, _last_line(raw.decode(errors="replace")))
+            raise RayNotFound(status, self._text(raw))
         if status >= 400:
-            raise RayRejected(status, _last_line(raw.decode(errors="replace")))
+            raise RayRejected(status, self._text(raw))
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise RayRejected(status, f"answer is not JSON: {raw[:80]!r}") from None
+            raise RayRejected(status, f"answer is not JSON: {self._text(raw[:80])!r}") from None
 
     async def version(self) -> Any:
         return await self._json("GET", "/api/version")
@@ -111,10 +124,9 @@ class RayDashboard:
         status, raw = await self._request("POST", "/api/jobs/", body=body)
         if status < 300:
             return True
-        text = raw.decode(errors="replace")
-        if "already exists" in text:
+        if b"already exists" in raw:
             return False
-        raise RayRejected(status, _last_line(text))
+        raise RayRejected(status, self._text(raw))
 
     async def job(self, ray_id: str) -> Mapping[str, Any]:
         return await self._json("GET", f"/api/jobs/{quote(ray_id, safe='')}")

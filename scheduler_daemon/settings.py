@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,12 +17,44 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from producers import tls
+from producers.schema import MAX_MESSAGE_BYTES, RESOURCE_NAME
+
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${NAME}: an environment variable; ${file:/path}: the contents of a file (trailing newline dropped).
+_SECRET_REF = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*))\}")
+_MAX_SECRET_FILE = 65_536
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the key."""
+
+
+class Secret:
+    """A value that must never be shown: its repr and str are redacted. `reveal()` is the one
+    way to the value, used only where it is sent (an HTTP header)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            return self._value == other._value
+        return isinstance(other, str) and self._value == other
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -33,7 +66,21 @@ class ClusterConfig:
     prefer: bool = False
     weight: float = 1.0
     tags: frozenset[str] = frozenset()
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # Sent with every dashboard request (e.g. Ray's `Authorization: Bearer` token); values redacted.
+    headers: Mapping[str, Secret] = field(default_factory=dict)
+    ca_file: str = ""  # CA bundle for an https:// dashboard (default: the system CAs)
+    # Per-cluster entrypoint allow-lists (producers/schema.entrypoint_refusal); empty admits all.
+    allowed_script_dirs: tuple[str, ...] = ()
+    allowed_interpreters: tuple[str, ...] = ()
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an https:// dashboard with a CA bundle (None: aiohttp's default)."""
+        if not self.ca_file:
+            return None
+        try:
+            return tls.client_context(self.ca_file, what=f"clusters.{self.name}.ca_file")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -41,7 +88,10 @@ class Settings:
     """Daemon settings. Field names are the keys of the settings file; each can be
     overridden by the environment variable RMCS_<KEY upper-cased>."""
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)  # holds the password
+    amqp_ca_file: str = ""    # CA bundle for an amqps:// broker (default: the system CAs)
+    amqp_cert_file: str = ""  # client certificate (PEM) for brokers that ask for one
+    amqp_key_file: str = ""   # its private key, unless it is in amqp_cert_file
     http_addr: str = "127.0.0.1:8600"
     intake_exchange: str = "rmcs.jobs"
     intake_queue: str = "rmcs.jobs.submit"
@@ -64,7 +114,10 @@ class Settings:
     snapshot_margin_s: float = 0.25
     placement_strategy: str = "spread"
     default_resources: Mapping[str, float] = field(default_factory=lambda: {"CPU": 1.0})
-    max_message_bytes: int = 1_048_576
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    # The most of each resource a single job may ask for, e.g. {CPU: 32, GPU: 8, memory: 256};
+    # a job asking for more is rejected at intake. Empty: only the absurd-value bound applies.
+    max_job_resources: Mapping[str, float] = field(default_factory=dict)
     state_dir: str = "var/rmcs"
     journal_retention_s: float = 7 * 86400.0
     ray_job_retention_s: float = 3600.0
@@ -86,13 +139,33 @@ class Settings:
         _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
         _check(urlsplit(self.amqp_url).scheme in ("amqp", "amqps"), "amqp_url", "must be an amqp:// or amqps:// URL")
+        for name in ("amqp_ca_file", "amqp_cert_file", "amqp_key_file"):
+            path = getattr(self, name)
+            _check(not path or urlsplit(self.amqp_url).scheme == "amqps", name, "needs an amqps:// amqp_url")
+            _check(not path or os.access(path, os.R_OK), name, f"cannot read {path}")
+        _check(not self.amqp_key_file or bool(self.amqp_cert_file), "amqp_key_file", "needs amqp_cert_file")
         parse_http_addr(self.http_addr)
         for res, amount in self.default_resources.items():
             _check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount >= 0,
                    f"default_resources.{res}", "must be a finite number >= 0")
+        for res, amount in self.max_job_resources.items():
+            _check(bool(RESOURCE_NAME.fullmatch(res)), f"max_job_resources.{res}", "is not a resource name")
+            _check(isinstance(amount, (int, float)) and math.isfinite(amount) and amount >= 0,
+                   f"max_job_resources.{res}", "must be a finite number >= 0")
+            _check(self.default_resources.get(res, 0.0) <= amount, f"default_resources.{res}",
+                   f"is more than max_job_resources.{res}")
         _check(self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
                "must be debug, info, warning or error")
         return self
+
+
+    def amqp_connect_kwargs(self) -> dict[str, Any]:
+        """TLS keyword arguments for aio_pika.connect / connect_robust: the one way the daemon,
+        its status consumer, the CLI and `rmcs-declare` reach the broker."""
+        try:
+            return tls.amqp_connect_kwargs(self.amqp_url, self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -176,14 +249,36 @@ def _read_yaml(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
 
 
-def _expand_env(value: str, key: str, environ: Mapping[str, str]) -> str:
+def _expand_secrets(value: str, key: str, environ: Mapping[str, str]) -> Secret:
+    """Expand `${NAME}` from the environment and `${file:/path}` from a file. Errors name the
+    variable or the file, never a value."""
     def sub(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise ConfigError(f"{key}: environment variable {name} is not set")
-        return environ[name]
+        path, name = match.group(1), match.group(2)
+        if name is not None:
+            if name not in environ:
+                raise ConfigError(f"{key}: environment variable {name} is not set")
+            return environ[name]
+        if not path.startswith("/"):
+            raise ConfigError(f"{key}: secret file {path} must be an absolute path")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_SECRET_FILE + 1)
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+        if len(raw) > _MAX_SECRET_FILE:
+            raise ConfigError(f"{key}: secret file {path} is larger than {_MAX_SECRET_FILE} bytes")
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key}: secret file {path} is not UTF-8 text") from None
+        if "\n" in text or "\r" in text:
+            raise ConfigError(f"{key}: secret file {path} holds more than one line")
+        return text
 
-    return _ENV_REF.sub(sub, value)
+    expanded = _SECRET_REF.sub(sub, value)
+    if "\r" in expanded or "\n" in expanded:
+        raise ConfigError(f"{key}: the value contains a line break")
+    return Secret(expanded)
 
 
 def _normalize_runtime_env(raw: Any, key: str) -> dict[str, Any]:
@@ -209,7 +304,20 @@ def _normalize_runtime_env(raw: Any, key: str) -> dict[str, Any]:
     return env
 
 
-_CLUSTER_KEYS = {"head_address", "dashboard_url", "runtime_env", "prefer", "weight", "tags", "headers"}
+_CLUSTER_KEYS = {"head_address", "dashboard_url", "runtime_env", "prefer", "weight", "tags", "headers", "ca_file",
+                 "allowed_script_dirs", "allowed_interpreters"}
+
+
+def _path_list(raw: Any, key: str, *, dirs: bool) -> tuple[str, ...]:
+    raw = raw or []
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
+        raise ConfigError(f"{key} must be a list of strings")
+    for p in raw:
+        if dirs and (not p.startswith("/") or ".." in p.split("/")):
+            raise ConfigError(f"{key}: {p!r} must be an absolute directory without '..'")
+        if any(c.isspace() for c in p):
+            raise ConfigError(f"{key}: {p!r} contains white space")
+    return tuple(p.rstrip("/") or "/" for p in raw) if dirs else tuple(raw)
 
 
 def load_clusters(path: str | os.PathLike[str],
@@ -243,6 +351,9 @@ def load_clusters(path: str | os.PathLike[str],
             url = f"http://[{host}]:8265" if ":" in host else f"http://{host}:8265"
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             raise ConfigError(f"{key}.dashboard_url must be an http:// or https:// URL")
+        if "@" in urlsplit(url).netloc:
+            raise ConfigError(f"{key}.dashboard_url must not carry credentials (it is shown by the HTTP API); "
+                              "send them in headers")
         prefer = raw.get("prefer", False)
         if not isinstance(prefer, bool):
             raise ConfigError(f"{key}.prefer must be true or false")
@@ -255,6 +366,16 @@ def load_clusters(path: str | os.PathLike[str],
         headers = raw.get("headers", {}) or {}
         if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError(f"{key}.headers must map header names to strings")
+        for header in headers:
+            if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+                raise ConfigError(f"{key}.headers: {header!r} is not a valid header name")
+        ca_file = raw.get("ca_file", "") or ""
+        if not isinstance(ca_file, str):
+            raise ConfigError(f"{key}.ca_file must be a path")
+        if ca_file and urlsplit(url).scheme != "https":
+            raise ConfigError(f"{key}.ca_file needs an https:// dashboard_url")
+        if ca_file and not os.access(ca_file, os.R_OK):
+            raise ConfigError(f"{key}.ca_file: cannot read {ca_file}")
         out.append(ClusterConfig(
             name=name,
             dashboard_url=url.rstrip("/"),
@@ -263,6 +384,9 @@ def load_clusters(path: str | os.PathLike[str],
             prefer=prefer,
             weight=float(weight),
             tags=frozenset(tags),
-            headers={str(k): _expand_env(v, f"{key}.headers.{k}", environ) for k, v in headers.items()},
+            headers={str(k): _expand_secrets(v, f"{key}.headers.{k}", environ) for k, v in headers.items()},
+            ca_file=ca_file,
+            allowed_script_dirs=_path_list(raw.get("allowed_script_dirs"), f"{key}.allowed_script_dirs", dirs=True),
+            allowed_interpreters=_path_list(raw.get("allowed_interpreters"), f"{key}.allowed_interpreters", dirs=False),
         ))
     return tuple(out)

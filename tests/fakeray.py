@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import math
 import re
+import ssl
 import time
 import traceback
 import uuid
@@ -507,10 +508,16 @@ def _traceback(last_line: str) -> str:
 
 class FakeServer:
     """One aiohttp app on 127.0.0.1: a single cluster at the root, or several under
-    `/c/<name>`. `stop()` closes the port (connection refused); `start()` reopens it."""
+    `/c/<name>`. `stop()` closes the port (connection refused); `start()` reopens it.
+    With `ssl_context` it speaks https; with `token` it answers 401, as Ray's token
+    authentication does, to any request without `Authorization: Bearer <token>`."""
 
-    def __init__(self, clusters: list[FakeCluster], *, prefixed: bool | None = None) -> None:
+    def __init__(self, clusters: list[FakeCluster], *, prefixed: bool | None = None,
+                 ssl_context: ssl.SSLContext | None = None, token: str | None = None) -> None:
         self.prefixed = len(clusters) > 1 if prefixed is None else prefixed
+        self.ssl_context = ssl_context
+        self.token = token
+        self.unauthorized = 0
         self.clusters = {c.name: c for c in clusters}
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -528,14 +535,15 @@ class FakeServer:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handle_signals=False)
         await runner.setup()
         _WEB_SERVERS.add(runner.server)
-        site = web.TCPSite(runner, "127.0.0.1", self.port, shutdown_timeout=0.5)
+        site = web.TCPSite(runner, "127.0.0.1", self.port, shutdown_timeout=0.5, ssl_context=self.ssl_context)
         await site.start()
         self._runner = runner
         self._closing = False
         if not self.port:
             self.port = runner.addresses[0][1]
         for c in self.clusters.values():
-            c.url = f"http://127.0.0.1:{self.port}" + (f"/c/{c.name}" if self.prefixed else "")
+            scheme = "https" if self.ssl_context is not None else "http"
+            c.url = f"{scheme}://127.0.0.1:{self.port}" + (f"/c/{c.name}" if self.prefixed else "")
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -562,6 +570,9 @@ class FakeServer:
             if task is not None:
                 _FAKE_TASKS.add(task)
         body = await request.read()
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.unauthorized += 1
+            return web.Response(status=401, text="401: Unauthorized: missing or invalid token")
         cluster.requests[f"{request.method} {_route_name(path)}"] += 1
         if cluster.latency_s > 0:
             await asyncio.sleep(cluster.latency_s)

@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 
 async def delete_topology(s: Settings) -> None:
-    conn = await aio_pika.connect(s.amqp_url)
+    conn = await aio_pika.connect(s.amqp_url, **s.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel()
         for q in (s.intake_queue, s.dead_letter_queue, s.status_queue, s.control_queue):
@@ -70,7 +70,7 @@ class Events:
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> "Events":
-        self.conn = await aio_pika.connect(self.settings.amqp_url)
+        self.conn = await aio_pika.connect(self.settings.amqp_url, **self.settings.amqp_connect_kwargs())
         ch = await self.conn.channel()
         ex = await ch.declare_exchange(self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         q = await ch.declare_queue(exclusive=True)
@@ -114,7 +114,7 @@ class Events:
 
 async def publish(settings: Settings, body: dict[str, Any] | bytes, *, priority: int = 0,
                   message_id: str | None = None) -> None:
-    conn = await aio_pika.connect(settings.amqp_url)
+    conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
         ex = await ch.get_exchange(settings.intake_exchange)
@@ -126,7 +126,7 @@ async def publish(settings: Settings, body: dict[str, Any] | bytes, *, priority:
 
 
 async def publish_many(settings: Settings, bodies: list[tuple[dict[str, Any], int]]) -> None:
-    conn = await aio_pika.connect(settings.amqp_url)
+    conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
         ex = await ch.get_exchange(settings.intake_exchange)
@@ -137,7 +137,7 @@ async def publish_many(settings: Settings, bodies: list[tuple[dict[str, Any], in
 
 
 async def queue_depth(settings: Settings, queue: str | None = None) -> int:
-    conn = await aio_pika.connect(settings.amqp_url)
+    conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel()
         q = await ch.declare_queue(queue or settings.intake_queue, passive=True)
@@ -179,7 +179,7 @@ async def wait_idle(daemon: Daemon, timeout: float = 30.0) -> None:
 
 async def request_stop(settings: Settings, submission_id: str, reason: str = "test") -> None:
     """Publish a stop request as the contract says: to the event exchange, key control.stop."""
-    conn = await aio_pika.connect(settings.amqp_url)
+    conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
         ex = await ch.get_exchange(settings.events_exchange)
