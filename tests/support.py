@@ -209,3 +209,24 @@ def daemon_launcher(settings: Settings, clusters: tuple[ClusterConfig, ...], wor
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
     return start
+
+
+async def assert_each_ran_once_on_ray(clusters: tuple[ClusterConfig, ...], sids: list[str],
+                                      status: str | None = "SUCCEEDED") -> None:
+    """Check the clusters' own job lists: each job is on exactly one cluster, once (and ended
+    with `status`, when given)."""
+    from scheduler_daemon.rayapi import RayDashboard
+
+    seen: dict[str, list[Any]] = {j: [] for j in sids}
+    for c in clusters:
+        dash = RayDashboard(c, 10)
+        try:
+            for info in await dash.list_jobs():
+                if info.get("submission_id") in seen:
+                    seen[info["submission_id"]].append(info)
+        finally:
+            await dash.close()
+    assert all(len(v) == 1 for v in seen.values()), {j: len(v) for j, v in seen.items() if len(v) != 1}
+    if status is not None:
+        assert all(v[0]["status"] == status for v in seen.values()), \
+            {j: v[0]["status"] for j, v in seen.items() if v[0]["status"] != status}

@@ -10,7 +10,7 @@ import aio_pika
 import orjson
 
 from scheduler_daemon.rayapi import RayDashboard
-from support import (Events, daemon_launcher, make_settings, publish, publish_many, queue_depth, running_daemon, sid,
+from support import (Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish, publish_many, queue_depth, running_daemon, sid,
                      wait_idle)
 
 LEGAL_NEXT = {
@@ -191,17 +191,7 @@ async def test_sigkill_mid_stream_then_restart_runs_every_job_exactly_once(tmp_p
             proc.wait(timeout=30)
         assert proc.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     assert kills == 3
-    counts = {j: 0 for j in jobs}
-    for c in ray_clusters:
-        dash = RayDashboard(c, 10)
-        try:
-            for info in await dash.list_jobs():
-                if info.get("submission_id") in counts:
-                    counts[info["submission_id"]] += 1
-                    assert info["status"] == "SUCCEEDED", info
-        finally:
-            await dash.close()
-    assert all(n == 1 for n in counts.values()), {j: n for j, n in counts.items() if n != 1}
+    await assert_each_ran_once_on_ray(ray_clusters, jobs)
     assert_in_order(ev, jobs)
     finals = {j: [e["state"] for e in ev.of(j) if e["final"]] for j in jobs}
     assert all(set(f) == {"SUCCEEDED"} for f in finals.values()), finals

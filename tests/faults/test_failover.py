@@ -16,9 +16,8 @@ import orjson
 
 from fakeray import FakeCluster, FakeServer
 from scheduler_daemon.broker import declare
-from scheduler_daemon.rayapi import RayDashboard
 from scheduler_daemon.settings import ClusterConfig, Settings
-from support import Events, daemon_launcher, make_settings, publish_many, sid
+from support import Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish_many, sid
 
 
 def log_events(path: Path) -> list[str]:
@@ -128,16 +127,7 @@ async def test_standby_takes_over_from_a_killed_leader_on_real_ray(tmp_path: Any
             assert all(set(f) == {"SUCCEEDED"} for f in finals.values()), finals
         assert "leadership acquired" not in log_events(pair.logs["a"])[seen:], "the restarted daemon stands by"
         assert not any(dispatched_before_leading(p) for p in pair.logs.values()), "a standby dispatched"
-        counts = {j: 0 for j in jobs}
-        for c in ray_clusters:
-            dash = RayDashboard(c, 10)
-            try:
-                for info in await dash.list_jobs():
-                    if info.get("submission_id") in counts:
-                        counts[info["submission_id"]] += 1
-            finally:
-                await dash.close()
-        assert all(n == 1 for n in counts.values()), {j: n for j, n in counts.items() if n != 1}
+        await assert_each_ran_once_on_ray(ray_clusters, jobs)
         print(f"failover: leadership {took_over - killed:.2f} s after SIGKILL, first dispatch by the new "
               f"leader {first_dispatch - killed:.2f} s after it, its HTTP API by {api_back - killed:.2f} s")
     finally:
