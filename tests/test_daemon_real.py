@@ -10,8 +10,8 @@ import aio_pika
 import orjson
 
 from scheduler_daemon.rayapi import RayDashboard
-from support import (Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish, publish_many, queue_depth, running_daemon, sid,
-                     wait_idle)
+from support import (Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish, publish_many,
+                     queue_depth, running_daemon, sid, wait_idle)
 
 LEGAL_NEXT = {
     None: {"ACCEPTED", "REJECTED"},
