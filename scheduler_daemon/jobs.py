@@ -25,6 +25,7 @@ MAX_METADATA_ITEMS = 64
 MAX_METADATA_VALUE = 4096
 MAX_RESOURCE_VALUE = 1e15
 ATTEMPT_HEADER = "x-rmcs-attempt"
+OWNER_HEADER = "x-rmcs-owner"  # on retries the daemon publishes; trusted only from the daemon's user
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
 
 
@@ -77,6 +78,8 @@ class Job:
     correlation_id: str | None = None
     reply_to: str | None = None
     body: bytes = b""
+    # The broker user that submitted it (docs/security.md); None for a job journaled before owners.
+    owner: str | None = None
 
     @property
     def ray_resources(self) -> dict[str, float]:
@@ -157,6 +160,7 @@ class MessageMeta:
     correlation_id: str | None = None
     reply_to: str | None = None
     attempt: int = 1
+    owner: str | None = None
 
 
 def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
@@ -253,6 +257,7 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any,
         correlation_id=meta.correlation_id,
         reply_to=meta.reply_to,
         body=body,
+        owner=meta.owner,
     )
 
 

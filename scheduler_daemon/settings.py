@@ -18,6 +18,7 @@ import yaml
 
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+USER_NAME = re.compile(r"^[^\x00-\x1f\x7f,\s][^\x00-\x1f\x7f,]{0,254}$")  # a broker or API user name
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,11 @@ class Settings:
     ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     log_level: str = "info"
+    # Access (docs/security.md): the owner of a job submitted without an AMQP user_id, the broker
+    # users who may stop any job, and the file of API tokens (user name -> token).
+    default_owner: str = "anonymous"
+    admins: tuple[str, ...] = ()
+    api_tokens_file: str = ""
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
@@ -90,6 +96,9 @@ class Settings:
                    f"default_resources.{res}", "must be a finite number >= 0")
         _check(self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
                "must be debug, info, warning or error")
+        _check(bool(USER_NAME.fullmatch(self.default_owner)), "default_owner", "must be a user name")
+        _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
+               "must be a list of user names")
         return self
 
 
@@ -130,6 +139,12 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw
+        if isinstance(default, tuple):  # a YAML list, or a comma-separated string
+            if isinstance(raw, str):
+                raw = [part.strip() for part in raw.split(",") if part.strip()]
+            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+                raise ValueError(raw)
+            return tuple(raw)
         if isinstance(default, Mapping):
             if isinstance(raw, str):
                 raw = yaml.safe_load(raw)
