@@ -698,6 +698,7 @@ async def cmd_show(ctx: Ctx) -> int:
     rows = [
         ("submission id", job.get("submission_id")),
         ("job id", job.get("job_id")),
+        ("owner", job.get("owner") or "-"),
         ("state", f"{job.get('state')}" + (" (final)" if job.get("final") else "")),
         ("cluster", job.get("cluster") or "-"),
         ("attempt", job.get("attempt")),

@@ -179,3 +179,44 @@ def test_producer_helper_sends_its_token(monkeypatch: pytest.MonkeyPatch) -> Non
 
     error = asyncio.run(call())
     assert seen["Authorization"] == f"Bearer {TOKEN_A}" and TOKEN_A not in error
+
+
+async def test_stores_from_before_owners_open_and_keep_working(tmp_path: Path) -> None:
+    """A status cache and a journal written by an earlier version gain the new columns; their
+    jobs have no owner (anyone may stop them, as before)."""
+    import sqlite3
+
+    from scheduler_daemon.journal import Journal
+    from scheduler_daemon.status.store import SqliteStatusStore
+
+    path = tmp_path / "old.db"  # both tables in one file, as an earlier version would have left them
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, submission_id TEXT NOT NULL UNIQUE, job_id TEXT,
+            state TEXT NOT NULL, rank INTEGER NOT NULL, cluster TEXT, attempt INTEGER NOT NULL, final INTEGER NOT NULL,
+            message TEXT, priority INTEGER, tags TEXT NOT NULL, metadata TEXT NOT NULL, resources TEXT NOT NULL,
+            created TEXT NOT NULL, updated TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO jobs (submission_id, state, rank, attempt, final, tags, metadata, resources, created, updated)
+            VALUES ('old', 'RUNNING', 3, 1, 0, '[]', '{}', '{}', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+        CREATE TABLE cancellations (submission_id TEXT PRIMARY KEY, reason TEXT NOT NULL, ts REAL NOT NULL);
+        INSERT INTO cancellations VALUES ('ahead', 'old stop', 0);
+    """)
+    old.commit()
+    old.close()
+    store = SqliteStatusStore(path)
+    await store.open()
+    try:
+        status = await store.get("old")
+        assert status is not None and status.owner is None and status.to_json()["owner"] is None
+        await store.apply({"submission_id": "new", "state": "ACCEPTED", "owner": "alice", "ts": "2026-01-02T00:00:00Z"})
+        assert (await store.get("new")).owner == "alice"  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    journal = Journal(path)
+    await journal.open()
+    try:
+        assert await journal.cancellation("ahead") == ("old stop", None)
+        await journal.cancel("next", "mine", "alice")
+        assert await journal.cancellation("next") == ("mine", "alice")
+    finally:
+        await journal.close()
