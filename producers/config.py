@@ -154,16 +154,16 @@ def load_config(config_file_path: str | os.PathLike[str] | None = None,
 
 def broker_user(url: str) -> str | None:
     """The broker user an amqp URL logs in as (aio-pika's default is guest), which is what the
-    broker accepts as a message's `user_id`; None when the URL asks for EXTERNAL (certificate)
-    authentication, where the user name comes from the certificate."""
+    broker accepts as a message's `user_id`. With EXTERNAL (certificate) authentication the user
+    name comes from the certificate: the URL's user name if it gives one, else None (unknown)."""
     try:
         parts = urlsplit(url)
         username = parts.username
     except ValueError:
         return None
-    if "auth_mechanism=external" in parts.query.lower():
-        return None
-    return unquote(username) if username else "guest"
+    if username:
+        return unquote(username)
+    return None if "auth_mechanism=external" in parts.query.lower() else "guest"
 
 
 def secret_of(url: str) -> str | None:

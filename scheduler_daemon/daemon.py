@@ -116,6 +116,9 @@ class Daemon:
         for task in self._tasks:
             task.add_done_callback(self._task_died)
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size)
+        if self.intake.user is None:
+            log.warning("amqp_url names no broker user (certificate login): retries cannot be told from "
+                        "forged ones and are dropped as duplicates; put the user name in amqp_url")
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or self.stopping.is_set():

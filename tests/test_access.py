@@ -141,6 +141,7 @@ def test_the_user_a_url_logs_in_as() -> None:
     assert broker_user("amqp://127.0.0.1/") == "guest"
     assert broker_user("amqps://svc%40a:pw@broker/rmcs") == "svc@a"
     assert broker_user("amqps://broker/rmcs?auth_mechanism=EXTERNAL") is None
+    assert broker_user("amqps://svc-a@broker/rmcs?auth_mechanism=external") == "svc-a"
     assert ProducerConfig(amqp_url="amqp://alice:pw@h/").user == "alice"
     config = ProducerConfig(api_token=TOKEN_A)
     assert TOKEN_A not in repr(config) and TOKEN_A not in str(config)
