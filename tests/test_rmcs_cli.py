@@ -179,6 +179,7 @@ async def test_submit_wait_succeeds_and_prints_each_transition(env: Env) -> None
     fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in head.splitlines())
     assert fields["state"] == "SUCCEEDED (final)" and fields["cluster"] == "alpha" and fields["priority"] == "9"
     assert fields["tags"] == "cli, ok" and fields["metadata"] == "owner=me" and fields["attempt"] == "1"
+    assert fields["owner"] == "guest", "the broker user of the URL, stamped as user_id"
     assert [row.split()[1] for row in history.splitlines()] == ["STATE", "ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
     data = json.loads((await env.rmcs("show", job, "--json")).out)
     assert data["submission_id"] == job and data["final"] and data["priority"] == 9 and data["tags"] == ["cli", "ok"]
