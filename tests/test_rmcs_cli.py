@@ -226,6 +226,9 @@ async def test_list_table_json_and_pages(env: Env) -> None:
         assert time.monotonic() < deadline, listed
         await asyncio.sleep(0.2)
     assert {j["submission_id"] for j in listed["jobs"]} == set(jobs) and listed["next_cursor"] is None
+    mine = json.loads((await env.rmcs("list", "--tag", tag, "--owner", "guest", "--json")).out)
+    assert {j["submission_id"] for j in mine["jobs"]} == set(jobs)
+    assert json.loads((await env.rmcs("list", "--tag", tag, "--owner", "someone-else", "--json")).out)["jobs"] == []
 
     table = await env.rmcs("list", "--tag", tag, "--since", "10m")
     assert table.code == 0, table
