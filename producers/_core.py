@@ -317,7 +317,9 @@ class Client:
                 headers={"Accept": "application/json", "User-Agent": "rmcs-producers"})
         url = self.config.http_base + path
         data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.config.api_token:
+            headers["Authorization"] = f"Bearer {self.config.api_token}"
         try:
             async with self._session.request(
                     method, url, data=data, headers=headers,
@@ -326,7 +328,7 @@ class Client:
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise DaemonUnreachable(f"cannot reach the rmcs daemon's HTTP API at {self.config.http_base}: "
-                                    f"{describe(exc)}") from None
+                                    f"{describe(exc, self.config.api_token or None)}") from None
         try:
             return status, orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -376,7 +378,8 @@ class Client:
                     raise RuntimeError(f"a job with submission id {sid!r} already exists")
         message = aio_pika.Message(
             data, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=sid, priority=amqp_priority, timestamp=time.time(), app_id="rmcs-producers")
+            message_id=sid, priority=amqp_priority, timestamp=time.time(), app_id="rmcs-producers",
+            user_id=self.config.user)
         await self.publish(self.config.intake_exchange, self.config.intake_routing_key, message, f"job {sid}")
         note_submitted(sid)
         return sid
@@ -433,8 +436,8 @@ class Client:
                         answers.put_nowait(orjson.loads(message.body))
 
             await replies.consume(on_reply, no_ack=True)
-            await self.publish(self.config.events_exchange, "control.stop", _stop_message(sid, reason, correlation,
-                                                                                         replies.name),
+            await self.publish(self.config.events_exchange, "control.stop",
+                               _stop_message(sid, reason, self.config.user, correlation, replies.name),
                                f"the stop request for {sid}")
             try:
                 async with asyncio.timeout(answer_timeout):
@@ -453,8 +456,8 @@ class Client:
         now); over HTTP for any the broker did not take. Returns the ids no path took."""
         async def one(sid: str) -> str | None:
             try:
-                await self.publish(self.config.events_exchange, "control.stop", _stop_message(sid, reason),
-                                   f"the stop request for {sid}")
+                await self.publish(self.config.events_exchange, "control.stop",
+                                   _stop_message(sid, reason, self.config.user), f"the stop request for {sid}")
                 return None
             except RuntimeError as exc:
                 log.warning("stop %s over the broker failed (%s); trying the HTTP API", sid, exc)
@@ -630,7 +633,8 @@ class _Connection(aio_pika.Connection):
             raise
 
 
-def _stop_message(sid: str, reason: str, correlation: str | None = None, reply_to: str | None = None) -> aio_pika.Message:
+def _stop_message(sid: str, reason: str, user: str | None, correlation: str | None = None,
+                  reply_to: str | None = None) -> aio_pika.Message:
     return aio_pika.Message(orjson.dumps({"submission_id": sid, "reason": reason}), content_type="application/json",
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=uuid.uuid4().hex,
-                            correlation_id=correlation, reply_to=reply_to, app_id="rmcs-producers")
+                            correlation_id=correlation, reply_to=reply_to, app_id="rmcs-producers", user_id=user)

@@ -38,6 +38,8 @@ class ProducerConfig:
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
     broker_retry_s: float = 30.0
+    # Bearer token for the daemon's HTTP API (RMCS_API_TOKEN), when the daemon has api_tokens_file.
+    api_token: str = ""
     source: str = "defaults"
 
     def validate(self) -> "ProducerConfig":
@@ -64,7 +66,7 @@ class ProducerConfig:
             port_ok = False
         if hp.scheme not in ("http", "https") or not hp.hostname or not port_ok:
             raise ValueError(f"http_addr must be HOST:PORT or an http(s):// URL, got {self.http_addr!r}")
-        for name in ("intake_exchange", "intake_routing_key", "events_exchange"):
+        for name in ("intake_exchange", "intake_routing_key", "events_exchange", "api_token"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string")
         for name in ("connect_timeout_s", "request_timeout_s"):
@@ -86,6 +88,12 @@ class ProducerConfig:
         """Base URL of the daemon's HTTP API, without a trailing slash."""
         addr = self.http_addr.strip()
         return (addr if "://" in addr else f"http://{addr}").rstrip("/")
+
+    @property
+    def user(self) -> str | None:
+        """The broker user of amqp_url: the user_id stamped on every message, so the broker
+        vouches for who submitted a job (its owner) and who asks for a stop."""
+        return broker_user(self.amqp_url)
 
     @property
     def broker(self) -> str:
@@ -157,6 +165,20 @@ def load_config(config_file_path: str | os.PathLike[str] | None = None,
             values[key] = _coerce(key, raw, "argument")
             sources.append(key)
     return replace(ProducerConfig(), **values, source=", ".join(sources) or "defaults").validate()
+
+
+def broker_user(url: str) -> str | None:
+    """The broker user an amqp URL logs in as (aio-pika's default is guest), which is what the
+    broker accepts as a message's `user_id`. With EXTERNAL (certificate) authentication the user
+    name comes from the certificate: the URL's user name if it gives one, else None (unknown)."""
+    try:
+        parts = urlsplit(url)
+        username = parts.username
+    except ValueError:
+        return None
+    if username:
+        return unquote(username)
+    return None if "auth_mechanism=external" in parts.query.lower() else "guest"
 
 
 def secret_of(url: str) -> str | None:

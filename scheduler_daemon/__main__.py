@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from . import logs
+from .access import check_exposure, load_api_tokens
 from .settings import ConfigError, load_clusters, load_settings
 
 EXIT_LOST_LEADERSHIP = 75  # EX_TEMPFAIL
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         clusters = load_clusters(args.clusters)
+        check_exposure(settings, load_api_tokens(settings.api_tokens_file))
     except ConfigError as exc:
         print(f"scheduler-daemon: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,12 @@
 metrics and the OpenAPI document. JSON everywhere; every error is `{"error": message}`.
 
 Requests are checked at this edge: an unknown, repeated or empty query parameter, a bad value
-or a malformed body is a 400 naming the parameter; nothing a client sends can cause a 500.
+or a malformed body is a 400 naming the parameter; nothing a client sends can cause a 500, and
+no answer carries a stack trace.
+
+Mutating requests (POST) need `Authorization: Bearer <token>` when tokens are configured
+(`api_tokens_file`); the token's user is the caller, whom the stop rule of `access` applies to.
+Without tokens the API listens on loopback only and trusts its callers (docs/security.md).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from . import openapi
+from . import access, openapi
 from .rayapi import RayError
 from .settings import parse_http_addr
 from .status.store import STATES, BadQuery, ListQuery
@@ -31,7 +36,7 @@ log = structlog.get_logger("rmcs.api")
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SUBMISSION_ID = re.compile(openapi.SUBMISSION_ID_PATTERN)
-LIST_PARAMS = ("state", "cluster", "tag", "since", "until", "limit", "cursor")
+LIST_PARAMS = ("state", "cluster", "tag", "owner", "since", "until", "limit", "cursor")
 MAX_PARAM_CHARS = 1024
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1024
@@ -40,8 +45,10 @@ DISCONNECT_CHECK_S = 1.0   # how soon a stream notices its client went away
 WRITE_TIMEOUT_S = 10.0     # a client that takes no bytes for this long is dropped
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Where a stop outcome puts the HTTP status: taken (202), refused by state (409), by the cluster (502).
+# Refused for the caller (not the job's owner nor an admin): 403.
 STOP_STATUS = {"cancelled": 202, "stopping": 202, "recorded": 202,
-               "already_final": 409, "unknown": 409, "failed": 502}
+               "already_final": 409, "unknown": 409, "failed": 502, "refused": 403}
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass
@@ -77,10 +84,11 @@ class Metrics:
 class ApiError(Exception):
     """An answer other than 200, with `{"error": message}` as its body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -93,7 +101,9 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return _json({"error": exc.message}, exc.status)
+        answer = _json({"error": exc.message}, exc.status)
+        answer.headers.update(exc.headers)
+        return answer
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -188,7 +198,8 @@ def _stop_reason(body: bytes) -> str | None:
 class HttpServer:
     def __init__(self, daemon: "Daemon") -> None:
         self.daemon = daemon
-        self.app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+        self.tokens = daemon.api_tokens  # token -> user; never logged
+        self.app = web.Application(middlewares=[_errors, self._authenticate], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes([
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
@@ -206,6 +217,7 @@ class HttpServer:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        access.check_exposure(self.daemon.settings, self.tokens)
         host, port = parse_http_addr(self.daemon.settings.http_addr)
         self._ended = asyncio.get_running_loop().create_future()
         self._watch = asyncio.create_task(self._end_streams_when_stopping(), name="http-stop-watch")
@@ -229,6 +241,26 @@ class HttpServer:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
 
+    # ---- access ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With tokens configured, a mutating request needs a valid one; its user is the caller."""
+        if request.method in MUTATING:
+            self.caller(request)  # raises 401; handlers ask again for the identity they need
+        return await handler(request)
+
+    def caller(self, request: web.Request) -> access.Caller:
+        if not self.tokens:
+            return access.TRUSTED_LOCAL
+        header = request.headers.get("Authorization")
+        user = access.token_user(header, self.tokens)
+        if user is None:
+            why = "a bearer token is required" if not header else "the bearer token is not valid"
+            raise ApiError(401, f"{why}: send Authorization: Bearer <token>",
+                           {"WWW-Authenticate": 'Bearer realm="rmcs"'})
+        return access.token_caller(user, self.daemon.settings)
+
     # ---- health ------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -251,7 +283,7 @@ class HttpServer:
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = _params(request, LIST_PARAMS)
         query = ListQuery(
-            state=q.get("state"), cluster=q.get("cluster"), tag=q.get("tag"),
+            state=q.get("state"), cluster=q.get("cluster"), tag=q.get("tag"), owner=q.get("owner"),
             since=_time(q["since"], "since") if "since" in q else None,
             until=_time(q["until"], "until") if "until" in q else None,
             limit=_limit(q.get("limit")), cursor=q.get("cursor"))
@@ -295,8 +327,9 @@ class HttpServer:
         _params(request, ())
         sid = _submission_id(request)
         reason = _stop_reason(await request.read())
-        answer = (await self.daemon.stop_job(sid) if reason is None
-                  else await self.daemon.stop_job(sid, reason))
+        caller = self.caller(request)
+        answer = (await self.daemon.stop_job(sid, caller=caller) if reason is None
+                  else await self.daemon.stop_job(sid, reason, caller))
         return _json(answer.to_json(), STOP_STATUS.get(answer.outcome, 500))
 
     # ---- clusters and events -------------------------------------------------------------

@@ -28,6 +28,7 @@ import aio_pika
 import aiohttp
 import yaml
 
+from producers.config import broker_user
 from producers.schema import PRIORITY_NAMES, SUBMISSION_ID
 from producers.tls import amqp_connect_kwargs
 
@@ -45,7 +46,8 @@ GIB = 1024 ** 3
 
 EPILOG = """exit codes: 0 ok, 1 the job ended badly or the request was refused, 2 bad arguments,
 3 broker or API unreachable, 4 unknown job, 5 timed out waiting, 130 interrupted.
-environment: RMCS_AMQP_URL, RMCS_HTTP_ADDR and every other RMCS_<SETTING> of the daemon."""
+environment: RMCS_AMQP_URL, RMCS_HTTP_ADDR and every other RMCS_<SETTING> of the daemon;
+RMCS_API_TOKEN, the bearer token for a daemon with api_tokens_file."""
 
 
 class CliError(Exception):
@@ -238,10 +240,12 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p = command("list", "list jobs (HTTP API)",
                 "List jobs known to the daemon, in the order they arrived, one page at a time (--all for every page).",
                 "  rmcs list --state RUNNING --cluster gpu_cluster\n"
+                "  rmcs list --owner svc-train\n"
                 "  rmcs list --tag training --since 2h --all --json")
     p.add_argument("--state", type=_state, help="only jobs in this state")
     p.add_argument("--cluster", help="only jobs on this cluster")
     p.add_argument("--tag", help="only jobs with this tag")
+    p.add_argument("--owner", help="only jobs submitted by this broker user")
     p.add_argument("--since", type=_time, metavar="TIME", help="created at or after: RFC 3339, or 30s/10m/2h/7d ago")
     p.add_argument("--until", type=_time, metavar="TIME", help="created before: RFC 3339, or a duration ago")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="jobs per page (API default 100, at most 1000)")
@@ -322,6 +326,14 @@ class Ctx:
         if urlsplit(api).scheme not in ("http", "https") or not urlsplit(api).netloc:
             raise CliError(USAGE, f"--api must be an http:// or https:// URL, got {api!r}")
         self.api = api.rstrip("/")
+        # The daemon's API token, when it has api_tokens_file; from the environment only, never an argument.
+        self.api_token = os.environ.get("RMCS_API_TOKEN", "")
+
+    @property
+    def user(self) -> str | None:
+        """The broker user of the URL, stamped as user_id on what this command publishes (the
+        broker checks it): the owner of a submitted job, the requester of a stop."""
+        return broker_user(self.amqp_url)
 
     @property
     def broker_name(self) -> str:
@@ -361,8 +373,9 @@ class Ctx:
         answers that are not the rmcs API's are CliErrors; so is a 400 (bad arguments)."""
         url = self.api + path
         try:
+            headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else None
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as session:
-                async with session.request(method, url, params=params, json=body) as resp:
+                async with session.request(method, url, params=params, json=body, headers=headers) as resp:
                     raw = await resp.read()
                     status = resp.status
         except asyncio.TimeoutError:
@@ -552,7 +565,7 @@ async def cmd_submit(ctx: Ctx) -> int:
         message = aio_pika.Message(
             json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
             content_encoding="utf-8", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=sid,
-            priority=priority)
+            priority=priority, user_id=ctx.user)
         try:
             await intake.publish(message, routing_key=s.intake_routing_key, timeout=CONNECT_TIMEOUT_S)
         except aio_pika.exceptions.PublishError:
@@ -660,7 +673,8 @@ JOB_HEADER = ["SUBMISSION ID", "STATE", "CLUSTER", "ATTEMPT", "CREATED", "UPDATE
 
 async def cmd_list(ctx: Ctx) -> int:
     a = ctx.args
-    params = {k: v for k, v in (("state", a.state), ("cluster", a.cluster), ("tag", a.tag), ("since", a.since),
+    params = {k: v for k, v in (("state", a.state), ("cluster", a.cluster), ("tag", a.tag), ("owner", a.owner),
+                                ("since", a.since),
                                 ("until", a.until), ("limit", a.limit), ("cursor", a.cursor)) if v is not None}
     jobs: list[dict[str, Any]] = []
     while True:
@@ -693,6 +707,7 @@ async def cmd_show(ctx: Ctx) -> int:
     rows = [
         ("submission id", job.get("submission_id")),
         ("job id", job.get("job_id")),
+        ("owner", job.get("owner") or "-"),
         ("state", f"{job.get('state')}" + (" (final)" if job.get("final") else "")),
         ("cluster", job.get("cluster") or "-"),
         ("attempt", job.get("attempt")),
@@ -819,7 +834,7 @@ async def _stop_via_broker(ctx: Ctx) -> int:
             await events.publish(aio_pika.Message(body, content_type="application/json",
                                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                                   message_id=uuid.uuid4().hex, correlation_id=correlation,
-                                                  reply_to=replies.name),
+                                                  reply_to=replies.name, user_id=ctx.user),
                                  routing_key="control.stop", timeout=CONNECT_TIMEOUT_S)
         except aio_pika.exceptions.PublishError:
             raise CliError(UNREACHABLE, f"nothing listens for control.stop on {s.events_exchange!r}: the daemon "

@@ -18,6 +18,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from . import api
+from .access import TRUSTED_LOCAL, Caller, broker_caller, check_exposure, load_api_tokens, may_stop, refusal
 from .admission import Held, Window
 from .clusters import HealthState
 from .dispatch import Outcome, dispatch
@@ -45,7 +46,8 @@ MAINTENANCE_INTERVAL_S = 5.0
 @dataclass(frozen=True)
 class StopAnswer:
     """What a stop request did: `cancelled` (never dispatched), `stopping` (asked its cluster),
-    `already_final`, or `recorded` (not seen yet: cancelled if it arrives)."""
+    `already_final`, `recorded` (not seen yet: cancelled if it arrives, and is the requester's),
+    or `refused` (the requester is neither the job's owner nor an admin; the job goes on)."""
 
     submission_id: str
     outcome: str
@@ -63,6 +65,9 @@ class Daemon:
     def __init__(self, settings: Settings, clusters: tuple[ClusterConfig, ...], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        # Read and checked before anything opens: an exposed API without tokens never starts.
+        self.api_tokens = load_api_tokens(settings.api_tokens_file)
+        check_exposure(settings, self.api_tokens)
         self.configs = {c.name: c for c in clusters}
         self.clock = clock
         self.window = Window(settings.window_size)
@@ -131,6 +136,9 @@ class Daemon:
             task.add_done_callback(self._task_died)
         self._tasks += loops
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size)
+        if self.intake.user is None:
+            log.warning("amqp_url names no broker user (certificate login): retries cannot be told from "
+                        "forged ones and are dropped as duplicates; put the user name in amqp_url")
 
     async def _serve_http_once_free(self, http: api.HttpServer) -> None:
         """A new leader may find the API's port still held by the old one, which is stopping:
@@ -275,13 +283,14 @@ class Daemon:
         if self.stopping.is_set():
             await self.intake.requeue(message)
             return
+        meta = message_meta(message, self.intake.user, self.settings.default_owner)
         try:
-            job = parse_job(message.body, message_meta(message),
+            job = parse_job(message.body, meta,
                             default_resources=self.settings.default_resources,
                             max_bytes=self.settings.max_message_bytes,
                             ceiling=self.settings.max_job_resources)
         except InvalidJob as exc:
-            await self._reject_message(message, exc)
+            await self._reject_message(message, exc, meta.owner)
             return
         bound = structlog.contextvars.bound_contextvars(submission_id=job.submission_id)
         with bound:
@@ -306,10 +315,14 @@ class Daemon:
                 return
             cancelled = await self.journal.cancellation(job.submission_id)
             if cancelled is not None:
-                log.info("job cancelled before it was received", reason=cancelled)
-                await self._emit(job, JobState.CANCELLED, None, cancelled, final=True)
-                await self.intake.ack(message)
-                return
+                reason, requester = cancelled
+                if requester is None or requester == job.owner:
+                    log.info("job cancelled before it was received", reason=reason)
+                    await self._emit(job, JobState.CANCELLED, None, reason, final=True)
+                    await self.intake.ack(message)
+                    return
+                log.warning("a stop recorded before the job arrived is not its owner's; the job goes on",
+                            requester=requester, owner=job.owner)
             existing = self.window.get(job.submission_id)
             if existing is not None:
                 if self.intake.is_live(existing.delivery):
@@ -331,11 +344,12 @@ class Daemon:
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake_up()
 
-    async def _reject_message(self, message: AbstractIncomingMessage, exc: InvalidJob) -> None:
+    async def _reject_message(self, message: AbstractIncomingMessage, exc: InvalidJob,
+                              owner: str | None = None) -> None:
         log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
         event = JobEvent(JobState.REJECTED, exc.submission_id or message.message_id, exc.job_id, None,
                          message=exc.reason, final=True, correlation_id=message.correlation_id,
-                         reply_to=message.reply_to)
+                         reply_to=message.reply_to, owner=owner)
         await self.publisher.publish(event)
         await self.intake.dead_letter(message, exc.reason)
 
@@ -542,40 +556,60 @@ class Daemon:
 
     # ---- stopping ----------------------------------------------------------------------
 
-    async def _stop_from_broker(self, submission_id: str, reason: str) -> dict[str, str]:
-        return (await self.stop_job(submission_id, reason)).to_json()
+    async def _stop_from_broker(self, submission_id: str, reason: str, user_id: str | None) -> dict[str, str]:
+        return (await self.stop_job(submission_id, reason, broker_caller(user_id, self.settings))).to_json()
 
-    async def stop_job(self, submission_id: str, reason: str = "stop requested") -> StopAnswer:
-        """Stop a job wherever it is. Repeating it is harmless."""
-        with structlog.contextvars.bound_contextvars(submission_id=submission_id):
-            held = self.window.get(submission_id)
-            if held is not None:
-                if held.in_flight:
-                    self._stop_after_dispatch[submission_id] = reason
-                    log.info("stop requested during dispatch; will stop it on its cluster")
-                    return StopAnswer(submission_id, "stopping", "being dispatched; it is stopped on its cluster next")
-                await self._finish_held(held, JobState.CANCELLED, reason)
-                return StopAnswer(submission_id, "cancelled", "cancelled before dispatch; it never reaches a cluster")
-            t = self.tracked.get(submission_id)
-            if t is not None and not t.final:
-                return await self._stop_on_cluster(t, reason)
-            known = t or await self.journal.get(submission_id)
-            if known is not None and not known.final:
-                return await self._stop_on_cluster(known, reason)
-            status = await self.store.get(submission_id, history=False)
-            # Between attempts (FAILED or LOST, retry queued) the job is not over: record the stop,
-            # and the next attempt's message is dropped as CANCELLED when it arrives.
-            between = (known is not None and known.state in (JobState.FAILED, JobState.LOST)
-                       and known.job.attempt <= known.job.max_retries)
-            if not between and ((known is not None and known.final) or (status is not None and status.final)):
-                state = status.state if status is not None else known.state.value  # type: ignore[union-attr]
-                return StopAnswer(submission_id, "already_final", f"the job already ended: {state}")
-            if status is not None and status.state in ("DISPATCHED", "RUNNING"):
-                return StopAnswer(submission_id, "unknown", "the job runs on a cluster this daemon does not follow")
-            await self.journal.cancel(submission_id, reason)
-            log.info("stop recorded for a job not received yet")
-            return StopAnswer(submission_id, "recorded",
-                              "no such job has reached the daemon; if one with this id arrives it is cancelled")
+    async def stop_job(self, submission_id: str, reason: str = "stop requested",
+                       caller: Caller = TRUSTED_LOCAL) -> StopAnswer:
+        """Stop a job wherever it is, if `caller` is its owner or an admin. Repeating it is harmless."""
+        with structlog.contextvars.bound_contextvars(submission_id=submission_id, requester=caller.name):
+            answer = await self._stop_job(submission_id, reason, caller)
+            if answer.outcome == "refused":
+                log.warning("stop refused", message=answer.message)
+            return answer
+
+    @staticmethod
+    def _refused(submission_id: str, caller: Caller, owner: str | None) -> StopAnswer | None:
+        if may_stop(caller, owner):
+            return None
+        return StopAnswer(submission_id, "refused", refusal(caller, owner))
+
+    async def _stop_job(self, submission_id: str, reason: str, caller: Caller) -> StopAnswer:
+        held = self.window.get(submission_id)
+        if held is not None:
+            if (refused := self._refused(submission_id, caller, held.job.owner)) is not None:
+                return refused
+            if held.in_flight:
+                self._stop_after_dispatch[submission_id] = reason
+                log.info("stop requested during dispatch; will stop it on its cluster")
+                return StopAnswer(submission_id, "stopping", "being dispatched; it is stopped on its cluster next")
+            await self._finish_held(held, JobState.CANCELLED, reason)
+            return StopAnswer(submission_id, "cancelled", "cancelled before dispatch; it never reaches a cluster")
+        t = self.tracked.get(submission_id)
+        known = t or await self.journal.get(submission_id)
+        if known is not None and (refused := self._refused(submission_id, caller, known.job.owner)):
+            return refused
+        if t is not None and not t.final:
+            return await self._stop_on_cluster(t, reason)
+        if known is not None and not known.final:
+            return await self._stop_on_cluster(known, reason)
+        status = await self.store.get(submission_id, history=False)
+        if status is not None and (refused := self._refused(submission_id, caller, status.owner)):
+            return refused
+        # Between attempts (FAILED or LOST, retry queued) the job is not over: record the stop,
+        # and the next attempt's message is dropped as CANCELLED when it arrives.
+        between = (known is not None and known.state in (JobState.FAILED, JobState.LOST)
+                   and known.job.attempt <= known.job.max_retries)
+        if not between and ((known is not None and known.final) or (status is not None and status.final)):
+            state = status.state if status is not None else known.state.value  # type: ignore[union-attr]
+            return StopAnswer(submission_id, "already_final", f"the job already ended: {state}")
+        if status is not None and status.state in ("DISPATCHED", "RUNNING"):
+            return StopAnswer(submission_id, "unknown", "the job runs on a cluster this daemon does not follow")
+        await self.journal.cancel(submission_id, reason, None if caller.admin else caller.name)
+        log.info("stop recorded for a job not received yet")
+        mine = "" if caller.admin else f" if it is {caller.name!r}'s"
+        return StopAnswer(submission_id, "recorded",
+                          f"no such job has reached the daemon; if one with this id arrives it is cancelled{mine}")
 
     async def _stop_on_cluster(self, t: Tracked, reason: str) -> StopAnswer:
         state = self.prober.clusters.get(t.cluster)

@@ -41,6 +41,7 @@ class JobEvent:
     resource_requirements: Mapping[str, float] = field(default_factory=dict)
     correlation_id: str | None = None
     reply_to: str | None = None
+    owner: str | None = None
     ts: str = field(default_factory=now_rfc3339)
 
     @classmethod
@@ -48,7 +49,7 @@ class JobEvent:
            final: bool = False) -> "JobEvent":
         return cls(state, job.submission_id, job.job_id, cluster, job.attempt, message, final,
                    job.tags, dict(job.metadata), job.priority, dict(job.resources),
-                   job.correlation_id, job.reply_to)
+                   job.correlation_id, job.reply_to, job.owner)
 
     @property
     def routing_key(self) -> str:
@@ -71,6 +72,7 @@ class JobEvent:
             "resource_requirements": dict(self.resource_requirements),
             "correlation_id": self.correlation_id,
             "reply_to": self.reply_to,
+            "owner": self.owner,
         }
 
 

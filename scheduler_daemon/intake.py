@@ -22,9 +22,11 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+from producers.config import broker_user
+
 from .broker import Topology, declare_topology
 from .events import publish_confirmed
-from .jobs import ATTEMPT_HEADER, Job, MessageMeta
+from .jobs import ATTEMPT_HEADER, OWNER_HEADER, Job, MessageMeta
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
@@ -32,14 +34,26 @@ log = structlog.get_logger("rmcs.intake")
 MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
-def message_meta(message: AbstractIncomingMessage) -> MessageMeta:
-    attempt = (message.headers or {}).get(ATTEMPT_HEADER, 1)
+def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = None,
+                 default_owner: str | None = None) -> MessageMeta:
+    """The properties that matter. The owner is the broker-checked `user_id` (else `default_owner`).
+    The attempt and owner headers of a retry count only on a message from the daemon's own
+    broker user: anyone else's copy of a job id is a new submission, not a later attempt of it."""
+    headers = message.headers or {}
+    from_daemon = daemon_user is not None and message.user_id == daemon_user
+    attempt = headers.get(ATTEMPT_HEADER, 1) if from_daemon else 1
+    owner = headers.get(OWNER_HEADER) if from_daemon else None
+    if isinstance(owner, bytes):
+        owner = owner.decode("utf-8", "replace")
+    if not isinstance(owner, str) or not owner:
+        owner = message.user_id or default_owner
     return MessageMeta(
         message_id=message.message_id,
         priority=message.priority,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
         attempt=attempt if isinstance(attempt, int) and attempt >= 1 else 1,
+        owner=owner,
     )
 
 
@@ -57,6 +71,8 @@ class Intake:
         self._depth_channel: AbstractRobustChannel | None = None
         self._gate = asyncio.Lock()
         self.consumed = 0
+        # The broker user of amqp_url: set as user_id on retries, so that they can be told apart.
+        self.user = broker_user(settings.amqp_url)
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
@@ -158,7 +174,8 @@ class Intake:
                 message_id=job.submission_id,
                 correlation_id=job.correlation_id,
                 reply_to=job.reply_to,
-                headers={ATTEMPT_HEADER: next_attempt},
+                user_id=self.user,
+                headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {})},
             ),
             self.settings.intake_routing_key,
             self._closed,

@@ -21,6 +21,7 @@ from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_V
 
 GIB = 1024 ** 3
 ATTEMPT_HEADER = "x-rmcs-attempt"
+OWNER_HEADER = "x-rmcs-owner"  # on retries the daemon publishes; trusted only from the daemon's user
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
 
 
@@ -73,6 +74,8 @@ class Job:
     correlation_id: str | None = None
     reply_to: str | None = None
     body: bytes = b""
+    # The broker user that submitted it (docs/security.md); None for a job journaled before owners.
+    owner: str | None = None
 
     @cached_property
     def command(self) -> Command:
@@ -146,6 +149,7 @@ class MessageMeta:
     correlation_id: str | None = None
     reply_to: str | None = None
     attempt: int = 1
+    owner: str | None = None
 
 
 def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
@@ -243,6 +247,7 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         correlation_id=meta.correlation_id,
         reply_to=meta.reply_to,
         body=body,
+        owner=meta.owner,
     )
 
 

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS ended (
 CREATE TABLE IF NOT EXISTS cancellations (
     submission_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    requester TEXT
 );
 """
 
@@ -98,6 +99,8 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
             db.executescript(_SCHEMA)
+            if "requester" not in {row[1] for row in db.execute("PRAGMA table_info(cancellations)")}:
+                db.execute("ALTER TABLE cancellations ADD COLUMN requester TEXT")  # a journal from before owners
             return db
 
         self._db = await self._run(_open)
@@ -136,11 +139,13 @@ class Journal:
         assert self._db is not None
         return await self._run(_read, self._db)
 
-    async def cancel(self, submission_id: str, reason: str) -> None:
-        """Record a stop for a job the daemon has not received yet (durable)."""
+    async def cancel(self, submission_id: str, reason: str, requester: str | None = None) -> None:
+        """Record a stop for a job the daemon has not received yet (durable). `requester`: the
+        user who asked, whose jobs only it cancels; None for an admin's, which cancels any."""
         assert self._db is not None
-        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO cancellations VALUES (?,?,?)",
-                                              (submission_id, reason, time.time())), self._db)
+        await self._run(lambda db: db.execute(
+            "INSERT OR REPLACE INTO cancellations (submission_id, reason, ts, requester) VALUES (?,?,?,?)",
+            (submission_id, reason, time.time(), requester)), self._db)
 
     async def end(self, submission_id: str, state: str, reason: str) -> None:
         """Record that a job ended before dispatch (REJECTED, CANCELLED, EXPIRED), before its
@@ -155,11 +160,12 @@ class Journal:
                                                     (submission_id,)).fetchone(), self._db)
         return (row[0], row[1]) if row else None
 
-    async def cancellation(self, submission_id: str) -> str | None:
+    async def cancellation(self, submission_id: str) -> tuple[str, str | None] | None:
+        """(reason, requester) of a recorded stop, or None."""
         assert self._db is not None
-        row = await self._run(lambda db: db.execute("SELECT reason FROM cancellations WHERE submission_id = ?",
-                                                    (submission_id,)).fetchone(), self._db)
-        return row[0] if row else None
+        row = await self._run(lambda db: db.execute("SELECT reason, requester FROM cancellations"
+                                                    " WHERE submission_id = ?", (submission_id,)).fetchone(), self._db)
+        return (row[0], row[1]) if row else None
 
     async def prune(self, before: float) -> int:
         """Forget jobs that ended, and whose end was published, before `before` (unix time),

@@ -14,7 +14,7 @@ from producers.schema import SUBMISSION_ID_PATTERN
 
 from .status.store import STATES
 
-STOP_OUTCOMES = ("cancelled", "stopping", "recorded", "already_final", "failed", "unknown")
+STOP_OUTCOMES = ("cancelled", "stopping", "recorded", "already_final", "failed", "unknown", "refused")
 HEALTH = ("unknown", "up", "degraded", "down")
 
 _STR = {"type": "string"}
@@ -56,6 +56,9 @@ SCHEMAS: dict[str, Any] = {
     "Job": _object({
         "submission_id": {"type": "string", "pattern": SUBMISSION_ID_PATTERN},
         "job_id": _STR_OR_NULL,
+        "owner": {"type": ["string", "null"], "description": (
+            "the broker user that submitted it (the message's user_id, else the daemon's default_owner); "
+            "null for a job recorded before owners")},
         "state": _STATE,
         "cluster": {"type": ["string", "null"], "description": "placed cluster, null before placement"},
         "attempt": {"type": "integer", "minimum": 1},
@@ -89,7 +92,8 @@ SCHEMAS: dict[str, Any] = {
         "outcome": {"type": "string", "enum": list(STOP_OUTCOMES), "description": (
             "cancelled: never dispatched, now CANCELLED; stopping: stop sent to its cluster, it ends "
             "STOPPED; recorded: not seen yet, cancelled if it arrives; already_final: it had ended; "
-            "failed: its cluster did not take the stop; unknown: it runs where this daemon cannot stop it")},
+            "failed: its cluster did not take the stop; unknown: it runs where this daemon cannot stop it; "
+            "refused: the caller is neither the job's owner nor an admin, and the job goes on")},
         "message": _STR,
     }),
     "Node": _object({"node_id": _STR, "total": _NUMBERS, "available": _NUMBERS}),
@@ -122,7 +126,8 @@ SCHEMAS: dict[str, Any] = {
         "resource_requirements": _NUMBERS,
         "correlation_id": _STR_OR_NULL,
         "reply_to": _STR_OR_NULL,
-    }, closed=False),
+        "owner": {"type": ["string", "null"], "description": "the broker user that submitted the job"},
+    }, closed=False, optional=("owner",)),
     "ClusterEvent": _object({
         "event": {"type": "string", "description": "routing key cluster.<health>.<cluster>"},
         "cluster": _STR,
@@ -150,6 +155,7 @@ _LIST_PARAMS = [
            "only jobs in this state (case-insensitive)"),
     _query("cluster", _PARAM, "only jobs placed on this cluster"),
     _query("tag", _PARAM, "only jobs carrying this tag"),
+    _query("owner", _PARAM, "only jobs submitted by this broker user"),
     _query("since", {**_PARAM, **_TIME}, "only jobs created at or after this RFC 3339 time"),
     _query("until", {**_PARAM, **_TIME}, "only jobs created before this RFC 3339 time"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),
@@ -171,7 +177,7 @@ _BAD = _error("a query parameter, the submission id or the body is not valid; `e
 
 def _op(summary: str, responses: dict[str, Any], *, op_id: str, tag: str,
         parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
-        description: str | None = None) -> dict[str, Any]:
+        description: str | None = None, security: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": [tag],
                           "responses": {**responses, "500": _INTERNAL}}
     if description:
@@ -180,6 +186,8 @@ def _op(summary: str, responses: dict[str, Any], *, op_id: str, tag: str,
         op["parameters"] = parameters
     if body:
         op["requestBody"] = body
+    if security is not None:
+        op["security"] = security
     return op
 
 
@@ -212,13 +220,18 @@ PATHS: dict[str, Any] = {
     "/api/v1/jobs/{submission_id}/stop": {"post": _op("stop a job", {
         "202": _json("StopAnswer", "taken: outcome cancelled, stopping or recorded"),
         "400": _BAD,
+        "401": _error("tokens are configured and the request has no valid `Authorization: Bearer` token"),
+        "403": _json("StopAnswer", "outcome refused: the caller is neither the job's owner nor an admin"),
         "409": _json("StopAnswer", "outcome already_final (it had ended) or unknown (cannot be stopped here)"),
         "413": _error("the body is larger than 64 KiB"),
         "502": _json("StopAnswer", "outcome failed: its cluster did not take the stop"),
     }, op_id="stopJob", tag="jobs", parameters=[_SID_PARAM], body={
         "required": False,
         "content": {"application/json": {"schema": _ref("StopRequest")}},
-    }, description="Same effect as publishing `control.stop`. Repeating it is harmless.")},
+    }, security=[{}, {"bearer": []}], description=(
+        "Same effect as publishing `control.stop`. Repeating it is harmless. With API tokens "
+        "configured it needs one, and only the job's owner (the token's user) or an admin may stop "
+        "it; without tokens the API listens on loopback only and its callers may stop any job."))},
     "/api/v1/clusters": {"get": _op("the clusters as last probed", {
         "200": _json("ClusterList", "every configured cluster"),
         "400": _BAD,
@@ -257,7 +270,9 @@ _DOCUMENT: dict[str, Any] = {
     },
     "tags": [{"name": "jobs"}, {"name": "clusters"}, {"name": "events"}, {"name": "health"}],
     "paths": PATHS,
-    "components": {"schemas": SCHEMAS},
+    "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "a token of the daemon's api_tokens_file; needed for POST when tokens are configured"}}},
 }
 
 

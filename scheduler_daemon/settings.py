@@ -25,6 +25,7 @@ CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SECRET_REF = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*))\}")
 _MAX_SECRET_FILE = 65_536
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+USER_NAME = re.compile(r"^[^\x00-\x1f\x7f,\s][^\x00-\x1f\x7f,]{0,254}$")  # a broker or API user name
 
 
 class ConfigError(ValueError):
@@ -125,6 +126,11 @@ class Settings:
     failover: bool = False
     leader_tick_s: float = 0.5
     log_level: str = "info"
+    # Access (docs/security.md): the owner of a job submitted without an AMQP user_id, the broker
+    # users who may stop any job, and the file of API tokens (user name -> token).
+    default_owner: str = "anonymous"
+    admins: tuple[str, ...] = ()
+    api_tokens_file: str = ""
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
@@ -156,6 +162,9 @@ class Settings:
                    f"is more than max_job_resources.{res}")
         _check(self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
                "must be debug, info, warning or error")
+        _check(bool(USER_NAME.fullmatch(self.default_owner)), "default_owner", "must be a user name")
+        _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
+               "must be a list of user names")
         return self
 
 
@@ -205,6 +214,12 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw
+        if isinstance(default, tuple):  # a YAML list, or a comma-separated string
+            if isinstance(raw, str):
+                raw = [part.strip() for part in raw.split(",") if part.strip()]
+            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+                raise ValueError(raw)
+            return tuple(raw)
         if isinstance(default, Mapping):
             if isinstance(raw, str):
                 raw = yaml.safe_load(raw)

@@ -179,6 +179,7 @@ async def test_submit_wait_succeeds_and_prints_each_transition(env: Env) -> None
     fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in head.splitlines())
     assert fields["state"] == "SUCCEEDED (final)" and fields["cluster"] == "alpha" and fields["priority"] == "9"
     assert fields["tags"] == "cli, ok" and fields["metadata"] == "owner=me" and fields["attempt"] == "1"
+    assert fields["owner"] == "guest", "the broker user of the URL, stamped as user_id"
     assert [row.split()[1] for row in history.splitlines()] == ["STATE", "ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
     data = json.loads((await env.rmcs("show", job, "--json")).out)
     assert data["submission_id"] == job and data["final"] and data["priority"] == 9 and data["tags"] == ["cli", "ok"]
@@ -225,6 +226,9 @@ async def test_list_table_json_and_pages(env: Env) -> None:
         assert time.monotonic() < deadline, listed
         await asyncio.sleep(0.2)
     assert {j["submission_id"] for j in listed["jobs"]} == set(jobs) and listed["next_cursor"] is None
+    mine = json.loads((await env.rmcs("list", "--tag", tag, "--owner", "guest", "--json")).out)
+    assert {j["submission_id"] for j in mine["jobs"]} == set(jobs)
+    assert json.loads((await env.rmcs("list", "--tag", tag, "--owner", "someone-else", "--json")).out)["jobs"] == []
 
     table = await env.rmcs("list", "--tag", tag, "--since", "10m")
     assert table.code == 0, table

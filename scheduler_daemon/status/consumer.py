@@ -3,7 +3,8 @@
 Both have durable queues of their own on the event exchange, so nothing is missed while
 the daemon is down: `rmcs.status` (bound to `job.#` and `cluster.#`) and
 `rmcs.control.stop` (bound to `control.stop`). A message is acknowledged once the store
-has it (or the stop was handled).
+has it (or the stop was handled). A stop request speaks for the broker user in its `user_id`
+(checked by RabbitMQ), which the daemon holds against the job's owner.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .store import StatusStore
 
 log = structlog.get_logger("rmcs.status")
 
-StopCallback = Callable[[str, str], Awaitable[Mapping[str, Any]]]
+StopCallback = Callable[[str, str, "str | None"], Awaitable[Mapping[str, Any]]]
 
 
 class StatusConsumer:
@@ -82,7 +83,7 @@ class StatusConsumer:
             answer: Mapping[str, Any] = {"submission_id": None, "outcome": "invalid",
                                          "message": f"stop request not understood: {exc}"}
         else:
-            answer = await self._on_stop(sid, reason)
+            answer = await self._on_stop(sid, reason, message.user_id)
         await self._answer(message, answer)
         await message.ack()
 

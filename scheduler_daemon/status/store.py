@@ -60,11 +60,13 @@ class JobStatus:
     updated: str
     deleted_from_cluster: bool = False
     transitions: tuple[Transition, ...] = field(default_factory=tuple)
+    owner: str | None = None  # the broker user that submitted it (docs/security.md)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "submission_id": self.submission_id,
             "job_id": self.job_id,
+            "owner": self.owner,
             "state": self.state,
             "cluster": self.cluster,
             "attempt": self.attempt,
@@ -92,6 +94,7 @@ class ListQuery:
     state: str | None = None
     cluster: str | None = None
     tag: str | None = None
+    owner: str | None = None
     since: str | None = None      # RFC 3339, on the job's creation time
     until: str | None = None
     limit: int = 100
@@ -187,7 +190,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     resources TEXT NOT NULL,
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_cluster ON jobs (cluster, seq);
@@ -233,6 +237,9 @@ class SqliteStatusStore(StatusStore):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
             return db
 
         self._db = await asyncio.get_running_loop().run_in_executor(self._pool, _open)
@@ -255,6 +262,7 @@ class SqliteStatusStore(StatusStore):
         final = bool(event.get("final"))
         priority = event.get("priority") if isinstance(event.get("priority"), int) else None
         job_id = _opt_text(event.get("job_id"))
+        owner = _opt_text(event.get("owner"))
 
         def _apply(db: sqlite3.Connection) -> bool:
             db.execute("BEGIN IMMEDIATE")
@@ -267,11 +275,12 @@ class SqliteStatusStore(StatusStore):
                     tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
                     db.execute(
                         "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                        " priority, tags, metadata, resources, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " priority, tags, metadata, resources, created, updated, owner)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (sid, job_id, state, rank, cluster, attempt, int(final), message,
                          priority, orjson.dumps(tags).decode(),
                          orjson.dumps(event.get("metadata") or {}).decode(),
-                         orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts))
+                         orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner))
                     db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                     changed = True
                 else:
@@ -280,8 +289,9 @@ class SqliteStatusStore(StatusStore):
                     if newer and not cur_final:
                         db.execute(
                             "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
-                            " message=?, updated=?, job_id=COALESCE(job_id, ?) WHERE submission_id=?",
-                            (state, rank, cluster, attempt, int(final), message, ts, job_id, sid))
+                            " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?)"
+                            " WHERE submission_id=?",
+                            (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, sid))
                         changed = True
                     else:
                         changed = False
@@ -321,6 +331,9 @@ class SqliteStatusStore(StatusStore):
             if query.cluster:
                 where.append("j.cluster = ?")
                 args.append(query.cluster)
+            if query.owner:
+                where.append("j.owner = ?")
+                args.append(query.owner)
             if query.tag:
                 where.append("EXISTS (SELECT 1 FROM job_tags t WHERE t.tag = ? AND t.submission_id = j.submission_id)")
                 args.append(query.tag)
@@ -363,15 +376,15 @@ class SqliteStatusStore(StatusStore):
 
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
-            " resources, created, updated, deleted")
+            " resources, created, updated, deleted, owner")
 
 
 def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
     (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
-     created, updated, deleted) = row
+     created, updated, deleted, owner) = row
     return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
                      tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
-                     created, updated, bool(deleted), steps)
+                     created, updated, bool(deleted), steps, owner)
 
 
 def _opt_text(value: Any) -> str | None:
