@@ -69,7 +69,7 @@ class Daemon:
         self._closing = asyncio.Event()  # set late in shutdown: pending publishes give up
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(lambda: self.intake.events_exchange, self._closing)
-        self.prober = Prober(settings, clusters, self._on_health, self._wake_up)
+        self.prober = Prober(settings, clusters, self._on_health, self._on_probed)
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
@@ -203,6 +203,13 @@ class Daemon:
 
     def _wake_up(self) -> None:
         self._wake.set()
+
+    def _on_probed(self) -> None:
+        """A probe ended: fresh capacity matters only to jobs waiting in the window or to a
+        cancelled consumer. (Each cluster's probe ends on its own, so with many clusters
+        waking the scheduler for every one would run a pass per probe.)"""
+        if len(self.window) or not self.intake.active:
+            self._wake.set()
 
     # ---- events ----------------------------------------------------------------------
 
