@@ -92,7 +92,8 @@ class Prober:
         t0 = time.monotonic()
         ok = False
         try:
-            body = await asyncio.wait_for(state.dashboard.cluster_status(), self.settings.probe_timeout_s)
+            async with asyncio.timeout(self.settings.probe_timeout_s):  # no extra task, unlike wait_for
+                body = await state.dashboard.cluster_status()
             snapshot = parse_cluster_status(body)
             if not snapshot.nodes:
                 raise ProbeError("cluster_status lists no nodes")
