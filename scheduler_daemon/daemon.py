@@ -251,7 +251,9 @@ class Daemon:
             return
         bound = structlog.contextvars.bound_contextvars(submission_id=job.submission_id)
         with bound:
-            known = self.tracked.get(job.submission_id) or await self.journal.get(job.submission_id)
+            # One trip to the journal's thread for all it knows of this id (the hot path).
+            record = await self.journal.lookup(job.submission_id)
+            known = self.tracked.get(job.submission_id) or record.tracked
             if known is not None and known.job.attempt >= job.attempt:
                 if message.redelivered or job.attempt > 1:
                     log.info("redelivered job already dispatched; acknowledging", cluster=known.cluster)
@@ -261,14 +263,14 @@ class Daemon:
                                                            "a job with this id was already accepted")
                     log.warning("duplicate submission rejected")
                 return
-            ended = await self.journal.ended(job.submission_id) if job.attempt == 1 or message.redelivered else None
+            ended = record.ended if job.attempt == 1 or message.redelivered else None
             if ended is not None and message.redelivered:
                 state, reason = ended
                 log.info("redelivered job had already ended before dispatch; acknowledging", state=state)
                 await self._emit(job, JobState(state), None, reason, final=True)
                 await self.intake.ack(message)
                 return
-            cancelled = await self.journal.cancellation(job.submission_id)
+            cancelled = record.cancellation
             if cancelled is not None:
                 log.info("job cancelled before it was received", reason=cancelled)
                 await self._emit(job, JobState.CANCELLED, None, cancelled, final=True)

@@ -20,7 +20,7 @@ from scheduler_daemon.clusters import (
 )
 from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import GIB, Job, JobState
-from scheduler_daemon.journal import Journal, Tracked
+from scheduler_daemon.journal import Journal, Lookup, Tracked
 from scheduler_daemon.settings import ClusterConfig
 from scheduler_daemon.tracking import transitions
 
@@ -494,6 +494,13 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         open_ids = {t.job.submission_id for t in await journal.open_jobs()}
         assert open_ids == {"s1", "s3"}
         assert await journal.get("s2") == done
+
+        # One lookup answers what get, ended and cancellation answer.
+        await journal.end("s4", "EXPIRED", "too late")
+        await journal.cancel("s5", "stop")
+        assert await journal.lookup("s1") == Lookup(t1b, None, None)
+        assert await journal.lookup("s4") == Lookup(None, ("EXPIRED", "too late"), None)
+        assert await journal.lookup("s5") == Lookup(None, None, "stop")
     finally:
         await journal.close()
 
