@@ -110,7 +110,7 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("--jobs", type=int, default=5_000)
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--window", type=int, default=64, help="daemon window_size = the bare loop's prefetch")
     p.add_argument("--probe-clusters", type=int, default=0, help="also run with this many clusters probed")

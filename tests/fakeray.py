@@ -150,7 +150,8 @@ class FakeCluster:
     def __init__(self, name: str, nodes: Mapping[str, Mapping[str, float]] | None = None, *,
                  duration_s: float = 0.5, duration_of: Callable[[str], float | None] = sleep_rule,
                  start_delay_s: float = 0.0, snapshot_every_s: float | None = None,
-                 clock: Callable[[], float] = time.time, latency_s: float = 0.0) -> None:
+                 clock: Callable[[], float] = time.time, latency_s: float = 0.0,
+                 status_latency_s: float = 0.0) -> None:
         self.name = name
         if nodes is None:
             nodes = {uuid.uuid4().hex + uuid.uuid4().hex[:24]: DEFAULT_NODE}
@@ -161,6 +162,7 @@ class FakeCluster:
         self.snapshot_every_s = snapshot_every_s
         self.clock = clock
         self.latency_s = latency_s  # every answer waits this long (wall seconds)
+        self.status_latency_s = status_latency_s  # and /api/cluster_status this much more
         # Faults for the next job submissions, one popped per POST /api/jobs/:
         # "no_agent" (500, job not created), "refuse" (400), "hang_after_create".
         self.submit_faults: list[str] = []
@@ -617,8 +619,9 @@ class FakeServer:
                 _FAKE_TASKS.add(task)
         body = await request.read()
         cluster.requests[f"{request.method} {_route_name(path)}"] += 1
-        if cluster.latency_s > 0:
-            await asyncio.sleep(cluster.latency_s)
+        delay = cluster.latency_s + (cluster.status_latency_s if path.rstrip("/") == "/api/cluster_status" else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
         while cluster.mode == "hang" and not self._closing:
             await cluster._release.wait()  # never answers while hanging
         mode = cluster.mode
@@ -735,6 +738,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=0.5, help="job duration, simulated seconds")
     p.add_argument("--scale", type=float, default=1.0, help="simulated seconds per wall second")
     p.add_argument("--latency-ms", type=float, default=0.0, help="answer latency of every request")
+    p.add_argument("--status-latency-ms", type=float, default=0.0, help="and of /api/cluster_status on top")
     p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
     return p.parse_args(argv)
 
@@ -744,6 +748,7 @@ async def serve(argv: list[str] | None = None) -> None:
     clock = ScaledClock(a.scale)
     fleet = await start_fleet(a.clusters, name=a.name, servers=a.servers, duration_s=a.duration,
                               clock=clock, latency_s=a.latency_ms / 1000, snapshot_every_s=a.snapshot_every,
+                              status_latency_s=a.status_latency_ms / 1000,
                               nodes_of=lambda c: make_nodes(c, [{"CPU": a.cpus}] * a.nodes))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
