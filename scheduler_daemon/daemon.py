@@ -76,6 +76,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._work: set[asyncio.Task[Any]] = set()
         self._missing: dict[str, int] = {}
+        self._health_pending: dict[str, ClusterEvent] = {}
+        self._health_publishing: set[str] = set()
         self._next_prune = 0.0
         self._lock = asyncio.Lock()
         self.http: api.HttpServer | None = None
@@ -222,8 +224,21 @@ class Daemon:
         if health == HealthState.UNKNOWN:
             return
         # Not awaited here: a broker outage must not hold up the next probe of this cluster.
-        self._spawn(self.publisher.publish(ClusterEvent(state.config.name, health.value, state.error)),
-                    f"health-{state.config.name}")
+        # At most one publishing task per cluster: changes that pile up while one is being
+        # published collapse into the latest (with a thousand clusters flapping under load,
+        # a task per change grew without bound).
+        name = state.config.name
+        self._health_pending[name] = ClusterEvent(name, health.value, state.error)
+        if name not in self._health_publishing:
+            self._health_publishing.add(name)
+            self._spawn(self._publish_health(name), f"health-{name}")
+
+    async def _publish_health(self, name: str) -> None:
+        try:
+            while (event := self._health_pending.pop(name, None)) is not None:
+                await self.publisher.publish(event)
+        finally:
+            self._health_publishing.discard(name)
 
     async def _republish_unconfirmed(self) -> None:
         """After a restart: publish each journaled state whose event was not confirmed."""
