@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install bench demo test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	scripts/install-example-deps
+
+bench: install  # the benchmark extras (matplotlib, py-spy); then see bench/README.md
+	$(BIN)/pip install -q -e '.[test,bench]'
 
 demo: install
 	scripts/ensure-rabbitmq

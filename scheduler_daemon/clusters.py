@@ -134,19 +134,24 @@ class LedgerEntry:
 @dataclass
 class Ledger:
     entries: dict[tuple[str, bool], LedgerEntry] = field(default_factory=dict)
+    # Bumped on every change, so a view computed from the ledger can be reused until then.
+    version: int = 0
 
     def reserve(self, ray_id: str, node_id: str, resources: Mapping[str, float]) -> None:
         self.entries[(ray_id, False)] = LedgerEntry(ray_id, node_id, resources, release=False)
+        self.version += 1
 
     def started(self, ray_id: str, at: float) -> None:
         entry = self.entries.get((ray_id, False))
         if entry is not None and entry.visible_after is None:
             entry.visible_after = at
+            self.version += 1
 
     def finished(self, ray_id: str, at: float, node_id: str | None = None,
                  resources: Mapping[str, float] | None = None, was_running: bool = True) -> None:
         """A job ended at `at`: drop its reservation; if Ray counted it as using resources,
         add them back until a snapshot after `at` shows them free."""
+        self.version += 1
         if self.entries.pop((ray_id, False), None) is not None:
             # Still reserved: no snapshot has been seen to count the job (prune drops the
             # reservation once one does), so dropping the reservation is all it takes. A
@@ -156,14 +161,17 @@ class Ledger:
             self.entries[(ray_id, True)] = LedgerEntry(ray_id, node_id, resources, release=True, visible_after=at)
 
     def forget(self, ray_id: str) -> None:
-        self.entries.pop((ray_id, False), None)
-        self.entries.pop((ray_id, True), None)
+        if self.entries.pop((ray_id, False), None) is not None:
+            self.version += 1
+        if self.entries.pop((ray_id, True), None) is not None:
+            self.version += 1
 
     def prune(self, snapshot_time: float, margin: float) -> None:
         """Drop entries that a snapshot taken at `snapshot_time` already reflects."""
         for key, entry in list(self.entries.items()):
             if entry.visible_after is not None and snapshot_time > entry.visible_after + margin:
                 del self.entries[key]
+                self.version += 1
 
     def adjust(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         """Nodes with this ledger applied: reservations used, releases freed."""

@@ -76,13 +76,15 @@ class Daemon:
         self._closing = asyncio.Event()  # set late in shutdown: pending publishes give up
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(lambda: self.intake.events_exchange, self._closing)
-        self.prober = Prober(settings, clusters, self._on_health, self._wake_up)
+        self.prober = Prober(settings, clusters, self._on_health, self._on_probed)
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._work: set[asyncio.Task[Any]] = set()
         self._missing: dict[str, int] = {}
+        self._health_pending: dict[str, ClusterEvent] = {}
+        self._health_publishing: set[str] = set()
         self._next_prune = 0.0
         self._lock = asyncio.Lock()
         self.http: api.HttpServer | None = None
@@ -252,6 +254,13 @@ class Daemon:
     def _wake_up(self) -> None:
         self._wake.set()
 
+    def _on_probed(self) -> None:
+        """A probe ended: fresh capacity matters only to jobs waiting in the window or to a
+        cancelled consumer. (Each cluster's probe ends on its own, so with many clusters
+        waking the scheduler for every one would run a pass per probe.)"""
+        if len(self.window) or not self.intake.active:
+            self._wake.set()
+
     # ---- events ----------------------------------------------------------------------
 
     async def _emit(self, job: Job, state: JobState, cluster: str | None, message: str | None = None,
@@ -263,8 +272,21 @@ class Daemon:
         if health == HealthState.UNKNOWN:
             return
         # Not awaited here: a broker outage must not hold up the next probe of this cluster.
-        self._spawn(self.publisher.publish(ClusterEvent(state.config.name, health.value, state.error)),
-                    f"health-{state.config.name}")
+        # At most one publishing task per cluster: changes that pile up while one is being
+        # published collapse into the latest (with a thousand clusters flapping under load,
+        # a task per change grew without bound).
+        name = state.config.name
+        self._health_pending[name] = ClusterEvent(name, health.value, state.error)
+        if name not in self._health_publishing:
+            self._health_publishing.add(name)
+            self._spawn(self._publish_health(name), f"health-{name}")
+
+    async def _publish_health(self, name: str) -> None:
+        try:
+            while (event := self._health_pending.pop(name, None)) is not None:
+                await self.publisher.publish(event)
+        finally:
+            self._health_publishing.discard(name)
 
     async def _republish_unconfirmed(self, only: str | None = None) -> None:
         """After a restart: publish each journaled state whose event was not confirmed."""
@@ -294,7 +316,9 @@ class Daemon:
             return
         bound = structlog.contextvars.bound_contextvars(submission_id=job.submission_id)
         with bound:
-            known = self.tracked.get(job.submission_id) or await self.journal.get(job.submission_id)
+            # One trip to the journal's thread for all it knows of this id (the hot path).
+            record = await self.journal.lookup(job.submission_id)
+            known = self.tracked.get(job.submission_id) or record.tracked
             if known is not None and known.job.attempt >= job.attempt:
                 if message.redelivered or job.attempt > 1:
                     log.info("redelivered job already dispatched; acknowledging", cluster=known.cluster)
@@ -306,14 +330,14 @@ class Daemon:
                                                            "a job with this id was already accepted")
                     log.warning("duplicate submission rejected")
                 return
-            ended = await self.journal.ended(job.submission_id) if job.attempt == 1 or message.redelivered else None
+            ended = record.ended if job.attempt == 1 or message.redelivered else None
             if ended is not None and message.redelivered:
                 state, reason = ended
                 log.info("redelivered job had already ended before dispatch; acknowledging", state=state)
                 await self._emit(job, JobState(state), None, reason, final=True)
                 await self.intake.ack(message)
                 return
-            cancelled = await self.journal.cancellation(job.submission_id)
+            cancelled = record.cancellation
             if cancelled is not None:
                 reason, requester = cancelled
                 if requester is None or requester == job.owner:

@@ -68,6 +68,16 @@ class Tracked:
                        seen_running=self.seen_running or state == JobState.RUNNING)
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """All the journal knows of one submission id: its dispatch record, its end before
+    dispatch (state, reason), and a stop recorded before it arrived."""
+
+    tracked: Tracked | None
+    ended: tuple[str, str] | None
+    cancellation: str | None
+
+
 def _job_to_json(job: Job) -> str:
     data = asdict(job)
     data["body"] = job.body.decode("utf-8", errors="replace")
@@ -126,6 +136,18 @@ class Journal:
         def _read(db: sqlite3.Connection) -> Tracked | None:
             row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
             return _row(row) if row else None
+
+        assert self._db is not None
+        return await self._run(_read, self._db)
+
+    async def lookup(self, submission_id: str) -> Lookup:
+        """`get`, `ended` and `cancellation` in one trip to the journal's thread."""
+        def _read(db: sqlite3.Connection) -> Lookup:
+            row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
+            ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
+            cancel = db.execute("SELECT reason FROM cancellations WHERE submission_id = ?", (submission_id,)).fetchone()
+            return Lookup(_row(row) if row else None, (ended[0], ended[1]) if ended else None,
+                          cancel[0] if cancel else None)
 
         assert self._db is not None
         return await self._run(_read, self._db)

@@ -33,10 +33,19 @@ class ClusterState:
     error: str | None = None
     probe_task: asyncio.Task[None] | None = None
     probes: int = 0
+    _view: tuple[Snapshot | None, tuple[object, ...], ClusterView] | None = field(default=None, repr=False)
 
     def view(self) -> ClusterView:
+        """The current view; the same object until a probe, the health or the ledger changes
+        (placement asks for every cluster's view once per job, so this is the hot path)."""
+        key = (self.ledger.version, self.health.state, self.last_probe, self.latency_s, self.error)
+        cached = self._view
+        if cached is not None and cached[0] is self.snapshot and cached[1] == key:
+            return cached[2]
         nodes = self.ledger.adjust(self.snapshot.nodes) if self.snapshot else ()
-        return ClusterView(self.config, self.health.state, nodes, self.last_probe, self.latency_s, self.error)
+        view = ClusterView(self.config, self.health.state, nodes, self.last_probe, self.latency_s, self.error)
+        self._view = (self.snapshot, key, view)
+        return view
 
 
 HealthCallback = Callable[[ClusterState, HealthState], Awaitable[None]]
@@ -83,7 +92,8 @@ class Prober:
         t0 = time.monotonic()
         ok = False
         try:
-            body = await asyncio.wait_for(state.dashboard.cluster_status(), self.settings.probe_timeout_s)
+            async with asyncio.timeout(self.settings.probe_timeout_s):  # no extra task, unlike wait_for
+                body = await state.dashboard.cluster_status()
             snapshot = parse_cluster_status(body)
             if not snapshot.nodes:
                 raise ProbeError("cluster_status lists no nodes")

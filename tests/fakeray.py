@@ -17,14 +17,23 @@ For policy, scale and fault tests that real clusters cannot show cheaply:
   refused); use `await cluster.set_mode(...)` for it. On a shared server "dead" resets each
   connection instead.
 - `FakeServer`: one aiohttp app on 127.0.0.1 port 0 serving one cluster at the root, or many
-  under `/c/<name>` prefixes. `fake_fleet(n, ...)` starts n clusters and closes them cleanly.
+  under `/c/<name>` prefixes. `fake_fleet(n, ...)` starts n clusters and closes them cleanly,
+  each on its own port, all on one (`shared=True`) or spread over a few (`servers=k`).
+- Simulation knobs for the benchmarks (bench/): nodes of different sizes per cluster
+  (`make_nodes`, `start_fleet(nodes_of=...)`), answer latency (`latency_s`), a compressed clock
+  (`ScaledClock(scale)`: simulated seconds pass `scale` times faster than wall seconds, so a
+  "sleep 60" job ends after 0.6 s at scale 100), and `GET /_sim/stats` on every server, for a
+  fleet run in a process of its own (`python tests/fakeray.py --clusters N ...`, see `serve`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
+import signal
+import sys
 import re
 import ssl
 import time
@@ -55,6 +64,41 @@ _WEB_SERVERS: "weakref.WeakSet[Any]" = weakref.WeakSet()  # the fakes' aiohttp s
 _FAKE_TASKS: "weakref.WeakSet[asyncio.Task[Any]]" = weakref.WeakSet()  # their request tasks
 PENDING_MESSAGE = ("Job has not started yet. It may be waiting for resources (CPUs, GPUs, memory, custom "
                    "resources) to become available. It may be waiting for the runtime environment to be set up.")
+
+
+class ScaledClock:
+    """Simulated unix time that runs `scale` times faster than the wall clock from the moment
+    it is made. Give one to every cluster of a fleet so their snapshots and job times agree."""
+
+    def __init__(self, scale: float = 1.0, wall: Callable[[], float] = time.time) -> None:
+        if scale <= 0:
+            raise ValueError("scale must be > 0")
+        self.scale = scale
+        self._wall = wall
+        self.origin = wall()
+
+    def __call__(self) -> float:
+        return self.origin + (self._wall() - self.origin) * self.scale
+
+    def wall_seconds(self, simulated: float) -> float:
+        return simulated / self.scale
+
+
+def node_id(seed: str) -> str:
+    """A node id shaped like Ray's (56 hex characters), stable for a given seed."""
+    return (uuid.uuid5(uuid.NAMESPACE_URL, seed).hex * 2)[:56]
+
+
+def make_nodes(cluster: str, sizes: list[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Nodes of the given sizes (`{"CPU": 8, "GPU": 2}`; memory in GiB, like job requests),
+    with Ray-shaped ids and Ray's default memory and object store when not given."""
+    out: dict[str, dict[str, float]] = {}
+    for i, size in enumerate(sizes):
+        res = {k: float(v) * (GIB if k in ("memory", "object_store_memory") else 1) for k, v in size.items()}
+        res.setdefault("memory", 4.0 * GIB)
+        res.setdefault("object_store_memory", 1.0 * GIB)
+        out[node_id(f"{cluster}/{i}")] = res
+    return out
 
 
 def sleep_rule(entrypoint: str) -> float | None:
@@ -107,7 +151,8 @@ class FakeCluster:
     def __init__(self, name: str, nodes: Mapping[str, Mapping[str, float]] | None = None, *,
                  duration_s: float = 0.5, duration_of: Callable[[str], float | None] = sleep_rule,
                  start_delay_s: float = 0.0, snapshot_every_s: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, latency_s: float = 0.0,
+                 status_latency_s: float = 0.0) -> None:
         self.name = name
         if nodes is None:
             nodes = {uuid.uuid4().hex + uuid.uuid4().hex[:24]: DEFAULT_NODE}
@@ -117,7 +162,8 @@ class FakeCluster:
         self.start_delay_s = start_delay_s
         self.snapshot_every_s = snapshot_every_s
         self.clock = clock
-        self.latency_s = 0.0
+        self.latency_s = latency_s  # every answer waits this long (wall seconds)
+        self.status_latency_s = status_latency_s  # and /api/cluster_status this much more
         # Faults for the next job submissions, one popped per POST /api/jobs/:
         # "no_agent" (500, job not created), "refuse" (400), "hang_after_create".
         self.submit_faults: list[str] = []
@@ -252,6 +298,13 @@ class FakeCluster:
     def _take_snapshot(self, at: float) -> Snapshot:
         self.snapshots_taken += 1
         return Snapshot(at, self._used(), [dict(j.need) for j in self._waiting])
+
+    def stats(self) -> dict[str, Any]:
+        """What a benchmark reads from a fleet in another process (`GET /_sim/stats`)."""
+        times = [t for t, _ in self.submissions]
+        return {"requests": dict(self.requests), "submissions": len(times),
+                "submission_times": times, "in_ray_queue": len(self._waiting),
+                "max_demand": self.max_demand, "running": len(self._active)}
 
     def total(self, resource: str) -> float:
         return sum(n.get(resource, 0.0) for n in self.nodes.values())
@@ -563,6 +616,9 @@ class FakeServer:
         return self.clusters.get(m.group(1)), m.group(2) or "/"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/_sim/stats":
+            return web.Response(body=orjson.dumps({n: c.stats() for n, c in self.clusters.items()}),
+                                content_type="application/json")
         cluster, path = self._find(request.path)
         if cluster is None:
             return web.Response(status=404, text="404: Not Found")
@@ -574,8 +630,9 @@ class FakeServer:
             self.unauthorized += 1
             return web.Response(status=401, text="401: Unauthorized: missing or invalid token")
         cluster.requests[f"{request.method} {_route_name(path)}"] += 1
-        if cluster.latency_s > 0:
-            await asyncio.sleep(cluster.latency_s)
+        delay = cluster.latency_s + (cluster.status_latency_s if path.rstrip("/") == "/api/cluster_status" else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
         while cluster.mode == "hang" and not self._closing:
             await cluster._release.wait()  # never answers while hanging
         mode = cluster.mode
@@ -633,13 +690,24 @@ class Fleet:
         await asyncio.gather(*(s.stop() for s in self.servers), return_exceptions=True)
 
 
-async def start_fleet(n: int, *, name: str = "fake", shared: bool = False, **cluster_kw: Any) -> Fleet:
-    """Start n fake clusters named `<name>0..`: each on its own port, or all on one (`shared`)."""
-    clusters = [FakeCluster(f"{name}{i}", **cluster_kw) for i in range(n)]
+async def start_fleet(n: int, *, name: str = "fake", shared: bool = False, servers: int | None = None,
+                      nodes_of: Callable[[str], Mapping[str, Mapping[str, float]]] | None = None,
+                      **cluster_kw: Any) -> Fleet:
+    """Start n fake clusters named `<name>0..`: each on its own port, all on one (`shared`),
+    or spread over `servers` ports. `nodes_of(cluster_name)` gives each cluster its nodes."""
+    clusters = [FakeCluster(f"{name}{i}", nodes_of(f"{name}{i}") if nodes_of else None, **cluster_kw)
+                for i in range(n)]
     if shared:
-        servers = [FakeServer(clusters, prefixed=True)]
+        servers = 1
+    if servers:
+        groups = [clusters[i::servers] for i in range(min(servers, n))]
+        servers_ = [FakeServer(g, prefixed=True) for g in groups]
     else:
-        servers = [FakeServer([c]) for c in clusters]
+        servers_ = [FakeServer([c]) for c in clusters]
+    return await _start(clusters, servers_)
+
+
+async def _start(clusters: list[FakeCluster], servers: list[FakeServer]) -> Fleet:
     fleet = Fleet(clusters, servers)
     try:
         await asyncio.gather(*(s.start() for s in servers))
@@ -666,3 +734,46 @@ def is_fake_task(task: asyncio.Task[Any]) -> bool:
     frame = getattr(task.get_coro(), "cr_frame", None)
     handler = frame.f_locals.get("self") if frame is not None else None
     return isinstance(handler, RequestHandler) and getattr(handler, "_manager", None) in _WEB_SERVERS
+
+
+# ---- a fleet in a process of its own -------------------------------------------------------
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Serve a fleet of fake Ray 2.60 dashboards until SIGTERM "
+                                "or end of standard input; prints one JSON line with the cluster URLs.")
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--servers", type=int, default=1, help="ports to spread the clusters over")
+    p.add_argument("--name", default="sim")
+    p.add_argument("--cpus", type=float, default=8.0, help="CPUs per node")
+    p.add_argument("--nodes", type=int, default=1, help="nodes per cluster")
+    p.add_argument("--duration", type=float, default=0.5, help="job duration, simulated seconds")
+    p.add_argument("--scale", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="answer latency of every request")
+    p.add_argument("--status-latency-ms", type=float, default=0.0, help="and of /api/cluster_status on top")
+    p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
+    return p.parse_args(argv)
+
+
+async def serve(argv: list[str] | None = None) -> None:
+    a = _parse_args(argv)
+    clock = ScaledClock(a.scale)
+    fleet = await start_fleet(a.clusters, name=a.name, servers=a.servers, duration_s=a.duration,
+                              clock=clock, latency_s=a.latency_ms / 1000, snapshot_every_s=a.snapshot_every,
+                              status_latency_s=a.status_latency_ms / 1000,
+                              nodes_of=lambda c: make_nodes(c, [{"CPU": a.cpus}] * a.nodes))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(4096) else None)
+    print(orjson.dumps({"urls": {c.name: c.url for c in fleet.clusters},
+                        "stats": sorted({f"http://127.0.0.1:{s.port}/_sim/stats" for s in fleet.servers})}).decode(),
+          flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await fleet.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())

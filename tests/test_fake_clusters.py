@@ -369,3 +369,24 @@ async def test_burst_reuses_freed_slots_between_snapshots(burst: Burst) -> None:
         "waited (snapshot every 5 s; all delays: " + ", ".join(f"{x:.2f}" for x in burst.delays) + "). A "
         "reservation is kept until a snapshot is newer than the daemon's RUNNING sighting + snapshot_margin_s, "
         "so a snapshot taken inside that window counts the job twice (snapshot + ledger) until the next one.")
+
+
+async def test_simulator_nodes_of_different_sizes_on_a_compressed_clock() -> None:
+    """The simulator behind bench/: per-node usage in cluster_status for nodes of different
+    sizes, PENDING while no node fits, and job durations on a clock 100 times faster."""
+    from fakeray import FakeCluster, ScaledClock, make_nodes
+
+    clock = ScaledClock(100.0)
+    nodes = make_nodes("sim", [{"CPU": 2}, {"CPU": 8}])
+    small, big = list(nodes)
+    c = FakeCluster("sim", nodes, clock=clock)
+    assert c.submit({"entrypoint": "/bin/sleep 60", "submission_id": "a", "entrypoint_num_cpus": 4})[0] == 200
+    assert c.submit({"entrypoint": "/bin/sleep 60", "submission_id": "b", "entrypoint_num_cpus": 6})[0] == 200
+    by_node = c.cluster_status()["data"]["clusterStatus"]["loadMetricsReport"]["usageByNode"]
+    assert by_node[big]["CPU"] == [4.0, 8.0] and by_node[small]["CPU"] == [0.0, 2.0]
+    assert c.get_job("b")[1]["status"] == "PENDING"  # 6 CPUs fit no node now
+    await asyncio.sleep(0.7)  # 60 simulated seconds
+    assert c.get_job("a")[1]["status"] == "SUCCEEDED"
+    assert c.get_job("b")[1]["status"] == "RUNNING"
+    assert c.submit({"entrypoint": "/bin/true", "submission_id": "a"})[0] == 500  # already exists
+    assert c.get_job("nope")[0] == 404

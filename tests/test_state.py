@@ -20,7 +20,7 @@ from scheduler_daemon.clusters import (
 )
 from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import GIB, Job, JobState
-from scheduler_daemon.journal import Journal, Tracked
+from scheduler_daemon.journal import Journal, Lookup, Tracked
 from scheduler_daemon.settings import ClusterConfig
 from scheduler_daemon.tracking import transitions
 
@@ -494,6 +494,13 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         open_ids = {t.job.submission_id for t in await journal.open_jobs()}
         assert open_ids == {"s1", "s3"}
         assert await journal.get("s2") == done
+
+        # One lookup answers what get, ended and cancellation answer.
+        await journal.end("s4", "EXPIRED", "too late")
+        await journal.cancel("s5", "stop")
+        assert await journal.lookup("s1") == Lookup(t1b, None, None)
+        assert await journal.lookup("s4") == Lookup(None, ("EXPIRED", "too late"), None)
+        assert await journal.lookup("s5") == Lookup(None, None, "stop")
     finally:
         await journal.close()
 
@@ -504,3 +511,27 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         assert await again.get("s1") == t1b
     finally:
         await again.close()
+
+
+def test_cluster_view_is_reused_until_something_changes() -> None:
+    """Placement asks every cluster's view once per job: the view is computed again only
+    after a probe, a health change or a ledger change."""
+    from scheduler_daemon.clusters import Health, Node, Snapshot
+    from scheduler_daemon.probing import ClusterState
+    from scheduler_daemon.rayapi import RayDashboard
+
+    config = ClusterConfig("c", "http://127.0.0.1:1")
+    state = ClusterState(config, RayDashboard(config, 1.0), Health(3, 2))
+    state.snapshot = Snapshot(1.0, (Node("n", {"CPU": 4.0}, {"CPU": 0.0}),))
+    first = state.view()
+    assert state.view() is first
+    state.ledger.reserve("j1", "n", {"CPU": 1.0})
+    second = state.view()
+    assert second is not first and second.nodes[0].free("CPU") == 3.0
+    state.ledger.started("j1", 2.0)
+    state.ledger.prune(5.0, 0.25)  # a later snapshot shows the job: the reservation goes
+    assert state.view().nodes[0].free("CPU") == 4.0
+    state.health.record(True, False, 0.0)
+    assert state.view().health.value == "up"
+    state.snapshot = Snapshot(6.0, (Node("n", {"CPU": 4.0}, {"CPU": 2.0}),))
+    assert state.view().nodes[0].free("CPU") == 2.0

@@ -1,0 +1,132 @@
+"""What the benchmarks share: a fleet of simulated Ray dashboards in a process of its own
+(tests/fakeray.py, the simulator the test suite uses too), fast publishing with publisher
+confirms in batches, percentiles, and the daemon's log set-up.
+
+The fleet runs in its own process so that the daemon, or the bare loop it is compared
+with, has the event loop of its process to itself, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
+
+import aio_pika
+import aiohttp
+import orjson
+import structlog
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from scheduler_daemon import logs  # noqa: E402
+from scheduler_daemon.settings import ClusterConfig  # noqa: E402
+
+
+def pct(values: Iterable[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`."""
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    return v[min(len(v) - 1, max(0, int(round(p / 100 * (len(v) - 1)))))]
+
+
+def machine() -> str:
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} cores, Python {platform.python_version()}, load {load:.1f} at start"
+
+
+def quiet_logs(path: str | Path = "/tmp/rmcs-bench-daemon.log") -> None:
+    """The daemon's logging as in production (JSON lines at info), written to a file."""
+    logs.configure("info")
+    structlog.configure(logger_factory=structlog.BytesLoggerFactory(open(path, "wb")))
+
+
+@dataclass
+class SimFleet:
+    """A fleet served by `python tests/fakeray.py` in a child process."""
+
+    proc: subprocess.Popen[bytes]
+    urls: dict[str, str]
+    stats_urls: list[str]
+
+    def configs(self, **kw: Any) -> tuple[ClusterConfig, ...]:
+        return tuple(ClusterConfig(name, url, **kw) for name, url in self.urls.items())
+
+    async def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as http:
+            for url in self.stats_urls:
+                async with http.get(url) as resp:
+                    out.update(orjson.loads(await resp.read()))
+        return out
+
+    async def submission_times(self) -> list[float]:
+        return sorted(t for c in (await self.stats()).values() for t in c["submission_times"])
+
+
+@contextlib.asynccontextmanager
+async def sim_fleet(clusters: int, *, servers: int = 1, name: str = "sim", **opts: Any) -> AsyncIterator[SimFleet]:
+    """Start a fleet process; options are fakeray's command-line flags (`latency_ms=20`)."""
+    args = [sys.executable, str(TESTS / "fakeray.py"), "--clusters", str(clusters), "--servers", str(servers),
+            "--name", name]
+    for key, value in opts.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        if not line:
+            raise RuntimeError(f"fleet process exited: {proc.wait()}")
+        info = orjson.loads(line)
+        yield SimFleet(proc, info["urls"], info["stats"])
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the fleet stops at end of input
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def publish_fast(amqp_url: str, exchange: str, routing_key: str, bodies: Iterable[bytes], *,
+                       batch: int = 1000, priority: int | None = None) -> int:
+    """Publish persistent messages with publisher confirms, `batch` of them in flight at once."""
+    conn = await aio_pika.connect(amqp_url)
+    n = 0
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(exchange) if exchange else ch.default_exchange
+        pending: list[Any] = []
+        for body in bodies:
+            pending.append(ex.publish(aio_pika.Message(body, content_type="application/json", priority=priority,
+                                                       delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                      routing_key=routing_key))
+            if len(pending) >= batch:
+                await asyncio.gather(*pending)
+                n += len(pending)
+                pending = []
+        if pending:
+            await asyncio.gather(*pending)
+            n += len(pending)
+    return n
+
+
+def sustained_rate(times: list[float], lo: float = 0.1, hi: float = 0.9) -> float:
+    """Events per second between the `lo` and `hi` fractions of the run (ramp-up and tail cut)."""
+    times = sorted(times)
+    if len(times) < 10:
+        return float("nan")
+    a, b = times[int(lo * (len(times) - 1))], times[int(hi * (len(times) - 1))]
+    return (hi - lo) * (len(times) - 1) / (b - a) if b > a else float("inf")

@@ -1,0 +1,136 @@
+"""Dispatch throughput, queue to `POST /api/jobs/`, against simulated clusters with room, and
+the same against a bare loop (aio-pika consume, one aiohttp POST each, ack; no scheduling),
+in the same run, on the same fleet, with the same prefetch.
+
+    .venv/bin/python bench/throughput.py                      # 100 clusters (target 1)
+    .venv/bin/python bench/throughput.py --probe-clusters 1000  # also with 1,000 probed (target 3)
+
+The queue is filled first (`--jobs` messages), then the consumer starts; the rate is taken
+between the 10th and 90th percentile of the POSTs the fleet received (ramp-up and tail cut).
+Every simulated cluster answers `/api/cluster_status` after 20 ms. With `--probe-clusters N`
+a further daemon run has N such clusters (all with room), to show what probing and
+placing over that many costs dispatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+
+from common import machine, publish_fast, quiet_logs, sim_fleet, sustained_rate, SimFleet
+from scheduler_daemon.broker import declare
+from scheduler_daemon.daemon import Daemon
+from scheduler_daemon.settings import ClusterConfig
+from support import AMQP_URL, delete_topology, make_settings
+
+
+def bodies(n: int, prefix: str) -> list[bytes]:
+    return [orjson.dumps({"submission_id": f"{prefix}-{i}", "entrypoint": "/bin/sleep 0.2"}) for i in range(n)]
+
+
+async def wait_count(fleet: SimFleet, since: float, n: int, timeout: float) -> list[float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        times = [t for t in await fleet.submission_times() if t >= since]
+        if len(times) >= n or time.monotonic() > deadline:
+            return times
+        await asyncio.sleep(0.5)
+
+
+async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
+    """aio-pika consume, one POST per message to the next cluster in turn, ack."""
+    queue_name = f"bench.bare.{uuid.uuid4().hex[:8]}"
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        await ch.set_qos(prefetch_count=prefetch)
+        q = await ch.declare_queue(queue_name, durable=True, arguments={"x-max-priority": 10})
+        await publish_fast(AMQP_URL, "", queue_name, bodies(n, f"bare-{uuid.uuid4().hex[:6]}"))
+        urls = itertools.cycle(list(fleet.urls.values()))
+        done = asyncio.Event()
+        count = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+            async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal count
+                job = orjson.loads(message.body)
+                body = {"entrypoint": job["entrypoint"], "submission_id": job["submission_id"],
+                        "entrypoint_num_cpus": 1.0, "metadata": {"rmcs_submission_id": job["submission_id"]}}
+                async with http.post(next(urls) + "/api/jobs/", data=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                await message.ack()
+                count += 1
+                if count >= n:
+                    done.set()
+
+            t0 = time.time()
+            tag = await q.consume(on)
+            await asyncio.wait_for(done.wait(), 600)
+            await q.cancel(tag)
+        times = [t for t in await fleet.submission_times() if t >= t0]
+        await q.delete(if_unused=False, if_empty=False)
+    finally:
+        await conn.close()
+    return sustained_rate(times)
+
+
+async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[ClusterConfig, ...] | None = None,
+                   settle_s: float = 2.0) -> float:
+    with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
+        s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5)
+        await declare(s)
+        daemon: Daemon | None = None
+        try:
+            await publish_fast(s.amqp_url, s.intake_exchange, s.intake_routing_key,
+                               bodies(n, f"rmcs-{uuid.uuid4().hex[:6]}"))
+            # The consumer waits for the first probes; give them time before the clock starts.
+            daemon = Daemon(s, clusters or fleet.configs())
+            t0 = time.time()
+            await daemon.start()
+            times = await wait_count(fleet, t0, n, 600)
+            if len(times) < n:
+                print(f"  (only {len(times)} of {n} dispatched within the time limit)")
+            return sustained_rate(times)
+        finally:
+            if daemon is not None:
+                await daemon.stop()
+            await delete_topology(s)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=5_000)
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--window", type=int, default=64, help="daemon window_size = the bare loop's prefetch")
+    p.add_argument("--probe-clusters", type=int, default=0, help="also run with this many clusters probed")
+    p.add_argument("--skip-bare", action="store_true", help="only the daemon (to profile it)")
+    a = p.parse_args()
+    quiet_logs()
+    print(f"machine: {machine()}")
+    print(f"{a.jobs} jobs, {a.clusters} simulated clusters with room, window/prefetch {a.window}")
+    async with sim_fleet(a.clusters, servers=2, cpus=100_000, duration=0.2, status_latency_ms=20) as fleet:
+        bare = float("nan") if a.skip_bare else await run_bare(fleet, a.jobs, a.window)
+        print(f"bare loop (consume, POST, ack): {bare:,.0f} jobs/s")
+        rmcs = await run_rmcs(fleet, a.jobs, a.window)
+        print(f"rmcs daemon, queue -> POST /api/jobs/: {rmcs:,.0f} jobs/s "
+              f"(target >= 1,000 jobs/s); ratio to the bare loop {rmcs / bare:.2f} (target >= 0.50)")
+    if a.probe_clusters:
+        async with sim_fleet(a.probe_clusters, servers=4, name="many", cpus=100_000, duration=0.2,
+                             status_latency_ms=20) as many:
+            rmcs_many = await run_rmcs(many, a.jobs, a.window)
+        print(f"rmcs daemon with {a.probe_clusters} clusters probed every second: {rmcs_many:,.0f} jobs/s, "
+              f"{100 * (1 - rmcs_many / rmcs):.1f}% below {a.clusters} clusters (target: at most 10%)")
+
+if __name__ == "__main__":
+    asyncio.run(main())
