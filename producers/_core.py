@@ -281,7 +281,11 @@ class Client:
                 await ex.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout)
                 return
             except BrokerUnreachable:
-                if give_up is None or loop.time() >= give_up:  # never connected, or out of time
+                if not self._ever_connected:  # never connected: a configuration problem, most likely
+                    raise
+                if give_up is None:
+                    give_up = loop.time() + self.config.broker_retry_s
+                if loop.time() >= give_up:
                     raise
                 await asyncio.sleep(min(2.0, 0.25 * attempt))
                 continue
