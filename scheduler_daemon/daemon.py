@@ -363,7 +363,9 @@ class Daemon:
                 held.verify_on = VERIFY_ALL
             self.window.add(held)
             if held.verify_on is None:
-                await self._emit(job, JobState.ACCEPTED, None, None)
+                # Published while the job is being placed; its next event waits for this one.
+                held.announced = self._spawn(self._emit(job, JobState.ACCEPTED, None, None),
+                                             f"accepted-{job.submission_id}")
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake_up()
@@ -382,6 +384,8 @@ class Daemon:
         self.window.remove(held.job.submission_id)
         await self.journal.end(held.job.submission_id, state.value, reason)
         log.info("job ended before dispatch", submission_id=held.job.submission_id, state=state.value, reason=reason)
+        if held.announced is not None:
+            await held.announced
         await self._emit(held.job, state, None, reason, final=True)
         if state == JobState.REJECTED:
             await self.intake.dead_letter(held.delivery, reason)
@@ -511,6 +515,8 @@ class Daemon:
         t = Tracked(job, cluster, node_id, JobState.DISPATCHED, seen_running=seen_running)
         self.tracked[job.submission_id] = t
         await self.journal.record(t)
+        if held.announced is not None:
+            await held.announced
         await self._emit(job, JobState.DISPATCHED, cluster, None)
         await self.intake.ack(held.delivery)
         self.window.remove(job.submission_id)
