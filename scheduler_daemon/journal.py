@@ -75,7 +75,7 @@ class Lookup:
 
     tracked: Tracked | None
     ended: tuple[str, str] | None
-    cancellation: str | None
+    cancellation: tuple[str, str | None] | None  # (reason, requester)
 
 
 def _job_to_json(job: Job) -> str:
@@ -145,9 +145,10 @@ class Journal:
         def _read(db: sqlite3.Connection) -> Lookup:
             row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
             ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
-            cancel = db.execute("SELECT reason FROM cancellations WHERE submission_id = ?", (submission_id,)).fetchone()
+            cancel = db.execute("SELECT reason, requester FROM cancellations WHERE submission_id = ?",
+                                (submission_id,)).fetchone()
             return Lookup(_row(row) if row else None, (ended[0], ended[1]) if ended else None,
-                          cancel[0] if cancel else None)
+                          (cancel[0], cancel[1]) if cancel else None)
 
         assert self._db is not None
         return await self._run(_read, self._db)
