@@ -141,7 +141,8 @@ class Journal:
         return await self._run(_read, self._db)
 
     async def lookup(self, submission_id: str) -> Lookup:
-        """`get`, `ended` and `cancellation` in one trip to the journal's thread."""
+        """All the journal knows of one id (dispatch record, end before dispatch, recorded stop) in one
+        trip to the journal's thread."""
         def _read(db: sqlite3.Connection) -> Lookup:
             row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
             ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
@@ -176,19 +177,6 @@ class Journal:
         assert self._db is not None
         await self._run(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
                                               (submission_id, state, reason, time.time())), self._db)
-
-    async def ended(self, submission_id: str) -> tuple[str, str] | None:
-        assert self._db is not None
-        row = await self._run(lambda db: db.execute("SELECT state, reason FROM ended WHERE submission_id = ?",
-                                                    (submission_id,)).fetchone(), self._db)
-        return (row[0], row[1]) if row else None
-
-    async def cancellation(self, submission_id: str) -> tuple[str, str | None] | None:
-        """(reason, requester) of a recorded stop, or None."""
-        assert self._db is not None
-        row = await self._run(lambda db: db.execute("SELECT reason, requester FROM cancellations"
-                                                    " WHERE submission_id = ?", (submission_id,)).fetchone(), self._db)
-        return (row[0], row[1]) if row else None
 
     async def prune(self, before: float) -> int:
         """Forget jobs that ended, and whose end was published, before `before` (unix time),

@@ -216,8 +216,8 @@ async def test_stores_from_before_owners_open_and_keep_working(tmp_path: Path) -
     journal = Journal(path)
     await journal.open()
     try:
-        assert await journal.cancellation("ahead") == ("old stop", None)
+        assert (await journal.lookup("ahead")).cancellation == ("old stop", None)
         await journal.cancel("next", "mine", "alice")
-        assert await journal.cancellation("next") == ("mine", "alice")
+        assert (await journal.lookup("next")).cancellation == ("mine", "alice")
     finally:
         await journal.close()
