@@ -5,6 +5,8 @@ runs, the daemon keeps going and its window stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import random
 from typing import Any
 
@@ -70,6 +72,21 @@ def test_thousands_of_malformed_messages_mixed_with_valid_jobs(tmp_path_factory:
     asyncio.run(_run(tmp_path_factory.mktemp("poison"), bad, seed))
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process (the daemon runs in it), in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def _publish(s: Any, items: list[tuple[bytes, str | None]]) -> None:
+    conn = await aio_pika.connect(s.amqp_url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.get_exchange(s.intake_exchange)
+        await asyncio.gather(*(ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key="submit")
+                               for body, _ in items))
+
+
 async def _run(tmp: Any, bad: list[bytes], seed: int) -> None:
     s = make_settings(tmp, window_size=8)
     cluster = FakeCluster("sink", nodes={"n1": {"CPU": 64, "memory": 64 * 2**30}}, duration_s=0.05)
@@ -78,16 +95,20 @@ async def _run(tmp: Any, bad: list[bytes], seed: int) -> None:
     try:
         async with running_daemon(s, (cluster.config(),)) as daemon, Events(s, "job.#") as ev:
             stream = _stream(bad, 200, seed)
-            conn = await aio_pika.connect(s.amqp_url)
-            async with conn:
-                ch = await conn.channel(publisher_confirms=True)
-                ex = await ch.get_exchange(s.intake_exchange)
-                await asyncio.gather(*(ex.publish(aio_pika.Message(body, delivery_mode=2), routing_key="submit")
-                                       for body, _ in stream))
+            half = len(stream) // 2
+            rss, rejected = [], 0
+            for part in (stream[:half], stream[half:]):  # memory after each half: steady, not growing
+                await _publish(s, part)
+                await ev.wait_final([job for _, job in part if job is not None], timeout=120)
+                rejected += sum(1 for _, job in part if job is None)
+                await ev.wait_for(lambda: sum(1 for e in ev.items if e["state"] == "REJECTED") >= rejected, 60,
+                                  "every malformed message rejected")
+                gc.collect()
+                rss.append(_rss_mb())
+            print(f"poison: {len(bad)} malformed and 200 valid; RSS {rss[0]:.1f} MB after the first half, "
+                  f"{rss[1]:.1f} MB after the second")
+            assert rss[1] - rss[0] < 20, f"memory grew from {rss[0]:.1f} to {rss[1]:.1f} MB over the second half"
             valid = [job for _, job in stream if job is not None]
-            await ev.wait_final(valid, timeout=120)
-            await ev.wait_for(lambda: sum(1 for e in ev.items if e["state"] == "REJECTED") >= len(bad), 60,
-                              "every malformed message rejected")
             assert all(ev.states(j)[-1] == "SUCCEEDED" for j in valid)
             assert len(daemon.window) == 0 and not daemon.stopping.is_set()
             dead = await queue_depth(s, s.dead_letter_queue)
