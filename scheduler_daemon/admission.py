@@ -26,8 +26,6 @@ class Held:
     verify_on: str | None = None
     in_flight: bool = False
     last_reason: str = ""
-    # The publication of its ACCEPTED event (awaitable), which its later events wait for.
-    announced: Any = None
 
     @property
     def deadline(self) -> float | None:

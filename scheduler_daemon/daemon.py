@@ -94,6 +94,8 @@ class Daemon:
         self.status = StatusConsumer(settings, self.store, self.hub, self._stop_from_broker)
         self.queue_depth: int | None = None
         self._stop_after_dispatch: dict[str, str] = {}
+        self._sent: dict[str, list[asyncio.Future[None]]] = {}  # per job: events not known confirmed
+        self._sender: asyncio.Task[None] | None = None
         self.leadership = Leadership(settings) if settings.failover else None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -104,6 +106,8 @@ class Daemon:
 
     async def start(self) -> None:
         await self.intake.connect()
+        self._sender = asyncio.create_task(self.publisher.run(), name="event-sender")
+        self._sender.add_done_callback(self._task_died)
         if self.leadership is not None:
             # A standby holds nothing but its place in line: no journal, no consumers, no API.
             assert self.intake.connection is not None
@@ -221,10 +225,13 @@ class Daemon:
         for task in reversed(self._tasks):
             task.cancel()
         await self._step("stop loops", asyncio.gather(*self._tasks, return_exceptions=True), 5)
+        await self._step("events", self.publisher.flush(), 5)
         self._closing.set()
         for task in list(self._work):
             task.cancel()
         await self._step("cancel work", asyncio.gather(*self._work, return_exceptions=True), 5)
+        if self._sender is not None:
+            await self._step("event sender", self._sender, 5)
         if self.http is not None:
             await self._step("http", self.http.stop(), 5)
         await self._step("probes", self.prober.close(), 5)
@@ -263,10 +270,42 @@ class Daemon:
 
     # ---- events ----------------------------------------------------------------------
 
+    def _send(self, job: Job, state: JobState, cluster: str | None, message: str | None = None,
+              final: bool = False) -> asyncio.Future[None]:
+        """Queue a job's event (in order); the future resolves when the broker confirms it."""
+        confirmed = self.publisher.send(JobEvent.of(job, state, cluster, message, final))
+        self._sent.setdefault(job.submission_id, []).append(confirmed)
+        self.metrics.events[state.value] = self.metrics.events.get(state.value, 0) + 1
+        return confirmed
+
     async def _emit(self, job: Job, state: JobState, cluster: str | None, message: str | None = None,
                     final: bool = False) -> None:
-        await self.publisher.publish(JobEvent.of(job, state, cluster, message, final))
-        self.metrics.events[state.value] = self.metrics.events.get(state.value, 0) + 1
+        """Send a job's event and wait until it, and every earlier event of the job, is confirmed."""
+        self._send(job, state, cluster, message, final)
+        await self._all_confirmed(job.submission_id)
+
+    async def _all_confirmed(self, submission_id: str) -> None:
+        sent = self._sent.get(submission_id, [])
+        waiting = list(sent)
+        try:
+            for confirmed in waiting:
+                await confirmed
+        finally:
+            if self._sent.get(submission_id) is sent:
+                sent[:] = [f for f in sent if not f.done()]
+                if not sent:
+                    del self._sent[submission_id]
+
+    def _confirm_later(self, t: Tracked) -> None:
+        """Once the job's events so far are confirmed, mark its record published (unless it has
+        moved on since: the newer record's own confirm marks that one). Until then the journal
+        holds it unpublished, and a restart publishes its events again."""
+        async def mark() -> None:
+            await self._all_confirmed(t.job.submission_id)
+            if self.tracked.get(t.job.submission_id) is t:
+                await self._record(t, published=True)
+
+        self._spawn(mark(), f"confirm-{t.job.submission_id}")
 
     async def _on_health(self, state: ClusterState, health: HealthState) -> None:
         if health == HealthState.UNKNOWN:
@@ -289,10 +328,14 @@ class Daemon:
             self._health_publishing.discard(name)
 
     async def _republish_unconfirmed(self, only: str | None = None) -> None:
-        """After a restart: publish each journaled state whose event was not confirmed."""
+        """After a restart: publish again the events of each journaled job whose last event was
+        not confirmed. Its earlier events were sent without waiting and may not have been
+        confirmed either, so its whole path goes again, in order (consumers drop duplicates)."""
         for sid, t in list(self.tracked.items()):
             if not t.published and only in (None, sid):
                 pending_retry = t.state in (JobState.FAILED, JobState.LOST) and not t.final
+                for earlier in _path_to(t):
+                    self._send(t.job, earlier, None if earlier == JobState.ACCEPTED else t.cluster)
                 await self._emit(t.job, t.state, t.cluster, None, t.final)
                 if pending_retry:
                     await self._queue_retry(t)
@@ -363,9 +406,8 @@ class Daemon:
                 held.verify_on = VERIFY_ALL
             self.window.add(held)
             if held.verify_on is None:
-                # Published while the job is being placed; its next event waits for this one.
-                held.announced = self._spawn(self._emit(job, JobState.ACCEPTED, None, None),
-                                             f"accepted-{job.submission_id}")
+                # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
+                self._send(job, JobState.ACCEPTED, None)
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake_up()
@@ -384,9 +426,7 @@ class Daemon:
         self.window.remove(held.job.submission_id)
         await self.journal.end(held.job.submission_id, state.value, reason)
         log.info("job ended before dispatch", submission_id=held.job.submission_id, state=state.value, reason=reason)
-        if held.announced is not None:
-            await held.announced
-        await self._emit(held.job, state, None, reason, final=True)
+        await self._emit(held.job, state, None, reason, final=True)  # after ACCEPTED's confirm too
         if state == JobState.REJECTED:
             await self.intake.dead_letter(held.delivery, reason)
         else:
@@ -514,13 +554,13 @@ class Daemon:
         job = held.job
         t = Tracked(job, cluster, node_id, JobState.DISPATCHED, seen_running=seen_running)
         self.tracked[job.submission_id] = t
+        # Journaled before the ack: from here a crash loses nothing, and the events (ACCEPTED,
+        # DISPATCHED) are published again at restart until they are confirmed.
         await self.journal.record(t)
-        if held.announced is not None:
-            await held.announced
-        await self._emit(job, JobState.DISPATCHED, cluster, None)
+        self._send(job, JobState.DISPATCHED, cluster, None)
         await self.intake.ack(held.delivery)
         self.window.remove(job.submission_id)
-        t = await self._record(t, published=True)
+        self._confirm_later(t)
         log.info("job dispatched", cluster=cluster)
         reason = self._stop_after_dispatch.pop(job.submission_id, None)
         if reason is not None:
@@ -580,7 +620,7 @@ class Daemon:
         held.verify_on = None
         held.in_flight = False
         if was_all:
-            await self._emit(job, JobState.ACCEPTED, None, None)
+            self._send(job, JobState.ACCEPTED, None)
         self._wake_up()
 
 
@@ -826,11 +866,12 @@ class Daemon:
         t = await self._record(t.moved(new, final=new in TERMINAL and not retry), published=False)
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=t.cluster):
             log.info("job state", state=new.value, message=message, attempt=job.attempt)
-            await self._emit(job, new, t.cluster, message, final)
             if retry:
+                await self._emit(job, new, t.cluster, message, final)
                 t = await self._queue_retry(t)
             else:
-                t = await self._record(t, published=True)
+                self._send(job, new, t.cluster, message, final)
+                self._confirm_later(t)
         self._missing.pop(job.submission_id, None)
         if new in TERMINAL:
             self._wake_up()
@@ -855,3 +896,13 @@ class Daemon:
         else:
             self.tracked[t.job.submission_id] = t
         return t
+
+
+def _path_to(t: Tracked) -> list[JobState]:
+    """The states a dispatched job went through before `t.state`, in order."""
+    path = [JobState.ACCEPTED]
+    if t.state != JobState.DISPATCHED:
+        path.append(JobState.DISPATCHED)
+    if t.seen_running and t.state != JobState.RUNNING:
+        path.append(JobState.RUNNING)
+    return path

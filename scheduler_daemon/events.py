@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -112,19 +113,39 @@ async def publish_confirmed(exchange: Callable[[], AbstractExchange], message: a
                 pass
 
 
+@dataclass
+class _Outgoing:
+    message: aio_pika.Message
+    routing_key: str
+    confirmed: "asyncio.Future[None]"
+
+
 class EventPublisher:
-    """Publishes events with publisher confirms, retrying through broker outages.
+    """An ordered outbox for events, confirmed by the broker in batches.
 
-    `publish` returns once the broker has confirmed the event. While the broker is away
-    it keeps retrying, so callers that must not lose an event simply await it; at shutdown
-    `close()` makes waiting publishes give up with `PublishAborted`."""
+    `send` queues an event and returns at once with a future that resolves when the broker
+    has confirmed it; `publish` is `send` and wait. One sender puts everything queued on the
+    wire, in the order it was sent, then waits for those confirms together before the next
+    batch, so a burst of events costs one confirm wait, not one each, and order holds: when
+    the broker is away, whatever was not confirmed is sent again, in its order, before anything
+    newer (a consumer may see a duplicate, which events allow, never an older state after a
+    newer one that it missed). A caller that must not lose an event keeps it in the journal
+    until its future resolves. At shutdown `flush()` sends what is queued; once `closed` is
+    set, what is still unconfirmed fails with `PublishAborted`."""
 
-    def __init__(self, exchange_getter: Callable[[], AbstractExchange], closed: asyncio.Event) -> None:
+    def __init__(self, exchange_getter: Callable[[], AbstractExchange], closed: asyncio.Event,
+                 retry_s: float = 0.5, max_batch: int = 2048) -> None:
         self._exchange = exchange_getter
         self._closed = closed
+        self._retry_s = retry_s
+        self._max_batch = max_batch
+        self._queue: deque[_Outgoing] = deque()
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.published = 0
 
-    async def publish(self, event: JobEvent | ClusterEvent) -> None:
+    def send(self, event: JobEvent | ClusterEvent) -> "asyncio.Future[None]":
         message = aio_pika.Message(
             orjson.dumps(event.body()),
             content_type="application/json",
@@ -132,8 +153,75 @@ class EventPublisher:
             message_id=uuid.uuid4().hex,
             correlation_id=getattr(event, "correlation_id", None),
         )
-        await publish_confirmed(self._exchange, message, event.routing_key, self._closed)
-        self.published += 1
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed.is_set():
+            confirmed.set_exception(PublishAborted("the daemon is closing"))
+        else:
+            self._queue.append(_Outgoing(message, event.routing_key, confirmed))
+            self._idle.clear()
+            self._ready.set()
+        return confirmed
+
+    async def publish(self, event: JobEvent | ClusterEvent) -> None:
+        await self.send(event)
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far is confirmed (or given up at close)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """The sender. Returns once `closed` is set, failing whatever is left unconfirmed."""
+        closing = asyncio.ensure_future(self._closed.wait())
+        try:
+            while not self._closed.is_set():
+                if not self._queue:
+                    self._idle.set()
+                    self._ready.clear()
+                    ready = asyncio.ensure_future(self._ready.wait())
+                    await asyncio.wait([ready, closing], return_when=asyncio.FIRST_COMPLETED)
+                    ready.cancel()
+                    continue
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                failed = await self._send_batch(batch, closing)
+                if failed:
+                    self._queue.extendleft(reversed(failed))  # first again, in their order
+                    log.warning("events not confirmed; sending them again", count=len(failed))
+                    await asyncio.wait([closing], timeout=self._retry_s)
+        finally:
+            closing.cancel()
+            self._abort("the daemon is closing")
+
+    async def _send_batch(self, batch: list[_Outgoing], closing: "asyncio.Future[Any]") -> list[_Outgoing]:
+        """Put a batch on the wire and wait for its confirms; the events not confirmed."""
+        exchange = self._exchange()
+        # Created in order, each task takes the channel's lock in that order: the wire order is
+        # the send order.
+        tasks = [asyncio.ensure_future(exchange.publish(o.message, routing_key=o.routing_key)) for o in batch]
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait([everything, closing], return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():  # closing: stop waiting for the broker
+            everything.cancel()
+            await asyncio.wait(tasks)
+        failed = []
+        for o, task in zip(batch, tasks):
+            error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+            if error is None:
+                self.published += 1
+                if not o.confirmed.done():
+                    o.confirmed.set_result(None)
+            else:
+                if not failed:
+                    log.warning("publish failed", routing_key=o.routing_key, error=repr(error))
+                failed.append(o)
+        return failed
+
+    def _abort(self, why: str) -> None:
+        while self._queue:
+            o = self._queue.popleft()
+            if not o.confirmed.done():
+                o.confirmed.set_exception(PublishAborted(why))
+                o.confirmed.exception()  # retrieved: nobody may be waiting for it
+        self._idle.set()
 
 
 class PublishAborted(Exception):

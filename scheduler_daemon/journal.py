@@ -98,9 +98,44 @@ class Journal:
         self.path = Path(path)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmcs-journal")
         self._db: sqlite3.Connection | None = None
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._busy = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _do(self, op: Callable[[sqlite3.Connection], T]) -> "asyncio.Future[T]":
+        """Queue one operation on the database; it resolves once its transaction has committed.
+        Operations queued while the thread is busy go together in the next transaction (group
+        commit): a burst costs one commit instead of one each, and nothing is acknowledged to
+        the caller before it is durable."""
+        assert self._db is not None
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((op, future))
+        self._next_batch()
+        return future
+
+    def _next_batch(self) -> None:
+        if self._busy or not self._queued:
+            return
+        batch, self._queued = self._queued, []
+        self._busy = True
+        done = asyncio.get_running_loop().run_in_executor(self._pool, _transaction, self._db, [op for op, _ in batch])
+
+        def resolve(done: "asyncio.Future[list[tuple[bool, Any]]]") -> None:
+            self._busy = False
+            error = done.exception()
+            for i, (_, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    ok, value = done.result()[i]
+                    future.set_result(value) if ok else future.set_exception(value)
+            self._next_batch()
+
+        done.add_done_callback(resolve)
 
     async def open(self) -> None:
         def _open() -> sqlite3.Connection:
@@ -117,6 +152,7 @@ class Journal:
 
     async def close(self) -> None:
         if self._db is not None:
+            await self._do(lambda db: None)  # after everything queued before it
             await self._run(self._db.close)
             self._db = None
         self._pool.shutdown(wait=True)
@@ -130,7 +166,7 @@ class Journal:
             )
 
         assert self._db is not None
-        await self._run(_write, self._db)
+        await self._do(_write)
 
     async def get(self, submission_id: str) -> Tracked | None:
         def _read(db: sqlite3.Connection) -> Tracked | None:
@@ -138,7 +174,7 @@ class Journal:
             return _row(row) if row else None
 
         assert self._db is not None
-        return await self._run(_read, self._db)
+        return await self._do(_read)
 
     async def lookup(self, submission_id: str) -> Lookup:
         """All the journal knows of one id (dispatch record, end before dispatch, recorded stop) in one
@@ -152,7 +188,7 @@ class Journal:
                           (cancel[0], cancel[1]) if cancel else None)
 
         assert self._db is not None
-        return await self._run(_read, self._db)
+        return await self._do(_read)
 
     async def open_jobs(self) -> list[Tracked]:
         """Jobs still to follow, or whose last event was not confirmed."""
@@ -161,22 +197,22 @@ class Journal:
             return [_row(r) for r in rows]
 
         assert self._db is not None
-        return await self._run(_read, self._db)
+        return await self._do(_read)
 
     async def cancel(self, submission_id: str, reason: str, requester: str | None = None) -> None:
         """Record a stop for a job the daemon has not received yet (durable). `requester`: the
         user who asked, whose jobs only it cancels; None for an admin's, which cancels any."""
         assert self._db is not None
-        await self._run(lambda db: db.execute(
+        await self._do(lambda db: db.execute(
             "INSERT OR REPLACE INTO cancellations (submission_id, reason, ts, requester) VALUES (?,?,?,?)",
-            (submission_id, reason, time.time(), requester)), self._db)
+            (submission_id, reason, time.time(), requester)))
 
     async def end(self, submission_id: str, state: str, reason: str) -> None:
         """Record that a job ended before dispatch (REJECTED, CANCELLED, EXPIRED), before its
         message is acknowledged: a redelivered copy then ends the same way, never runs."""
         assert self._db is not None
-        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
-                                              (submission_id, state, reason, time.time())), self._db)
+        await self._do(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
+                                              (submission_id, state, reason, time.time())))
 
     async def prune(self, before: float) -> int:
         """Forget jobs that ended, and whose end was published, before `before` (unix time),
@@ -188,7 +224,26 @@ class Journal:
             return cur.rowcount
 
         assert self._db is not None
-        return await self._run(_delete, self._db)
+        return await self._do(_delete)
+
+
+def _transaction(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+    """Run `ops` in one transaction; each op's (ok, result or exception). An op that fails
+    leaves the others' work in place (SQLite undoes only its failing statement)."""
+    results: list[tuple[bool, Any]] = []
+    db.execute("BEGIN")
+    try:
+        for op in ops:
+            try:
+                results.append((True, op(db)))
+            except Exception as exc:
+                results.append((False, exc))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
 
 
 def _row(row: tuple[Any, ...]) -> Tracked:
