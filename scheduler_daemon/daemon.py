@@ -72,7 +72,7 @@ class Daemon:
         self.clock = clock
         self.window = Window(settings.window_size)
         self.tracked: dict[str, Tracked] = {}
-        self.journal = Journal(f"{settings.state_dir}/daemon.db")
+        self.journal = Journal(f"{settings.state_dir}/daemon.db", exclusive=not settings.failover)
         self._closing = asyncio.Event()  # set late in shutdown: pending publishes give up
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(lambda: self.intake.events_exchange, self._closing)

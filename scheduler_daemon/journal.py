@@ -3,24 +3,22 @@
 A message is acknowledged only after its job is written here, so after a crash the
 daemon knows every job that left the queue: it resumes tracking them, re-publishes any
 event the broker had not confirmed, and recognises a redelivered message as a job it
-already dispatched. SQLite runs on one worker thread so the event loop never blocks.
+already dispatched. SQLite runs on a thread of its own, with group commit (`dbthread`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Iterator
 
 import orjson
 
+from .dbthread import DbThread
 from .jobs import Job, JobState
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracked (
@@ -93,71 +91,65 @@ def _job_from_json(text: str) -> Job:
     return Job(**data)
 
 
+class IdFilter:
+    """The submission ids the journal holds, as a Bloom filter: "not here" is certain, "here"
+    may be wrong now and then (about 1% at capacity). It spares the hot path a trip to the
+    journal's thread for a new id, in about 1.2 bytes per id."""
+
+    HASHES = 7
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(capacity, 1024)
+        self._bits = bytearray(self.capacity * 10 // 8 + 1)
+        self._m = len(self._bits) * 8
+        self.count = 0
+
+    def _positions(self, item: str) -> Iterator[int]:
+        digest = hashlib.blake2b(item.encode(), digest_size=16).digest()
+        a, b = int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
+        return ((a + i * b) % self._m for i in range(self.HASHES))
+
+    def add(self, item: str) -> None:
+        for pos in self._positions(item):
+            self._bits[pos >> 3] |= 1 << (pos & 7)
+        self.count += 1
+
+    def __contains__(self, item: str) -> bool:
+        return all(self._bits[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(item))
+
+
+_EMPTY = Lookup(None, None, None)
+_ALL_IDS = ("SELECT submission_id FROM tracked UNION SELECT submission_id FROM ended"
+            " UNION SELECT submission_id FROM cancellations")
+
+
 class Journal:
-    def __init__(self, path: str | Path) -> None:
+    """`exclusive`: this process is the journal's only writer, so it may keep a filter of the
+    ids in it (not with a failover pair, whose other daemon writes to the same file)."""
+
+    def __init__(self, path: str | Path, *, exclusive: bool = True) -> None:
         self.path = Path(path)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmcs-journal")
-        self._db: sqlite3.Connection | None = None
-        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._busy = False
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    def _do(self, op: Callable[[sqlite3.Connection], T]) -> "asyncio.Future[T]":
-        """Queue one operation on the database; it resolves once its transaction has committed.
-        Operations queued while the thread is busy go together in the next transaction (group
-        commit): a burst costs one commit instead of one each, and nothing is acknowledged to
-        the caller before it is durable."""
-        assert self._db is not None
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append((op, future))
-        self._next_batch()
-        return future
-
-    def _next_batch(self) -> None:
-        if self._busy or not self._queued:
-            return
-        batch, self._queued = self._queued, []
-        self._busy = True
-        done = asyncio.get_running_loop().run_in_executor(self._pool, _transaction, self._db, [op for op, _ in batch])
-
-        def resolve(done: "asyncio.Future[list[tuple[bool, Any]]]") -> None:
-            self._busy = False
-            error = done.exception()
-            for i, (_, future) in enumerate(batch):
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    ok, value = done.result()[i]
-                    future.set_result(value) if ok else future.set_exception(value)
-            self._next_batch()
-
-        done.add_done_callback(resolve)
+        self._db = DbThread(path, "rmcs-journal", _setup)
+        self._exclusive = exclusive
+        self._ids: IdFilter | None = None
+        self._seen_while_rebuilding: list[str] | None = None
 
     async def open(self) -> None:
-        def _open() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
-            db.executescript(_SCHEMA)
-            if "requester" not in {row[1] for row in db.execute("PRAGMA table_info(cancellations)")}:
-                db.execute("ALTER TABLE cancellations ADD COLUMN requester TEXT")  # a journal from before owners
-            return db
-
-        self._db = await self._run(_open)
+        await self._db.open()
+        if self._exclusive:
+            self._ids = await self._db.run(_id_filter, read=True)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._do(lambda db: None)  # after everything queued before it
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=True)
+        await self._db.close()
+
+    def _saw(self, submission_id: str) -> None:
+        if self._ids is not None:
+            self._ids.add(submission_id)
+        if self._seen_while_rebuilding is not None:
+            self._seen_while_rebuilding.append(submission_id)
 
     async def record(self, t: Tracked) -> None:
+        self._saw(t.job.submission_id)
         def _write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO tracked VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -165,20 +157,21 @@ class Journal:
                  int(t.published), int(t.final), int(t.seen_running), _job_to_json(t.job), time.time()),
             )
 
-        assert self._db is not None
-        await self._do(_write)
+        await self._db.run(_write)
 
     async def get(self, submission_id: str) -> Tracked | None:
         def _read(db: sqlite3.Connection) -> Tracked | None:
             row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
             return _row(row) if row else None
 
-        assert self._db is not None
-        return await self._do(_read)
+        return await self._db.run(_read, read=True)
 
     async def lookup(self, submission_id: str) -> Lookup:
         """All the journal knows of one id (dispatch record, end before dispatch, recorded stop) in one
-        trip to the journal's thread."""
+        trip to the journal's thread, or none when the id filter says it has never been here."""
+        if self._ids is not None and submission_id not in self._ids:
+            return _EMPTY
+
         def _read(db: sqlite3.Connection) -> Lookup:
             row = db.execute("SELECT * FROM tracked WHERE submission_id = ?", (submission_id,)).fetchone()
             ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
@@ -187,8 +180,7 @@ class Journal:
             return Lookup(_row(row) if row else None, (ended[0], ended[1]) if ended else None,
                           (cancel[0], cancel[1]) if cancel else None)
 
-        assert self._db is not None
-        return await self._do(_read)
+        return await self._db.run(_read, read=True)
 
     async def open_jobs(self) -> list[Tracked]:
         """Jobs still to follow, or whose last event was not confirmed."""
@@ -196,22 +188,21 @@ class Journal:
             rows = db.execute("SELECT * FROM tracked WHERE final = 0 OR published = 0").fetchall()
             return [_row(r) for r in rows]
 
-        assert self._db is not None
-        return await self._do(_read)
+        return await self._db.run(_read, read=True)
 
     async def cancel(self, submission_id: str, reason: str, requester: str | None = None) -> None:
         """Record a stop for a job the daemon has not received yet (durable). `requester`: the
         user who asked, whose jobs only it cancels; None for an admin's, which cancels any."""
-        assert self._db is not None
-        await self._do(lambda db: db.execute(
+        self._saw(submission_id)
+        await self._db.run(lambda db: db.execute(
             "INSERT OR REPLACE INTO cancellations (submission_id, reason, ts, requester) VALUES (?,?,?,?)",
             (submission_id, reason, time.time(), requester)))
 
     async def end(self, submission_id: str, state: str, reason: str) -> None:
         """Record that a job ended before dispatch (REJECTED, CANCELLED, EXPIRED), before its
         message is acknowledged: a redelivered copy then ends the same way, never runs."""
-        assert self._db is not None
-        await self._do(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
+        self._saw(submission_id)
+        await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
                                               (submission_id, state, reason, time.time())))
 
     async def prune(self, before: float) -> int:
@@ -223,27 +214,31 @@ class Journal:
             db.execute("DELETE FROM ended WHERE ts < ?", (before,))
             return cur.rowcount
 
-        assert self._db is not None
-        return await self._do(_delete)
-
-
-def _transaction(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-    """Run `ops` in one transaction; each op's (ok, result or exception). An op that fails
-    leaves the others' work in place (SQLite undoes only its failing statement)."""
-    results: list[tuple[bool, Any]] = []
-    db.execute("BEGIN")
-    try:
-        for op in ops:
+        removed = await self._db.run(_delete)
+        if self._ids is not None:  # rebuilt for what is left, with room to grow
+            self._seen_while_rebuilding = []
             try:
-                results.append((True, op(db)))
-            except Exception as exc:
-                results.append((False, exc))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return results
+                fresh = await self._db.run(_id_filter, read=True)
+                for sid in self._seen_while_rebuilding:
+                    fresh.add(sid)
+                self._ids = fresh
+            finally:
+                self._seen_while_rebuilding = None
+        return removed
+
+
+def _id_filter(db: sqlite3.Connection) -> IdFilter:
+    ids = [row[0] for row in db.execute(_ALL_IDS)]
+    found = IdFilter(2 * len(ids) + 100_000)
+    for sid in ids:
+        found.add(sid)
+    return found
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    if "requester" not in {row[1] for row in db.execute("PRAGMA table_info(cancellations)")}:
+        db.execute("ALTER TABLE cancellations ADD COLUMN requester TEXT")  # a journal from before owners
 
 
 def _row(row: tuple[Any, ...]) -> Tracked:

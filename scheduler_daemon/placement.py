@@ -89,11 +89,12 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
         notes.append(f"preferred {job.preferred_cluster}: not configured")
     for view in views:
         name = view.name
-        missing = sorted(job.cluster_tags - view.config.tags)
-        if missing:
-            notes.append(f"{name}: lacks tags {','.join(missing)}")
+        if job.cluster_tags and not job.cluster_tags <= view.config.tags:
+            notes.append(f"{name}: lacks tags {','.join(sorted(job.cluster_tags - view.config.tags))}")
             continue
-        refusal = entrypoint_refusal(job.command, view.config.allowed_script_dirs, view.config.allowed_interpreters)
+        config = view.config
+        refusal = (entrypoint_refusal(job.command, config.allowed_script_dirs, config.allowed_interpreters)
+                   if config.allowed_script_dirs or config.allowed_interpreters else None)
         if refusal is not None:
             refused = True
             notes.append(f"{name}: {refusal}")
@@ -102,10 +103,18 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
             unknown = True
             notes.append(f"{name}: never probed ({view.health.value})")
             continue
-        idle_reasons = [_short(need, n, idle=True) for n in view.nodes]
-        if all(idle_reasons):
-            notes.append(f"{name}: too small even idle ({idle_reasons[0]})")
-            continue
+        # The best node that fits now (one that fits now fits idle too); ties go to the node id.
+        best: tuple[bool, float, str] | None = None
+        for n in view.nodes:
+            if _short(need, n, idle=False) is None:
+                key = (not _wastes_gpu(need, n), _node_term(need, n, strategy), n.node_id)
+                if best is None or key > best:
+                    best = key
+        if best is None:
+            idle_reasons = [_short(need, n, idle=True) for n in view.nodes]
+            if all(idle_reasons):
+                notes.append(f"{name}: too small even idle ({idle_reasons[0]})")
+                continue
         ever_possible = True
         if view.health not in (HealthState.UP, HealthState.DEGRADED):
             notes.append(f"{name}: {view.health.value}")
@@ -113,16 +122,15 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
         if name in exclude:
             notes.append(f"{name}: excluded after a failed dispatch")
             continue
-        fitting = [n for n in view.nodes if _short(need, n, idle=False) is None]
-        if not fitting:
+        if best is None:
             notes.append(f"{name}: busy ({_short(need, view.nodes[0], idle=False)})")
             continue
-        node = max(fitting, key=lambda n: (not _wastes_gpu(need, n), _node_term(need, n, strategy), n.node_id))
-        score = _cluster_factor(view) * (0.1 + _node_term(need, node, strategy))
+        spares_gpus, term, node_id = best
+        score = _cluster_factor(view) * (0.1 + term)
         notes.append(f"{name}: fits, score {score:.3f}")
-        candidates.append((not _wastes_gpu(need, node), score, name, node.node_id))
+        candidates.append((spares_gpus, score, name, node_id))
         if name == job.preferred_cluster:
-            preferred_hit = (score, name, node.node_id)
+            preferred_hit = (score, name, node_id)
     if preferred_hit is not None:
         score, cluster, node_id = preferred_hit
         return Placement(cluster, node_id, score, f"chose preferred {cluster}; " + "; ".join(notes))

@@ -11,16 +11,16 @@ the job's current state backwards.
 from __future__ import annotations
 
 import abc
-import asyncio
 import base64
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
+
+from ..dbthread import DbThread
 
 T = TypeVar("T")
 
@@ -222,33 +222,17 @@ CREATE TABLE IF NOT EXISTS clusters (
 class SqliteStatusStore(StatusStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmcs-status")
-        self._db: sqlite3.Connection | None = None
+        self._db = DbThread(path, "rmcs-status", _setup)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        assert self._db is not None, "store not open"
-        db = self._db
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, db)
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, read: bool = False) -> T:
+        assert self._db.is_open, "store not open"
+        return await self._db.run(fn, read=read)
 
     async def open(self) -> None:
-        def _open() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
-                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
-            return db
-
-        self._db = await asyncio.get_running_loop().run_in_executor(self._pool, _open)
+        await self._db.open()
 
     async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
-        self._pool.shutdown(wait=True)
+        await self._db.close()
 
     async def apply(self, event: Mapping[str, Any]) -> bool:
         sid = event.get("submission_id")
@@ -265,41 +249,35 @@ class SqliteStatusStore(StatusStore):
         owner = _opt_text(event.get("owner"))
 
         def _apply(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
-                           (sid, state, attempt, cluster, ts, message))
-                row = db.execute("SELECT rank, attempt, final FROM jobs WHERE submission_id = ?", (sid,)).fetchone()
-                rank = RANK[state]
-                if row is None:
-                    tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
+            db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
+                       (sid, state, attempt, cluster, ts, message))
+            row = db.execute("SELECT rank, attempt, final FROM jobs WHERE submission_id = ?", (sid,)).fetchone()
+            rank = RANK[state]
+            if row is None:
+                tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
+                db.execute(
+                    "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
+                    " priority, tags, metadata, resources, created, updated, owner)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (sid, job_id, state, rank, cluster, attempt, int(final), message,
+                     priority, orjson.dumps(tags).decode(),
+                     orjson.dumps(event.get("metadata") or {}).decode(),
+                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner))
+                db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
+                changed = True
+            else:
+                cur_rank, cur_attempt, cur_final = row
+                newer = (attempt, rank) > (cur_attempt, cur_rank)
+                if newer and not cur_final:
                     db.execute(
-                        "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                        " priority, tags, metadata, resources, created, updated, owner)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (sid, job_id, state, rank, cluster, attempt, int(final), message,
-                         priority, orjson.dumps(tags).decode(),
-                         orjson.dumps(event.get("metadata") or {}).decode(),
-                         orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner))
-                    db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
+                        "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
+                        " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?)"
+                        " WHERE submission_id=?",
+                        (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, sid))
                     changed = True
                 else:
-                    cur_rank, cur_attempt, cur_final = row
-                    newer = (attempt, rank) > (cur_attempt, cur_rank)
-                    if newer and not cur_final:
-                        db.execute(
-                            "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
-                            " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?)"
-                            " WHERE submission_id=?",
-                            (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, sid))
-                        changed = True
-                    else:
-                        changed = False
-                db.execute("COMMIT")
-                return changed
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    changed = False
+            return changed
 
         return await self._run(_apply)
 
@@ -315,7 +293,7 @@ class SqliteStatusStore(StatusStore):
                 steps = tuple(sorted((Transition(*r) for r in rows), key=lambda t: (t.attempt, RANK[t.state], t.ts)))
             return _status(row, steps)
 
-        return await self._run(_get)
+        return await self._run(_get, read=True)
 
     async def list(self, query: ListQuery) -> Page:
         query = query.validate()
@@ -351,10 +329,11 @@ class SqliteStatusStore(StatusStore):
             jobs = [_status(r[:-1], ()) for r in rows]
             return Page(jobs, encode_cursor(rows[-1][-1]) if more and rows else None)
 
-        return await self._run(_list)
+        return await self._run(_list, read=True)
 
     async def counts_by_state(self) -> dict[str, int]:
-        return await self._run(lambda db: dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+        return await self._run(lambda db: dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")),
+                               read=True)
 
     async def open_jobs(self) -> list[JobStatus]:
         return await self._run(lambda db: [
@@ -411,3 +390,10 @@ def now_minus(seconds: float) -> str:
     from datetime import datetime, timezone
 
     return _norm(datetime.fromtimestamp(time.time() - seconds, timezone.utc).isoformat())
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
