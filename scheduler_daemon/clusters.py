@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .settings import ClusterConfig
 
@@ -136,22 +136,28 @@ class Ledger:
     entries: dict[tuple[str, bool], LedgerEntry] = field(default_factory=dict)
     # Bumped on every change, so a view computed from the ledger can be reused until then.
     version: int = 0
+    on_change: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def _bump(self) -> None:
+        self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def reserve(self, ray_id: str, node_id: str, resources: Mapping[str, float]) -> None:
         self.entries[(ray_id, False)] = LedgerEntry(ray_id, node_id, resources, release=False)
-        self.version += 1
+        self._bump()
 
     def started(self, ray_id: str, at: float) -> None:
         entry = self.entries.get((ray_id, False))
         if entry is not None and entry.visible_after is None:
             entry.visible_after = at
-            self.version += 1
+            self._bump()
 
     def finished(self, ray_id: str, at: float, node_id: str | None = None,
                  resources: Mapping[str, float] | None = None, was_running: bool = True) -> None:
         """A job ended at `at`: drop its reservation; if Ray counted it as using resources,
         add them back until a snapshot after `at` shows them free."""
-        self.version += 1
+        self._bump()
         if self.entries.pop((ray_id, False), None) is not None:
             # Still reserved: no snapshot has been seen to count the job (prune drops the
             # reservation once one does), so dropping the reservation is all it takes. A
@@ -162,16 +168,16 @@ class Ledger:
 
     def forget(self, ray_id: str) -> None:
         if self.entries.pop((ray_id, False), None) is not None:
-            self.version += 1
+            self._bump()
         if self.entries.pop((ray_id, True), None) is not None:
-            self.version += 1
+            self._bump()
 
     def prune(self, snapshot_time: float, margin: float) -> None:
         """Drop entries that a snapshot taken at `snapshot_time` already reflects."""
         for key, entry in list(self.entries.items()):
             if entry.visible_after is not None and snapshot_time > entry.visible_after + margin:
                 del self.entries[key]
-                self.version += 1
+                self._bump()
 
     def adjust(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         """Nodes with this ledger applied: reservations used, releases freed."""
@@ -207,6 +213,8 @@ class ClusterView:
     last_probe: float | None = None
     latency_s: float | None = None
     error: str | None = None
+    # Placement's verdicts on this view, by shape of job (placement.choose fills it).
+    verdicts: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from . import api
 from .access import TRUSTED_LOCAL, Caller, broker_caller, check_exposure, load_api_tokens, may_stop, refusal
 from .admission import Held, Window
-from .clusters import HealthState
+from .clusters import ClusterView, HealthState
 from .dispatch import Outcome, dispatch
 from .events import ClusterEvent, EventPublisher, JobEvent, PublishAborted
 from .intake import Intake, message_meta
@@ -41,6 +41,7 @@ log = structlog.get_logger("rmcs.daemon")
 TRANSIENT_EXCLUDE_S = 5.0
 VERIFY_ALL = "*"
 MAINTENANCE_INTERVAL_S = 5.0
+PROBE_WAKE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
+        self._probe_wake: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._work: set[asyncio.Task[Any]] = set()
         self._missing: dict[str, int] = {}
@@ -239,6 +241,8 @@ class Daemon:
         await self._step("broker", self.intake.close(), 10)
         await self._step("journal", self.journal.close(), 5)
         await self._step("status store", self.store.close(), 5)
+        if self._probe_wake is not None:
+            self._probe_wake.cancel()
         self.stopped.set()
         log.info("daemon stopped")
 
@@ -263,10 +267,15 @@ class Daemon:
 
     def _on_probed(self) -> None:
         """A probe ended: fresh capacity matters only to jobs waiting in the window or to a
-        cancelled consumer. (Each cluster's probe ends on its own, so with many clusters
-        waking the scheduler for every one would run a pass per probe.)"""
-        if len(self.window) or not self.intake.active:
-            self._wake.set()
+        cancelled consumer. Each cluster's probe ends on its own, so the probes that end
+        within PROBE_WAKE_S share one pass (a thousand clusters would otherwise ask for a
+        thousand passes a second)."""
+        if (len(self.window) or not self.intake.active) and self._probe_wake is None:
+            self._probe_wake = asyncio.get_running_loop().call_later(PROBE_WAKE_S, self._probed_wake)
+
+    def _probed_wake(self) -> None:
+        self._probe_wake = None
+        self._wake.set()
 
     # ---- events ----------------------------------------------------------------------
 
@@ -459,7 +468,7 @@ class Daemon:
                 continue  # ended or taken while this pass awaited
             await self._finish_held(held, JobState.EXPIRED,
                                     f"not dispatched within queue_timeout_s={held.job.queue_timeout_s:g}")
-        views = {v.name: v for v in self.prober.views()}
+        views: dict[str, ClusterView] | None = None  # taken when a job is to be placed
         for held in self.window.waiting():
             if self.window.get(held.job.submission_id) is not held or held.in_flight:
                 continue  # ended or taken while this pass awaited
@@ -472,6 +481,8 @@ class Daemon:
             if self._refused_everywhere(held):
                 await self._finish_held(held, JobState.REJECTED, f"every fitting cluster refused it: {held.last_reason}")
                 continue
+            if views is None:
+                views = self.prober.view_map()
             decision = choose(job, views.values(), self.settings.placement_strategy, exclude)
             if isinstance(decision, NoFit):
                 if decision.infeasible:
@@ -489,9 +500,8 @@ class Daemon:
             held.in_flight = True
             self._spawn(self._guarded(held, self._dispatch(held, decision.cluster, decision.node_id)),
                         f"dispatch-{job.submission_id}")
-        views_now = self.prober.views()
         want = (not self.window.full and self.intake.connected and self.prober.any_probed
-                and has_spare_capacity(views_now))
+                and has_spare_capacity(self.prober.view_map().values()))
         await self.intake.set_active(want)
 
     async def _guarded(self, held: Held, work: Coroutine[Any, Any, None]) -> None:
@@ -519,6 +529,8 @@ class Daemon:
         return True
 
     def _refused_everywhere(self, held: Held) -> bool:
+        if math.inf not in held.exclude_until.values():
+            return False
         fitting = [c for c in self.configs.values() if held.job.cluster_tags <= c.tags]
         return bool(fitting) and all(held.exclude_until.get(c.name) == math.inf for c in fitting)
 
@@ -891,6 +903,9 @@ class Daemon:
             return t  # a later attempt already owns the record
         t = replace(t, published=published)
         await self.journal.record(t)
+        current = self.tracked.get(t.job.submission_id)
+        if current is not None and current.job.attempt > t.job.attempt:
+            return t  # the next attempt was dispatched while this one was written
         if t.final and t.published:
             self.tracked.pop(t.job.submission_id, None)
         else:

@@ -149,10 +149,17 @@ class Journal:
             self._seen_while_rebuilding.append(submission_id)
 
     async def record(self, t: Tracked) -> None:
+        """Write a job's record; never over a later attempt's (a retry may be dispatched while
+        the attempt before it is still being closed)."""
         self._saw(t.job.submission_id)
+
         def _write(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO tracked VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO tracked VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (submission_id) DO UPDATE SET"
+                " attempt = excluded.attempt, cluster = excluded.cluster, node_id = excluded.node_id,"
+                " state = excluded.state, published = excluded.published, final = excluded.final,"
+                " seen_running = excluded.seen_running, job = excluded.job, updated = excluded.updated"
+                " WHERE excluded.attempt >= tracked.attempt",
                 (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
                  int(t.published), int(t.final), int(t.seen_running), _job_to_json(t.job), time.time()),
             )

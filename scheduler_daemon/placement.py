@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -75,10 +76,43 @@ def _cluster_factor(view: ClusterView) -> float:
     return factor * (DEGRADED_FACTOR if view.health == HealthState.DEGRADED else 1.0)
 
 
+# What one cluster can do for one shape of job (its resources), before the job's own
+# exclusions: (kind, score or 0, spares GPUs, node id, note). Kinds, in the order checked:
+# "never" probed, too "small" even idle, its "health" rules it out, "busy", "fits".
+Verdict = tuple[str, float, bool, str, str]
+
+EXPLAIN_EACH_UP_TO = 12  # clusters; beyond that the explanation groups them
+
+
+def _verdict(view: ClusterView, need: Mapping[str, float], strategy: str) -> Verdict:
+    name = view.name
+    if not view.nodes:
+        return ("never", 0.0, False, "", f"{name}: never probed ({view.health.value})")
+    # The best node that fits now (one that fits now fits idle too); ties go to the node id.
+    best: tuple[bool, float, str] | None = None
+    for n in view.nodes:
+        if _short(need, n, idle=False) is None:
+            key = (not _wastes_gpu(need, n), _node_term(need, n, strategy), n.node_id)
+            if best is None or key > best:
+                best = key
+    if best is None:
+        idle_reasons = [_short(need, n, idle=True) for n in view.nodes]
+        if all(idle_reasons):
+            return ("small", 0.0, False, "", f"{name}: too small even idle ({idle_reasons[0]})")
+    if view.health not in (HealthState.UP, HealthState.DEGRADED):
+        return ("health", 0.0, False, "", f"{name}: {view.health.value}")
+    if best is None:
+        return ("busy", 0.0, False, "", f"{name}: busy ({_short(need, view.nodes[0], idle=False)})")
+    spares_gpus, term, node_id = best
+    score = _cluster_factor(view) * (0.1 + term)
+    return ("fits", score, spares_gpus, node_id, f"{name}: fits, score {score:.3f}")
+
+
 def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
            exclude: frozenset[str] = frozenset()) -> Placement | NoFit:
     need = needs(job)
-    notes: list[str] = []
+    shape = f"{strategy} {sorted(need.items())}"  # a str: its hash is computed once
+    noted: list[tuple[str, float, str]] = []  # (kind, rank, note) per cluster, in order
     candidates: list[tuple[bool, float, str, str]] = []  # (spares GPUs, score, cluster, node)
     ever_possible = False
     unknown = False
@@ -86,60 +120,55 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
     preferred_hit: tuple[float, str, str] | None = None
     views = list(views)
     if job.preferred_cluster and job.preferred_cluster not in {v.name for v in views}:
-        notes.append(f"preferred {job.preferred_cluster}: not configured")
+        noted.append(("preferred", 0.0, f"preferred {job.preferred_cluster}: not configured"))
     for view in views:
         name = view.name
-        if job.cluster_tags and not job.cluster_tags <= view.config.tags:
-            notes.append(f"{name}: lacks tags {','.join(sorted(job.cluster_tags - view.config.tags))}")
-            continue
         config = view.config
-        refusal = (entrypoint_refusal(job.command, config.allowed_script_dirs, config.allowed_interpreters)
-                   if config.allowed_script_dirs or config.allowed_interpreters else None)
-        if refusal is not None:
-            refused = True
-            notes.append(f"{name}: {refusal}")
+        if job.cluster_tags and not job.cluster_tags <= config.tags:
+            noted.append(("lacks tags", 0.0,
+                          f"{name}: lacks tags {','.join(sorted(job.cluster_tags - config.tags))}"))
             continue
-        if not view.nodes:
-            unknown = True
-            notes.append(f"{name}: never probed ({view.health.value})")
-            continue
-        # The best node that fits now (one that fits now fits idle too); ties go to the node id.
-        best: tuple[bool, float, str] | None = None
-        for n in view.nodes:
-            if _short(need, n, idle=False) is None:
-                key = (not _wastes_gpu(need, n), _node_term(need, n, strategy), n.node_id)
-                if best is None or key > best:
-                    best = key
-        if best is None:
-            idle_reasons = [_short(need, n, idle=True) for n in view.nodes]
-            if all(idle_reasons):
-                notes.append(f"{name}: too small even idle ({idle_reasons[0]})")
+        if config.allowed_script_dirs or config.allowed_interpreters:
+            refusal = entrypoint_refusal(job.command, config.allowed_script_dirs, config.allowed_interpreters)
+            if refusal is not None:
+                refused = True
+                noted.append(("refuses it", 0.0, f"{name}: {refusal}"))
                 continue
-        ever_possible = True
-        if view.health not in (HealthState.UP, HealthState.DEGRADED):
-            notes.append(f"{name}: {view.health.value}")
-            continue
-        if name in exclude:
-            notes.append(f"{name}: excluded after a failed dispatch")
-            continue
-        if best is None:
-            notes.append(f"{name}: busy ({_short(need, view.nodes[0], idle=False)})")
-            continue
-        spares_gpus, term, node_id = best
-        score = _cluster_factor(view) * (0.1 + term)
-        notes.append(f"{name}: fits, score {score:.3f}")
-        candidates.append((spares_gpus, score, name, node_id))
-        if name == job.preferred_cluster:
-            preferred_hit = (score, name, node_id)
+        # The same view answers for every job of the same shape until it changes: with many
+        # clusters, placement then costs a look-up per cluster, not a computation.
+        verdict = view.verdicts.get(shape)
+        if verdict is None:
+            verdict = view.verdicts[shape] = _verdict(view, need, strategy)
+        kind, score, spares_gpus, node_id, text = verdict
+        if kind == "fits" and name not in exclude:
+            noted.append(("fits", score, text))
+            candidates.append((spares_gpus, score, name, node_id))
+            if name == job.preferred_cluster:
+                preferred_hit = (score, name, node_id)
+            ever_possible = True
+        elif kind == "never":
+            unknown = True
+            noted.append(("never probed", 0.0, text))
+        elif kind == "small":
+            noted.append(("too small", 0.0, text))
+        else:
+            ever_possible = True
+            if kind == "health":
+                noted.append(("not up", 0.0, text))
+            elif name in exclude:
+                noted.append(("excluded", 0.0, f"{name}: excluded after a failed dispatch"))
+            else:
+                noted.append(("busy", 0.0, text))
+    explained = "; ".join(t for _, _, t in noted) if len(views) <= EXPLAIN_EACH_UP_TO else _grouped(noted)
     if preferred_hit is not None:
         score, cluster, node_id = preferred_hit
-        return Placement(cluster, node_id, score, f"chose preferred {cluster}; " + "; ".join(notes))
+        return Placement(cluster, node_id, score, f"chose preferred {cluster}; " + explained)
     if candidates:
         _, score, cluster, node_id = max(candidates)
         why = f"chose {cluster}"
         if job.preferred_cluster:
             why += f" (fell back from preferred {job.preferred_cluster})"
-        return Placement(cluster, node_id, score, why + "; " + "; ".join(notes))
+        return Placement(cluster, node_id, score, why + "; " + explained)
     infeasible = not ever_possible and not unknown
     if infeasible and refused:
         head = "infeasible: no configured cluster both admits its entrypoint and has a node it fits even when idle"
@@ -147,19 +176,45 @@ def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
         head = "infeasible: fits no node of any configured cluster even when idle"
     else:
         head = "no cluster fits now"
-    return NoFit(infeasible, head + "; " + "; ".join(notes))
+    return NoFit(infeasible, head + "; " + explained)
+
+
+def _grouped(noted: list[tuple[str, float, str]], each: int = 3) -> str:
+    """Many clusters: a count per kind of note and the first few of each, so a decision
+    over a thousand clusters still fits on one readable line (the best that fit first)."""
+    groups: dict[str, list[tuple[float, str]]] = {}
+    for kind, rank, text in noted:
+        groups.setdefault(kind, []).append((rank, text))
+    parts = [text for _, text in groups.pop("preferred", [])]
+    for kind, ranked in groups.items():
+        texts = [text for _, text in (heapq.nlargest(each, ranked) if kind == "fits" else ranked[:each])]
+        more = f", and {len(ranked) - each} more" if len(ranked) > each else ""
+        parts.append(f"{kind} {len(ranked)}: " + ", ".join(texts) + more)
+    return "; ".join(parts)
 
 
 def has_spare_capacity(views: Iterable[ClusterView]) -> bool:
     """Whether any usable cluster has a whole free unit of CPU, GPU or a custom resource:
     the signal to take another job from the broker."""
     for view in views:
-        if view.health not in (HealthState.UP, HealthState.DEGRADED):
-            continue
-        for node in view.nodes:
-            for name in node.total:
-                if name in ("memory", "objectStoreMemory") or name.startswith(("accelerator", "acceleratorType")):
-                    continue  # not slots: memory is shared, an accelerator type is a label
-                if node.free(name) >= 1.0 - _EPS:
-                    return True
+        spare = view.verdicts.get(_SPARE)
+        if spare is None:
+            spare = view.verdicts[_SPARE] = _has_spare(view)
+        if spare:
+            return True
+    return False
+
+
+_SPARE = "spare"  # the key of has_spare_capacity's answer among a view's verdicts
+
+
+def _has_spare(view: ClusterView) -> bool:
+    if view.health not in (HealthState.UP, HealthState.DEGRADED):
+        return False
+    for node in view.nodes:
+        for name in node.total:
+            if name in ("memory", "objectStoreMemory") or name.startswith(("accelerator", "acceleratorType")):
+                continue  # not slots: memory is shared, an accelerator type is a label
+            if node.free(name) >= 1.0 - _EPS:
+                return True
     return False

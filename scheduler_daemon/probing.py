@@ -8,6 +8,7 @@ per-cluster snapshot; the `Ledger` adds what Ray's snapshot does not show yet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
@@ -65,9 +66,23 @@ class Prober:
         self._on_probe = on_probe
         self._clock = clock
         self.rounds = 0
+        # Every cluster's current view, in configuration order; a probe or a ledger change
+        # marks its cluster, whose view alone is taken again (with a thousand clusters the
+        # scheduler asks for all of them many times a second).
+        self._views = {name: state.view() for name, state in self.clusters.items()}
+        self._changed: set[str] = set()
+        for name, state in self.clusters.items():
+            state.ledger.on_change = functools.partial(self._changed.add, name)
+
+    def view_map(self) -> dict[str, ClusterView]:
+        """Each cluster's current view, by name (a copy the caller may change)."""
+        while self._changed:
+            name = self._changed.pop()
+            self._views[name] = self.clusters[name].view()
+        return dict(self._views)
 
     def views(self) -> list[ClusterView]:
-        return [c.view() for c in self.clusters.values()]
+        return list(self.view_map().values())
 
     @property
     def any_probed(self) -> bool:
@@ -110,6 +125,7 @@ class Prober:
         state.last_probe = self._clock()
         state.probes += 1
         changed = state.health.record(ok, latency > self.settings.degraded_latency_s, time.monotonic())
+        self._changed.add(state.config.name)
         if changed is not None:
             log.info("cluster health changed", cluster=state.config.name, health=changed.value,
                      error=state.error, latency_s=round(latency, 4))

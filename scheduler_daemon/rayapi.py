@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+import yarl
 
 from .settings import ClusterConfig, Secret
 
@@ -59,6 +60,7 @@ class RayDashboard:
         self.base = config.dashboard_url
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
         self._limit = limit
         self._ssl = config.ssl_context()  # built once: a bad CA bundle fails at start, not per request
         self._headers = {name: value.reveal() if isinstance(value, Secret) else value
@@ -81,12 +83,21 @@ class RayDashboard:
         if self._session is not None:
             await self._session.close()
 
+    def _url(self, path: str) -> yarl.URL:
+        """Parsed once per path (the probe and the job list ask the same ones every second)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = yarl.URL(self.base + path)
+            if len(self._urls) < 64:
+                self._urls[path] = url
+        return url
+
     async def _request(self, method: str, path: str, *, body: Any = None,
                        timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, bytes]:
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         try:
-            async with self.session.request(method, self.base + path, data=data, headers=headers,
+            async with self.session.request(method, self._url(path), data=data, headers=headers,
                                             timeout=timeout or self.timeout) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:

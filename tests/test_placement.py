@@ -219,3 +219,28 @@ def test_has_spare_capacity() -> None:
     # Free memory alone is no reason to take another job.
     mem = view("m", node("m1", {"CPU": 1, "memory": 8 * GIB, "objectStoreMemory": GIB}, {"CPU": 1}))
     assert not has_spare_capacity([mem])
+
+
+def test_explanation_over_many_clusters_groups_them() -> None:
+    """Past a dozen clusters the explanation counts each kind and names the first few
+    (the best scores among those that fit), so a decision over a thousand stays one line."""
+    views = [view(f"c{i:03}", node(f"n{i}", {"CPU": 8}, {"CPU": i / 100})) for i in range(200)]
+    views += [view("dead", node("d", {"CPU": 8}), health=DOWN)]
+    views += [view(f"full{i}", node(f"f{i}", {"CPU": 1}, {"CPU": 1})) for i in range(5)]
+    p = placed(choose(job({"CPU": 1}), views))
+    assert p.cluster == "c000"
+    assert "fits 200: c000: fits" in p.explanation and "and 197 more" in p.explanation
+    assert "not up 1: dead: down" in p.explanation
+    assert "busy 5: full0: busy" in p.explanation and "and 2 more" in p.explanation
+    assert len(p.explanation) < 800
+
+
+def test_verdicts_are_kept_per_view_and_shape() -> None:
+    """A view answers each shape of job once; a job of another shape, or a new view, asks again."""
+    c = cpu_cluster()
+    first = placed(choose(job({"CPU": 1}), [c]))
+    assert len(c.verdicts) == 1
+    assert placed(choose(job({"CPU": 1}), [c])) == first
+    choose(job({"CPU": 2}), [c])
+    assert len(c.verdicts) == 2
+    assert nofit(choose(job({"CPU": 1}), [cpu_cluster(used_cpu=2)]))

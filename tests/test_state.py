@@ -3,6 +3,7 @@ job tracking, the Ray submit body, and the journal."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -537,3 +538,20 @@ def test_cluster_view_is_reused_until_something_changes() -> None:
     assert state.view().health.value == "up"
     state.snapshot = Snapshot(6.0, (Node("n", {"CPU": 4.0}, {"CPU": 2.0}),))
     assert state.view().nodes[0].free("CPU") == 2.0
+
+
+async def test_journal_never_writes_over_a_later_attempt(tmp_path: Any) -> None:
+    """Closing attempt 1 (final, published) can finish after attempt 2 was dispatched:
+    the journal keeps attempt 2's record."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    await journal.open()
+    try:
+        first = job("r1")
+        second = replace(first, attempt=2)
+        await journal.record(Tracked(second, "spare", "n", JobState.DISPATCHED))
+        await journal.record(Tracked(first, "doomed", "n", JobState.LOST, published=True, final=True))
+        kept = await journal.get("r1")
+        assert kept is not None and kept.job.attempt == 2 and kept.cluster == "spare"
+        assert [t.job.attempt for t in await journal.open_jobs()] == [2]
+    finally:
+        await journal.close()
