@@ -345,11 +345,12 @@ class Daemon:
                 pending_retry = t.state in (JobState.FAILED, JobState.LOST) and not t.final
                 for earlier in _path_to(t):
                     self._send(t.job, earlier, None if earlier == JobState.ACCEPTED else t.cluster)
-                await self._emit(t.job, t.state, t.cluster, None, t.final)
-                if pending_retry:
+                if pending_retry:  # the retry goes to the queue after its events are confirmed
+                    await self._emit(t.job, t.state, t.cluster, None, t.final)
                     await self._queue_retry(t)
-                else:
-                    await self._record(t, published=True)
+                else:  # no waiting: a burst of them shares the confirms
+                    self._send(t.job, t.state, t.cluster, None, t.final)
+                    self._confirm_later(t)
 
     # ---- intake ----------------------------------------------------------------------
 

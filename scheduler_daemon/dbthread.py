@@ -28,6 +28,7 @@ class DbThread:
         self._db: sqlite3.Connection | None = None
         self._queued: list[tuple[Op, bool, asyncio.Future[Any]]] = []
         self._busy = False
+        self.batches = 0  # trips to the thread (what group commit saves)
 
     @property
     def is_open(self) -> bool:
@@ -65,6 +66,7 @@ class DbThread:
             return
         batch, self._queued = self._queued, []
         self._busy = True
+        self.batches += 1
         ops = [op for op, _, _ in batch]
         work = _read_alone if len(batch) == 1 and batch[0][1] else _transaction
         done = asyncio.get_running_loop().run_in_executor(self._pool, work, self._db, ops)

@@ -125,13 +125,14 @@ class EventPublisher:
 
     `send` queues an event and returns at once with a future that resolves when the broker
     has confirmed it; `publish` is `send` and wait. One sender puts everything queued on the
-    wire, in the order it was sent, then waits for those confirms together before the next
-    batch, so a burst of events costs one confirm wait, not one each, and order holds: when
-    the broker is away, whatever was not confirmed is sent again, in its order, before anything
-    newer (a consumer may see a duplicate, which events allow, never an older state after a
-    newer one that it missed). A caller that must not lose an event keeps it in the journal
-    until its future resolves. At shutdown `flush()` sends what is queued; once `closed` is
-    set, what is still unconfirmed fails with `PublishAborted`."""
+    wire in the order it was sent, then waits for those confirms together before the next
+    batch: a burst of events costs one confirm wait, not one each. When the channel closes,
+    the publishes it had not confirmed (the tail of the batch) fail; they go again, in their
+    order, before anything sent since, and the sender keeps trying through a broker outage. A
+    consumer may then see an event twice, which events allow (consumers dedupe), but in order.
+    Callers that must not lose an event keep it in the journal until its future resolves.
+    At shutdown `flush()` waits for what is queued; once `closed` is set, what is still
+    unconfirmed fails with `PublishAborted`."""
 
     def __init__(self, exchange_getter: Callable[[], AbstractExchange], closed: asyncio.Event,
                  retry_s: float = 0.5, max_batch: int = 2048) -> None:

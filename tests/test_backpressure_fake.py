@@ -134,3 +134,31 @@ async def test_job_refused_by_every_cluster_is_rejected(tmp_path: Any) -> None:
     finally:
         for server in servers:
             await server.stop()
+
+
+async def test_a_restart_publishes_the_path_of_a_job_whose_events_were_not_confirmed(tmp_path: Any) -> None:
+    """A dispatched job is acknowledged once journaled; its events are confirmed afterwards.
+    A daemon that dies in between leaves the record unpublished, and the next start publishes
+    the job's path again, in order, and then follows it to its end."""
+    from scheduler_daemon.dispatch import submit_body
+    from scheduler_daemon.jobs import Job, JobState
+    from scheduler_daemon.journal import Journal, Tracked
+
+    s = make_settings(tmp_path)
+    only = FakeCluster("only", duration_s=0.5)
+    servers = await _serve(only)
+    try:
+        job = Job(submission_id=sid("unconfirmed"), job_id="j", entrypoint="/bin/true", resources={"CPU": 1.0})
+        status, _ = only.submit(submit_body(job, only.config()))  # what the daemon that died sent
+        assert status == 200
+        journal = Journal(f"{s.state_dir}/daemon.db")
+        await journal.open()
+        await journal.record(Tracked(job, "only", "n1", JobState.DISPATCHED, published=False))
+        await journal.close()
+        async with Events(s) as ev, running_daemon(s, (only.config(),)):
+            await ev.wait_final([job.submission_id], timeout=15)
+            assert ev.states(job.submission_id) == ["ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
+        assert list(only.jobs) == [job.submission_id]  # not submitted again
+    finally:
+        for server in servers:
+            await server.stop()

@@ -1,0 +1,177 @@
+"""The event outbox and the SQLite thread: order, batching, and what happens when the broker
+or a statement fails. Against stand-ins, so that the failures can be placed exactly; the real
+broker and the real journal are exercised by the daemon tests and tests/faults."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler_daemon.dbthread import DbThread
+from scheduler_daemon.events import ClusterEvent, EventPublisher, PublishAborted
+from scheduler_daemon.journal import IdFilter, Journal, Tracked
+from scheduler_daemon.jobs import Job, JobState
+
+
+class Broker:
+    """An exchange whose publishes succeed, fail, or wait, as the test says."""
+
+    def __init__(self) -> None:
+        self.confirmed: list[str] = []
+        self.calls = 0
+        self.fail_calls = range(0)  # the publishes (numbered from 0) that fail
+        self.down = False
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def publish(self, message: Any, routing_key: str) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            call, self.calls = self.calls, self.calls + 1
+            await self.gate.wait()
+            if self.down or call in self.fail_calls:
+                raise ConnectionError("channel closed")
+            self.confirmed.append(routing_key)
+        finally:
+            self.in_flight -= 1
+
+
+def cluster(i: int) -> ClusterEvent:
+    return ClusterEvent(f"c{i}", "up")
+
+
+@pytest.fixture
+async def outbox() -> Any:
+    broker, closed = Broker(), asyncio.Event()
+    publisher = EventPublisher(lambda: broker, closed, retry_s=0.01)  # type: ignore[arg-type, return-value]
+    sender = asyncio.create_task(publisher.run())
+    yield broker, publisher, closed
+    closed.set()
+    await asyncio.wait_for(sender, 5)
+
+
+async def test_events_go_out_in_order_many_per_confirm_wait(outbox: Any) -> None:
+    broker, publisher, _ = outbox
+    broker.gate.clear()  # the broker holds its confirms while the burst is sent
+    futures = [publisher.send(cluster(i)) for i in range(300)]
+    await asyncio.sleep(0.05)
+    broker.gate.set()
+    await asyncio.gather(*futures)
+    assert broker.confirmed == [f"cluster.up.c{i}" for i in range(300)]
+    assert broker.most_in_flight > 100  # not one confirm wait per event
+    assert publisher.published == 300
+
+
+async def test_unconfirmed_events_go_again_first_and_in_order(outbox: Any) -> None:
+    """A channel that closes fails every publish it has not confirmed: the tail of the batch.
+    That tail goes again, in its order, before anything sent since, so the broker sees the
+    events in the order they were sent."""
+    broker, publisher, _ = outbox
+    broker.fail_calls = range(20, 50)
+    first = [publisher.send(cluster(i)) for i in range(50)]
+    await asyncio.sleep(0.001)
+    later = [publisher.send(cluster(i)) for i in range(50, 60)]
+    await asyncio.gather(*first, *later)
+    assert broker.confirmed == [f"cluster.up.c{i}" for i in range(60)]
+    assert broker.calls == 90  # 30 sent twice
+
+
+async def test_a_broker_outage_keeps_events_until_it_is_back(outbox: Any) -> None:
+    broker, publisher, _ = outbox
+    broker.down = True
+    futures = [publisher.send(cluster(i)) for i in range(10)]
+    await asyncio.sleep(0.1)  # several retries
+    assert not any(f.done() for f in futures)
+    broker.down = False
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert broker.confirmed == [f"cluster.up.c{i}" for i in range(10)]
+    await asyncio.wait_for(publisher.flush(), 1)
+
+
+async def test_closing_gives_up_on_what_the_broker_never_confirmed(outbox: Any) -> None:
+    broker, publisher, closed = outbox
+    broker.down = True
+    waiting = publisher.send(cluster(1))
+    await asyncio.sleep(0.05)
+    closed.set()
+    with pytest.raises(PublishAborted):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(PublishAborted):
+        await publisher.send(cluster(2))
+    await asyncio.wait_for(publisher.flush(), 1)
+
+
+# ---- the SQLite thread ------------------------------------------------------------------------
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+
+
+async def test_a_burst_of_writes_shares_few_commits(tmp_path: Path) -> None:
+    db = DbThread(tmp_path / "t.sqlite", "test-db", _setup)
+    await db.open()
+    try:
+        writes = [db.run(lambda c, i=i: c.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", i))) for i in range(500)]
+        await asyncio.gather(*writes)
+        assert db.batches < 10
+        assert await db.run(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0], read=True) == 500
+    finally:
+        await db.close()
+    again = sqlite3.connect(tmp_path / "t.sqlite")  # committed, on disk
+    assert again.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 500
+
+
+async def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
+    db = DbThread(tmp_path / "t.sqlite", "test-db", _setup)
+    await db.open()
+    try:
+        def both(c: sqlite3.Connection) -> None:  # its first statement must be undone too
+            c.execute("INSERT INTO t VALUES ('half', 1)")
+            c.execute("INSERT INTO t VALUES ('a', 2)")  # 'a' exists by then: fails
+
+        ops = [db.run(lambda c: c.execute("INSERT INTO t VALUES ('a', 1)")), db.run(both),
+               db.run(lambda c: c.execute("INSERT INTO t VALUES ('b', 1)"))]
+        results = await asyncio.gather(*ops, return_exceptions=True)
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+        rows = await db.run(lambda c: sorted(r[0] for r in c.execute("SELECT k FROM t")), read=True)
+        assert rows == ["a", "b"]
+    finally:
+        await db.close()
+
+
+# ---- the journal's id filter ------------------------------------------------------------------
+
+def test_id_filter_never_forgets_and_rarely_imagines() -> None:
+    ids = IdFilter(10_000)
+    for i in range(10_000):
+        ids.add(f"sub-{i}")
+    assert all(f"sub-{i}" in ids for i in range(10_000))
+    imagined = sum(f"other-{i}" in ids for i in range(10_000))
+    assert imagined < 300  # about 1% at capacity
+
+
+async def test_journal_looks_up_a_new_id_without_reading_the_database(tmp_path: Path) -> None:
+    """The filter answers for ids this journal never wrote; a second writer (a failover pair)
+    turns it off, so a row written by the other daemon is found."""
+    path = tmp_path / "j.sqlite"
+    job = Job(submission_id="elsewhere", job_id="j", entrypoint="echo hi", resources={"CPU": 1.0})
+    mine, shared = Journal(path), Journal(path, exclusive=False)
+    await mine.open()
+    await shared.open()
+    try:
+        await shared.record(Tracked(job, "c", "n", JobState.DISPATCHED))
+        assert (await shared.lookup("elsewhere")).tracked is not None
+        assert (await mine.lookup("elsewhere")).tracked is None  # written after `mine` opened
+        await mine.record(Tracked(job, "c", "n", JobState.RUNNING))
+        assert (await mine.lookup("elsewhere")).tracked.state == JobState.RUNNING  # type: ignore[union-attr]
+    finally:
+        await mine.close()
+        await shared.close()
