@@ -447,10 +447,12 @@ class Daemon:
 
     async def _schedule_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.25)
-            except asyncio.TimeoutError:
-                pass
+            if not self._wake.is_set():
+                try:
+                    async with asyncio.timeout(0.25):  # no task per wait, unlike wait_for
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
             self._wake.clear()
             if self.stopping.is_set():
                 return  # stop() has cancelled the consumer
