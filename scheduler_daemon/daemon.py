@@ -483,6 +483,7 @@ class Daemon:
             exclude = frozenset(c for c, until in held.exclude_until.items() if until > now)
             if self._refused_everywhere(held):
                 await self._finish_held(held, JobState.REJECTED, f"every fitting cluster refused it: {held.last_reason}")
+                views = None  # taken again after a wait
                 continue
             if views is None:
                 views = self.prober.view_map()
@@ -490,6 +491,7 @@ class Daemon:
             if isinstance(decision, NoFit):
                 if decision.infeasible:
                     await self._finish_held(held, JobState.REJECTED, decision.explanation)
+                    views = None  # taken again after a wait
                 elif decision.explanation != held.last_reason:
                     held.last_reason = decision.explanation
                     log.info("job waits for capacity", submission_id=job.submission_id,
@@ -901,18 +903,18 @@ class Daemon:
         return await self._record(t.moved(t.state, final=True), published=True)
 
     async def _record(self, t: Tracked, *, published: bool) -> Tracked:
-        current = self.tracked.get(t.job.submission_id)
+        """Journal `t` and make it the job's record. It is the record from before the write
+        on: a confirm of an older state that arrives meanwhile then sees that the job has moved
+        on, and does not write its own (older) record over this one."""
+        sid = t.job.submission_id
+        current = self.tracked.get(sid)
         if current is not None and current.job.attempt > t.job.attempt:
             return t  # a later attempt already owns the record
         t = replace(t, published=published)
+        self.tracked[sid] = t
         await self.journal.record(t)
-        current = self.tracked.get(t.job.submission_id)
-        if current is not None and current.job.attempt > t.job.attempt:
-            return t  # the next attempt was dispatched while this one was written
-        if t.final and t.published:
-            self.tracked.pop(t.job.submission_id, None)
-        else:
-            self.tracked[t.job.submission_id] = t
+        if t.final and t.published and self.tracked.get(sid) is t:
+            del self.tracked[sid]  # done; unless the next attempt took the place meanwhile
         return t
 
 

@@ -117,6 +117,7 @@ async def publish_confirmed(exchange: Callable[[], AbstractExchange], message: a
 class _Outgoing:
     message: aio_pika.Message
     routing_key: str
+    key: str  # whose event: at most one per key in a batch, so each key's events keep their order
     confirmed: "asyncio.Future[None]"
 
 
@@ -126,10 +127,12 @@ class EventPublisher:
     `send` queues an event and returns at once with a future that resolves when the broker
     has confirmed it; `publish` is `send` and wait. One sender puts everything queued on the
     wire in the order it was sent, then waits for those confirms together before the next
-    batch: a burst of events costs one confirm wait, not one each. When the channel closes,
-    the publishes it had not confirmed (the tail of the batch) fail; they go again, in their
-    order, before anything sent since, and the sender keeps trying through a broker outage. A
-    consumer may then see an event twice, which events allow (consumers dedupe), but in order.
+    batch: a burst of events costs one confirm wait, not one each. A batch holds at most one
+    event of each job (or cluster), so a job's events are confirmed one after the other and a
+    publish the broker refuses cannot be overtaken by a later event of the same job. Failed
+    publishes go again, in their order, before anything sent since, and the sender keeps trying
+    through a broker outage. A consumer may see an event twice, which events allow (consumers
+    dedupe), but in order.
     Callers that must not lose an event keep it in the journal until its future resolves.
     At shutdown `flush()` waits for what is queued; once `closed` is set, what is still
     unconfirmed fails with `PublishAborted`."""
@@ -141,6 +144,7 @@ class EventPublisher:
         self._retry_s = retry_s
         self._max_batch = max_batch
         self._queue: deque[_Outgoing] = deque()
+        self._in_flight: list[_Outgoing] = []
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -157,8 +161,11 @@ class EventPublisher:
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed.is_set():
             confirmed.set_exception(PublishAborted("the daemon is closing"))
+            confirmed.exception()  # retrieved: the caller may drop it
         else:
-            self._queue.append(_Outgoing(message, event.routing_key, confirmed))
+            key = (f"cluster {event.cluster}" if isinstance(event, ClusterEvent)
+                   else f"job {event.submission_id or message.message_id}")
+            self._queue.append(_Outgoing(message, event.routing_key, key, confirmed))
             self._idle.clear()
             self._ready.set()
         return confirmed
@@ -182,15 +189,35 @@ class EventPublisher:
                     await asyncio.wait([ready, closing], return_when=asyncio.FIRST_COMPLETED)
                     ready.cancel()
                     continue
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
-                failed = await self._send_batch(batch, closing)
+                self._in_flight = self._take_batch()
+                failed = await self._send_batch(self._in_flight, closing)
+                self._in_flight = []
                 if failed:
                     self._queue.extendleft(reversed(failed))  # first again, in their order
                     log.warning("events not confirmed; sending them again", count=len(failed))
                     await asyncio.wait([closing], timeout=self._retry_s)
         finally:
             closing.cancel()
+            self._queue.extendleft(reversed(self._in_flight))  # cancelled while a batch was out
+            self._in_flight = []
             self._abort("the daemon is closing")
+
+    def _take_batch(self) -> list[_Outgoing]:
+        """The next batch: the queue in order, but at most one event per key (the others keep
+        their places for a later batch)."""
+        batch: list[_Outgoing] = []
+        keys: set[str] = set()
+        later: deque[_Outgoing] = deque()
+        while self._queue and len(batch) < self._max_batch:
+            o = self._queue.popleft()
+            if o.key in keys:
+                later.append(o)
+            else:
+                keys.add(o.key)
+                batch.append(o)
+        later.extend(self._queue)
+        self._queue = later
+        return batch
 
     async def _send_batch(self, batch: list[_Outgoing], closing: "asyncio.Future[Any]") -> list[_Outgoing]:
         """Put a batch on the wire and wait for its confirms; the events not confirmed."""

@@ -83,6 +83,16 @@ async def test_unconfirmed_events_go_again_first_and_in_order(outbox: Any) -> No
     assert broker.calls == 90  # 30 sent twice
 
 
+async def test_a_refused_publish_is_not_overtaken_by_a_later_event_of_the_same_job(outbox: Any) -> None:
+    """The broker can refuse one publish (a nack) and confirm the rest of the batch: a batch
+    holds one event per job or cluster, so the later event of the same one waits for it."""
+    broker, publisher, _ = outbox
+    broker.fail_calls = range(0, 1)  # the first publish is refused
+    events = [ClusterEvent("a", "degraded"), ClusterEvent("b", "up"), ClusterEvent("a", "down")]
+    await asyncio.gather(*(publisher.send(e) for e in events))
+    assert broker.confirmed == ["cluster.up.b", "cluster.degraded.a", "cluster.down.a"]
+
+
 async def test_a_broker_outage_keeps_events_until_it_is_back(outbox: Any) -> None:
     broker, publisher, _ = outbox
     broker.down = True
@@ -175,3 +185,38 @@ async def test_journal_looks_up_a_new_id_without_reading_the_database(tmp_path: 
     finally:
         await mine.close()
         await shared.close()
+
+
+async def test_a_late_confirm_never_writes_an_older_state_over_a_newer_one(tmp_path: Path) -> None:
+    """A job seen RUNNING and SUCCEEDED in one tracking look: RUNNING's confirm can arrive while
+    SUCCEEDED is being written. Marking RUNNING published must not put it back, in the journal
+    or in memory (the job would be followed again and could end twice)."""
+    from scheduler_daemon.daemon import Daemon
+    from scheduler_daemon.settings import ClusterConfig
+    from support import make_settings
+
+    d = Daemon(make_settings(tmp_path), (ClusterConfig("c", "http://127.0.0.1:1"),))
+    confirms: list[asyncio.Future[None]] = []
+
+    def send(event: Any) -> asyncio.Future[None]:
+        confirms.append(asyncio.get_running_loop().create_future())
+        return confirms[-1]
+
+    d.publisher.send = send  # type: ignore[method-assign]
+    await d.journal.open()
+    try:
+        job = Job(submission_id="short", job_id="j", entrypoint="echo hi", resources={"CPU": 1.0})
+        running = await d._record(Tracked(job, "c", "n", JobState.RUNNING), published=False)
+        d._send(job, JobState.RUNNING, "c")
+        d._confirm_later(running)
+        succeeding = asyncio.create_task(d._record(running.moved(JobState.SUCCEEDED, final=True), published=False))
+        await asyncio.sleep(0)  # SUCCEEDED's write is queued, not done
+        confirms[0].set_result(None)  # RUNNING is confirmed now
+        await succeeding
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert d.tracked["short"].state == JobState.SUCCEEDED
+        kept = await d.journal.get("short")
+        assert kept is not None and kept.state == JobState.SUCCEEDED and kept.final
+    finally:
+        await d.journal.close()
