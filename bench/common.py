@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
@@ -58,6 +59,8 @@ class SimFleet:
     proc: subprocess.Popen[bytes]
     urls: dict[str, str]
     stats_urls: list[str]
+    # With report_submissions=True: (submission id, wall time) of each POST /api/jobs/ received.
+    posts: "asyncio.Queue[tuple[str, float]] | None" = None
 
     def configs(self, **kw: Any) -> tuple[ClusterConfig, ...]:
         return tuple(ClusterConfig(name, url, **kw) for name, url in self.urls.items())
@@ -80,7 +83,9 @@ async def sim_fleet(clusters: int, *, servers: int = 1, name: str = "sim", **opt
     args = [sys.executable, str(TESTS / "fakeray.py"), "--clusters", str(clusters), "--servers", str(servers),
             "--name", name]
     for key, value in opts.items():
-        if value is not None:
+        if value is True:
+            args.append(f"--{key.replace('_', '-')}")
+        elif value is not None and value is not False:
             args += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
     try:
@@ -89,7 +94,8 @@ async def sim_fleet(clusters: int, *, servers: int = 1, name: str = "sim", **opt
         if not line:
             raise RuntimeError(f"fleet process exited: {proc.wait()}")
         info = orjson.loads(line)
-        yield SimFleet(proc, info["urls"], info["stats"])
+        posts = _follow_posts(proc) if opts.get("report_submissions") else None
+        yield SimFleet(proc, info["urls"], info["stats"], posts)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()  # the fleet stops at end of input
@@ -98,6 +104,21 @@ async def sim_fleet(clusters: int, *, servers: int = 1, name: str = "sim", **opt
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _follow_posts(proc: subprocess.Popen[bytes]) -> "asyncio.Queue[tuple[str, float]]":
+    """The fleet's report lines, read on a thread of their own, into a queue of this loop."""
+    loop = asyncio.get_running_loop()
+    posts: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = orjson.loads(raw)
+            loop.call_soon_threadsafe(posts.put_nowait, (line["posted"], line["t"]))
+
+    threading.Thread(target=read, name="fleet-posts", daemon=True).start()
+    return posts
 
 
 async def publish_fast(amqp_url: str, exchange: str, routing_key: str, bodies: Iterable[bytes], *,

@@ -751,6 +751,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=0.0, help="answer latency of every request")
     p.add_argument("--status-latency-ms", type=float, default=0.0, help="and of /api/cluster_status on top")
     p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
+    p.add_argument("--report-submissions", action="store_true",
+                   help="print a JSON line (submission id, wall time) for every POST /api/jobs/ received")
     return p.parse_args(argv)
 
 
@@ -761,6 +763,14 @@ async def serve(argv: list[str] | None = None) -> None:
                               clock=clock, latency_s=a.latency_ms / 1000, snapshot_every_s=a.snapshot_every,
                               status_latency_s=a.status_latency_ms / 1000,
                               nodes_of=lambda c: make_nodes(c, [{"CPU": a.cpus}] * a.nodes))
+    if a.report_submissions:
+        for cluster in fleet.clusters:
+            def submit(body: Any, _submit: Callable[[Any], tuple[int, Any]] = cluster.submit) -> tuple[int, Any]:
+                sid = body.get("submission_id") if isinstance(body, dict) else None
+                sys.stdout.write(orjson.dumps({"posted": sid, "t": time.time()}).decode() + "\n")
+                sys.stdout.flush()
+                return _submit(body)
+            cluster.submit = submit  # type: ignore[method-assign]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
