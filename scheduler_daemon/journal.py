@@ -222,7 +222,9 @@ class Journal:
             return cur.rowcount
 
         removed = await self._db.run(_delete)
-        if self._ids is not None:  # rebuilt for what is left, with room to grow
+        if self._ids is not None and self._ids.count > self._ids.capacity:
+            # Past its capacity the filter answers "maybe" more often: rebuilt for what is left,
+            # with room to grow. (Pruned ids left in it cost nothing but a look-up if they come back.)
             self._seen_while_rebuilding = []
             try:
                 fresh = await self._db.run(_id_filter, read=True)
@@ -235,9 +237,9 @@ class Journal:
 
 
 def _id_filter(db: sqlite3.Connection) -> IdFilter:
-    ids = [row[0] for row in db.execute(_ALL_IDS)]
-    found = IdFilter(2 * len(ids) + 100_000)
-    for sid in ids:
+    (count,) = db.execute(f"SELECT COUNT(*) FROM ({_ALL_IDS})").fetchone()
+    found = IdFilter(2 * count + 100_000)
+    for (sid,) in db.execute(_ALL_IDS):
         found.add(sid)
     return found
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,19 @@ async def test_a_late_confirm_never_writes_an_older_state_over_a_newer_one(tmp_p
         assert kept is not None and kept.state == JobState.SUCCEEDED and kept.final
     finally:
         await d.journal.close()
+
+
+async def test_journal_rebuilds_its_id_filter_once_past_capacity(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    await journal.open()
+    try:
+        journal._ids = IdFilter(0)  # a small one (1,024 ids), to pass it quickly
+        base = Job(submission_id="x", job_id="j", entrypoint="echo hi", resources={"CPU": 1.0})
+        await asyncio.gather(*(journal.record(Tracked(replace(base, submission_id=f"s{i}"), "c", "n",
+                                                      JobState.RUNNING)) for i in range(1100)))
+        assert journal._ids.count > journal._ids.capacity
+        await journal.prune(0.0)  # removes nothing, but the filter is full
+        assert journal._ids.capacity > 100_000 and journal._ids.count == 1100
+        assert all(f"s{i}" in journal._ids for i in range(1100))
+    finally:
+        await journal.close()
