@@ -567,13 +567,12 @@ class Daemon:
 
     async def _dispatched(self, held: Held, cluster: str, node_id: str, state: JobState,
                           seen_running: bool) -> None:
-        """The job is on `cluster`: journal it, publish DISPATCHED, then ack its message."""
+        """The job is on `cluster`: journal it, send DISPATCHED, ack its message."""
         job = held.job
-        t = Tracked(job, cluster, node_id, JobState.DISPATCHED, seen_running=seen_running)
-        self.tracked[job.submission_id] = t
         # Journaled before the ack: from here a crash loses nothing, and the events (ACCEPTED,
         # DISPATCHED) are published again at restart until they are confirmed.
-        await self.journal.record(t)
+        t = await self._record(Tracked(job, cluster, node_id, JobState.DISPATCHED, seen_running=seen_running),
+                               published=False)
         self._send(job, JobState.DISPATCHED, cluster, None)
         await self.intake.ack(held.delivery)
         self.window.remove(job.submission_id)
