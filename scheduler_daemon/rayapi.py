@@ -61,6 +61,7 @@ class RayDashboard:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, yarl.URL] = {}
+        self._probe: _ProbeConnection | None = None
         self._limit = limit
         self._ssl = config.ssl_context()  # built once: a bad CA bundle fails at start, not per request
         self._headers = {name: value.reveal() if isinstance(value, Secret) else value
@@ -80,6 +81,8 @@ class RayDashboard:
         return self._session
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         if self._session is not None:
             await self._session.close()
 
@@ -114,6 +117,9 @@ class RayDashboard:
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         status, raw = await self._request(method, path, **kw)
+        return self._decode(status, raw)
+
+    def _decode(self, status: int, raw: bytes) -> Any:
         if status == 404:
             raise RayNotFound(status, self._text(raw))
         if status >= 400:
@@ -127,7 +133,12 @@ class RayDashboard:
         return await self._json("GET", "/api/version")
 
     async def cluster_status(self) -> Any:
-        return await self._json("GET", "/api/cluster_status")
+        """The probe: over a kept-alive connection of its own (`_ProbeConnection`)."""
+        if self._probe is None:
+            self._probe = _ProbeConnection(self.config.name, yarl.URL(self.base), self._headers, self._ssl,
+                                           self.timeout.total or 10.0)
+        status, raw = await self._probe.get("/api/cluster_status")
+        return self._decode(status, raw)
 
     async def submit(self, body: Mapping[str, Any]) -> bool:
         """Submit a job. True if created, False if a job with that submission id already
@@ -161,3 +172,113 @@ class RayDashboard:
     async def delete(self, ray_id: str) -> bool:
         answer = await self._json("DELETE", f"/api/jobs/{quote(ray_id, safe='')}")
         return bool(answer) if not isinstance(answer, dict) else True
+
+
+class _ProbeConnection:
+    """GET over one kept-alive HTTP/1.1 connection, for the probe alone.
+
+    A thousand clusters probed every second make the probe the most frequent request by far,
+    and a general client's per-request machinery then costs more than the rest of the
+    probe's work together. This asks one thing the one way: a GET, no redirects, no cookies,
+    the body by Content-Length or chunks. Any failure closes the connection; the next GET
+    opens a new one. Errors are the module's own: `RayUnreachable` when no connection could be
+    opened, `RayAmbiguous` for anything that broke after.
+    """
+
+    MAX_BODY = 64 * 1024 * 1024
+
+    def __init__(self, name: str, base: yarl.URL, headers: Mapping[str, str], ssl: Any, timeout_s: float) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self.host = base.raw_host or ""
+        self.port = base.port or (443 if base.scheme == "https" else 80)
+        self.ssl = (ssl if ssl is not None else True) if base.scheme == "https" else None
+        self.prefix = base.raw_path.rstrip("/")
+        host = base.raw_authority.rsplit("@", 1)[-1]
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, "Accept": "application/json",
+                                                         **headers}.items())
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._get_once_more(path)
+        except TimeoutError:
+            raise RayAmbiguous(f"{self.name}: TimeoutError on GET {path} after {self.timeout_s:g}s") from None
+
+    async def _get_once_more(self, path: str) -> tuple[int, bytes]:
+        async with self._lock:
+            fresh = self._conn is None
+            try:
+                return await self._get(path)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                self.close()
+                if fresh:
+                    raise RayAmbiguous(f"{self.name}: {type(exc).__name__} on GET {path}: {exc}") from None
+                # A kept-alive connection the server had closed meanwhile: once more, afresh.
+                try:
+                    return await self._get(path)
+                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as again:
+                    self.close()
+                    raise RayAmbiguous(f"{self.name}: {type(again).__name__} on GET {path}: {again}") from None
+            except ValueError as exc:
+                self.close()
+                raise RayAmbiguous(f"{self.name}: unreadable answer to GET {path}: {exc}") from None
+            except BaseException:  # cancelled (a timeout) midway: the connection's state is unknown
+                self.close()
+                raise
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        if self._conn is None:
+            try:
+                self._conn = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
+            except OSError as exc:
+                raise RayUnreachable(f"{self.name}: cannot connect: {exc}") from None
+        reader, writer = self._conn
+        writer.write(f"GET {self.prefix}{path} HTTP/1.1\r\n{self.head}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP/1 status line: {status_line[:80]!r}")
+        status = int(parts[1])
+        headers = {}
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        keep = headers.get("connection", "").lower() != "close" and parts[0] != "HTTP/1.0"
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = await self._chunks(reader)
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            if not 0 <= length <= self.MAX_BODY:
+                raise ValueError(f"Content-Length {length}")
+            body = await reader.readexactly(length)
+        elif status in (204, 304) or 100 <= status < 200:
+            body = b""
+        else:
+            body, keep = await reader.read(self.MAX_BODY), False  # to the end of the connection
+        if not keep:
+            self.close()
+        return status, body
+
+    async def _chunks(self, reader: asyncio.StreamReader) -> bytes:
+        body = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers
+                return bytes(body)
+            if len(body) + size > self.MAX_BODY:
+                raise ValueError("chunked body too large")
+            body += await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
