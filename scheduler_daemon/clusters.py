@@ -213,8 +213,6 @@ class ClusterView:
     last_probe: float | None = None
     latency_s: float | None = None
     error: str | None = None
-    # Placement's verdicts on this view, by shape of job (placement.choose fills it).
-    verdicts: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:

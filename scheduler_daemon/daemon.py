@@ -20,14 +20,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from . import api
 from .access import TRUSTED_LOCAL, Caller, broker_caller, check_exposure, load_api_tokens, may_stop, refusal
 from .admission import Held, Window
-from .clusters import ClusterView, HealthState
+from .clusters import HealthState
 from .dispatch import Outcome, dispatch
 from .events import ClusterEvent, EventPublisher, JobEvent, PublishAborted
 from .intake import Intake, message_meta
 from .jobs import TERMINAL, InvalidJob, Job, JobState, RAY_STATES, parse_job
 from .journal import Journal, Tracked
 from .leadership import Leadership
-from .placement import NoFit, choose, has_spare_capacity
+from .placement import NoFit, Placer
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import ClusterConfig, Settings
@@ -77,7 +77,8 @@ class Daemon:
         self._closing = asyncio.Event()  # set late in shutdown: pending publishes give up
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(lambda: self.intake.events_exchange, self._closing)
-        self.prober = Prober(settings, clusters, self._on_health, self._on_probed)
+        self.placer = Placer(settings.placement_strategy)
+        self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
         self.stopping = asyncio.Event()
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
@@ -471,7 +472,6 @@ class Daemon:
                 continue  # ended or taken while this pass awaited
             await self._finish_held(held, JobState.EXPIRED,
                                     f"not dispatched within queue_timeout_s={held.job.queue_timeout_s:g}")
-        views: dict[str, ClusterView] | None = None  # taken when a job is to be placed
         for held in self.window.waiting():
             if self.window.get(held.job.submission_id) is not held or held.in_flight:
                 continue  # ended or taken while this pass awaited
@@ -483,15 +483,12 @@ class Daemon:
             exclude = frozenset(c for c, until in held.exclude_until.items() if until > now)
             if self._refused_everywhere(held):
                 await self._finish_held(held, JobState.REJECTED, f"every fitting cluster refused it: {held.last_reason}")
-                views = None  # taken again after a wait
                 continue
-            if views is None:
-                views = self.prober.view_map()
-            decision = choose(job, views.values(), self.settings.placement_strategy, exclude)
+            self.prober.refresh()  # the clusters that changed since the last job, if any
+            decision = self.placer.choose(job, exclude)
             if isinstance(decision, NoFit):
                 if decision.infeasible:
                     await self._finish_held(held, JobState.REJECTED, decision.explanation)
-                    views = None  # taken again after a wait
                 elif decision.explanation != held.last_reason:
                     held.last_reason = decision.explanation
                     log.info("job waits for capacity", submission_id=job.submission_id,
@@ -501,12 +498,12 @@ class Daemon:
                      node=decision.node_id, explanation=decision.explanation)
             state = self.prober.clusters[decision.cluster]
             state.ledger.reserve(job.ray_submission_id, decision.node_id, job.ray_resources)
-            views[decision.cluster] = state.view()
             held.in_flight = True
             self._spawn(self._guarded(held, self._dispatch(held, decision.cluster, decision.node_id)),
                         f"dispatch-{job.submission_id}")
+        self.prober.refresh()
         want = (not self.window.full and self.intake.connected and self.prober.any_probed
-                and has_spare_capacity(self.prober.view_map().values()))
+                and self.placer.has_spare())
         await self.intake.set_active(want)
 
     async def _guarded(self, held: Held, work: Coroutine[Any, Any, None]) -> None:

@@ -15,8 +15,9 @@ Rules:
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from producers.schema import entrypoint_refusal
 
@@ -108,104 +109,240 @@ def _verdict(view: ClusterView, need: Mapping[str, float], strategy: str) -> Ver
     return ("fits", score, spares_gpus, node_id, f"{name}: fits, score {score:.3f}")
 
 
+class _Ranked:
+    """Names in the order of a key (smallest first) under constant change: a heap whose
+    stale entries are dropped when they surface, so a change costs O(log n) and reading
+    the first k costs O(k log n)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[Any, str]] = []
+        self._key: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._key)
+
+    def add(self, name: str, key: Any) -> None:
+        self._key[name] = key
+        heapq.heappush(self._heap, (key, name))
+        if len(self._heap) > 2 * len(self._key) + 64:  # mostly stale: build it again
+            self._heap = [(k, n) for n, k in self._key.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, name: str) -> None:
+        self._key.pop(name, None)
+
+    def first(self, k: int, skip: Collection[str] = ()) -> list[str]:
+        """The first `k` names not in `skip`."""
+        heap, current = self._heap, self._key
+        out: list[str] = []
+        keep: list[tuple[Any, str]] = []
+        seen: set[str] = set()
+        while heap and len(out) < k:
+            entry = heapq.heappop(heap)
+            key, name = entry
+            if current.get(name) != key or name in seen:
+                continue  # stale, or a second copy of a live entry
+            seen.add(name)
+            keep.append(entry)
+            if name not in skip:
+                out.append(name)
+        for entry in keep:
+            heapq.heappush(heap, entry)
+        return out
+
+
+class _Shape:
+    """Every cluster's verdict for one shape of job (resources and cluster tags), ranked by kind."""
+
+    def __init__(self, need: Mapping[str, float], tags: frozenset[str]) -> None:
+        self.need = need
+        self.tags = tags
+        self.verdicts: dict[str, Verdict] = {}
+        self.kinds: dict[str, _Ranked] = {kind: _Ranked() for kind in _KINDS}
+        self.lacking: list[str] = []  # clusters without the tags, in configuration order
+        self.dirty: set[str] = set()
+
+
+# Verdict kinds and how an explanation names them; the grouped explanation keeps this order.
+_KINDS = {"fits": "fits", "busy": "busy", "health": "not up", "never": "never probed", "small": "too small"}
+MAX_SHAPES = 256  # shapes of job remembered at once (the least recently used goes first)
+
+
+class Placer:
+    """Chooses a cluster and node for each job from every cluster's current view.
+
+    With a thousand clusters a job cannot afford to look at each of them. The placer keeps,
+    per shape of job, every cluster's verdict ranked by kind (the clusters that fit by score,
+    the rest in configuration order); `update` marks a changed cluster, and the next job of
+    each shape judges that cluster again. A decision then costs the changed clusters plus a
+    look at the top of a heap, whatever the number of clusters. Pure: no I/O, no clock.
+    """
+
+    def __init__(self, strategy: str = "spread", views: Iterable[ClusterView] = ()) -> None:
+        self.strategy = strategy
+        self._views: dict[str, ClusterView] = {}
+        self._order: dict[str, int] = {}  # configuration order
+        self._rank: dict[str, int] = {}   # name order: equal scores go to the greatest name
+        self._restricted: list[str] = []  # clusters with an entrypoint allow-list
+        self._shapes: dict[tuple[str, frozenset[str]], _Shape] = {}
+        self._spare: set[str] = set()
+        self._spare_dirty: set[str] = set()
+        for view in views:
+            self.update(view)
+
+    def update(self, view: ClusterView) -> None:
+        """A cluster's view changed (or a cluster is new)."""
+        name = view.name
+        old = self._views.get(name)
+        self._views[name] = view
+        if old is None or (old.config is not view.config and old.config != view.config):
+            self._order = {n: i for i, n in enumerate(self._views)}
+            self._rank = {n: i for i, n in enumerate(sorted(self._views))}
+            self._restricted = [n for n, v in self._views.items()
+                                if v.config.allowed_script_dirs or v.config.allowed_interpreters]
+            self._shapes.clear()  # ranks moved: every shape is judged afresh
+        elif old.health == view.health and old.nodes == view.nodes:
+            return  # a probe that saw nothing new: every verdict stands
+        tags = view.config.tags
+        for shape in self._shapes.values():
+            if shape.tags <= tags:
+                shape.dirty.add(name)
+        self._spare_dirty.add(name)
+
+    @property
+    def views(self) -> list[ClusterView]:
+        return list(self._views.values())
+
+    def has_spare(self) -> bool:
+        """Whether any usable cluster has a whole free unit of CPU, GPU or a custom resource:
+        the signal to take another job from the broker."""
+        while self._spare_dirty:
+            name = self._spare_dirty.pop()
+            if _has_spare(self._views[name]):
+                self._spare.add(name)
+            else:
+                self._spare.discard(name)
+        return bool(self._spare)
+
+    def _shape(self, need: Mapping[str, float], tags: frozenset[str]) -> _Shape:
+        key = (repr(sorted(need.items())), tags)
+        shape = self._shapes.pop(key, None)
+        if shape is None:
+            shape = _Shape(need, tags)
+            shape.lacking = [n for n, v in self._views.items() if not tags <= v.config.tags]
+            shape.dirty.update(n for n, v in self._views.items() if tags <= v.config.tags)
+            if len(self._shapes) >= MAX_SHAPES:
+                del self._shapes[next(iter(self._shapes))]
+        self._shapes[key] = shape  # the most recently used last
+        if shape.dirty:
+            self._judge(shape)
+        return shape
+
+    def _judge(self, shape: _Shape) -> None:
+        for name in shape.dirty:
+            view = self._views[name]
+            old = shape.verdicts.get(name)
+            verdict = shape.verdicts[name] = _verdict(view, shape.need, self.strategy)
+            if old is not None and old[0] != verdict[0]:
+                shape.kinds[old[0]].discard(name)
+            kind, score, spares_gpus = verdict[0], verdict[1], verdict[2]
+            if kind == "fits":
+                shape.kinds[kind].add(name, (not spares_gpus, -score, -self._rank[name]))
+            elif old is None or old[0] != kind:
+                shape.kinds[kind].add(name, self._order[name])
+        shape.dirty.clear()
+
+    def choose(self, job: Job, exclude: frozenset[str] = frozenset()) -> Placement | NoFit:
+        shape = self._shape(needs(job), job.cluster_tags)
+        verdicts = shape.verdicts
+        # What this job's own command and past failures rule out, beyond its shape.
+        refused: dict[str, str] = {}
+        for name in self._restricted:
+            config = self._views[name].config
+            if name in verdicts:
+                refusal = entrypoint_refusal(job.command, config.allowed_script_dirs, config.allowed_interpreters)
+                if refusal is not None:
+                    refused[name] = f"{name}: {refusal}"
+        excluded = [n for n in exclude if n in verdicts and n not in refused and verdicts[n][0] in ("fits", "busy")]
+        counts = {kind: len(ranked) for kind, ranked in shape.kinds.items()}
+        for name in itertools.chain(refused, excluded):
+            counts[verdicts[name][0]] -= 1
+        skip = set(refused).union(excluded)
+
+        preferred = job.preferred_cluster
+        chosen: str | None = None
+        if preferred in verdicts and preferred not in skip and verdicts[preferred][0] == "fits":
+            chosen = preferred
+        else:
+            best = shape.kinds["fits"].first(1, skip)
+            chosen = best[0] if best else None
+
+        if len(self._views) <= EXPLAIN_EACH_UP_TO:
+            explained = self._each(shape, refused, skip)
+        else:
+            explained = self._grouped(shape, counts, refused, excluded, skip)
+        if preferred and preferred not in self._views:
+            explained = f"preferred {preferred}: not configured; " + explained
+        if chosen is not None:
+            _, score, _, node_id, _ = verdicts[chosen]
+            if chosen == preferred:
+                why = f"chose preferred {chosen}"
+            else:
+                why = f"chose {chosen}" + (f" (fell back from preferred {preferred})" if preferred else "")
+            return Placement(chosen, node_id, score, why + "; " + explained)
+        ever_possible = counts["fits"] + counts["busy"] + counts["health"] + len(excluded) > 0
+        infeasible = not ever_possible and not counts["never"]
+        if infeasible and refused:
+            head = "infeasible: no configured cluster both admits its entrypoint and has a node it fits even when idle"
+        elif infeasible:
+            head = "infeasible: fits no node of any configured cluster even when idle"
+        else:
+            head = "no cluster fits now"
+        return NoFit(infeasible, head + "; " + explained)
+
+    def _note(self, shape: _Shape, name: str, refused: Mapping[str, str], skip: Collection[str]) -> str:
+        if name in refused:
+            return refused[name]
+        verdict = shape.verdicts.get(name)
+        if verdict is None:
+            missing = shape.tags - self._views[name].config.tags
+            return f"{name}: lacks tags {','.join(sorted(missing))}"
+        if verdict[0] in ("fits", "busy") and name in skip:
+            return f"{name}: excluded after a failed dispatch"
+        return verdict[4]
+
+    def _each(self, shape: _Shape, refused: Mapping[str, str], skip: Collection[str]) -> str:
+        """A few clusters: every one of them, in configuration order."""
+        return "; ".join(self._note(shape, name, refused, skip) for name in self._views)
+
+    def _grouped(self, shape: _Shape, counts: Mapping[str, int], refused: Mapping[str, str],
+                 excluded: list[str], skip: Collection[str], each: int = 3) -> str:
+        """Many clusters: a count per kind and the first few of each (those that fit, the best
+        first; the rest in configuration order), so a decision over a thousand stays one line."""
+        groups: list[tuple[str, int, list[str]]] = []
+        for kind, label in _KINDS.items():
+            groups.append((label, counts[kind], shape.kinds[kind].first(each, skip)))
+            if kind == "busy":
+                groups.append(("excluded", len(excluded), sorted(excluded, key=self._order.__getitem__)[:each]))
+        groups.append(("lacks tags", len(shape.lacking), shape.lacking[:each]))
+        groups.append(("refuses it", len(refused), list(refused)[:each]))
+        parts = []
+        for label, count, names in groups:
+            if count:
+                more = f", and {count - len(names)} more" if count > len(names) else ""
+                parts.append(f"{label} {count}: " + ", ".join(self._note(shape, n, refused, skip) for n in names) + more)
+        return "; ".join(parts)
+
+
 def choose(job: Job, views: Iterable[ClusterView], strategy: str = "spread",
            exclude: frozenset[str] = frozenset()) -> Placement | NoFit:
-    need = needs(job)
-    shape = f"{strategy} {sorted(need.items())}"  # a str: its hash is computed once
-    noted: list[tuple[str, float, str]] = []  # (kind, rank, note) per cluster, in order
-    candidates: list[tuple[bool, float, str, str]] = []  # (spares GPUs, score, cluster, node)
-    ever_possible = False
-    unknown = False
-    refused = False
-    preferred_hit: tuple[float, str, str] | None = None
-    views = list(views)
-    if job.preferred_cluster and job.preferred_cluster not in {v.name for v in views}:
-        noted.append(("preferred", 0.0, f"preferred {job.preferred_cluster}: not configured"))
-    for view in views:
-        name = view.name
-        config = view.config
-        if job.cluster_tags and not job.cluster_tags <= config.tags:
-            noted.append(("lacks tags", 0.0,
-                          f"{name}: lacks tags {','.join(sorted(job.cluster_tags - config.tags))}"))
-            continue
-        if config.allowed_script_dirs or config.allowed_interpreters:
-            refusal = entrypoint_refusal(job.command, config.allowed_script_dirs, config.allowed_interpreters)
-            if refusal is not None:
-                refused = True
-                noted.append(("refuses it", 0.0, f"{name}: {refusal}"))
-                continue
-        # The same view answers for every job of the same shape until it changes: with many
-        # clusters, placement then costs a look-up per cluster, not a computation.
-        verdict = view.verdicts.get(shape)
-        if verdict is None:
-            verdict = view.verdicts[shape] = _verdict(view, need, strategy)
-        kind, score, spares_gpus, node_id, text = verdict
-        if kind == "fits" and name not in exclude:
-            noted.append(("fits", score, text))
-            candidates.append((spares_gpus, score, name, node_id))
-            if name == job.preferred_cluster:
-                preferred_hit = (score, name, node_id)
-            ever_possible = True
-        elif kind == "never":
-            unknown = True
-            noted.append(("never probed", 0.0, text))
-        elif kind == "small":
-            noted.append(("too small", 0.0, text))
-        else:
-            ever_possible = True
-            if kind == "health":
-                noted.append(("not up", 0.0, text))
-            elif name in exclude:
-                noted.append(("excluded", 0.0, f"{name}: excluded after a failed dispatch"))
-            else:
-                noted.append(("busy", 0.0, text))
-    explained = "; ".join(t for _, _, t in noted) if len(views) <= EXPLAIN_EACH_UP_TO else _grouped(noted)
-    if preferred_hit is not None:
-        score, cluster, node_id = preferred_hit
-        return Placement(cluster, node_id, score, f"chose preferred {cluster}; " + explained)
-    if candidates:
-        _, score, cluster, node_id = max(candidates)
-        why = f"chose {cluster}"
-        if job.preferred_cluster:
-            why += f" (fell back from preferred {job.preferred_cluster})"
-        return Placement(cluster, node_id, score, why + "; " + explained)
-    infeasible = not ever_possible and not unknown
-    if infeasible and refused:
-        head = "infeasible: no configured cluster both admits its entrypoint and has a node it fits even when idle"
-    elif infeasible:
-        head = "infeasible: fits no node of any configured cluster even when idle"
-    else:
-        head = "no cluster fits now"
-    return NoFit(infeasible, head + "; " + explained)
-
-
-def _grouped(noted: list[tuple[str, float, str]], each: int = 3) -> str:
-    """Many clusters: a count per kind of note and the first few of each, so a decision
-    over a thousand clusters still fits on one readable line (the best that fit first)."""
-    groups: dict[str, list[tuple[float, str]]] = {}
-    for kind, rank, text in noted:
-        groups.setdefault(kind, []).append((rank, text))
-    parts = [text for _, text in groups.pop("preferred", [])]
-    for kind, ranked in groups.items():
-        texts = [text for _, text in (heapq.nlargest(each, ranked) if kind == "fits" else ranked[:each])]
-        more = f", and {len(ranked) - each} more" if len(ranked) > each else ""
-        parts.append(f"{kind} {len(ranked)}: " + ", ".join(texts) + more)
-    return "; ".join(parts)
+    """One decision over these views (a placer for a single job)."""
+    return Placer(strategy, views).choose(job, exclude)
 
 
 def has_spare_capacity(views: Iterable[ClusterView]) -> bool:
-    """Whether any usable cluster has a whole free unit of CPU, GPU or a custom resource:
-    the signal to take another job from the broker."""
-    for view in views:
-        spare = view.verdicts.get(_SPARE)
-        if spare is None:
-            spare = view.verdicts[_SPARE] = _has_spare(view)
-        if spare:
-            return True
-    return False
-
-
-_SPARE = "spare"  # the key of has_spare_capacity's answer among a view's verdicts
+    """Placer.has_spare over these views."""
+    return Placer("spread", views).has_spare()
 
 
 def _has_spare(view: ClusterView) -> bool:

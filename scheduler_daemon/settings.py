@@ -106,6 +106,8 @@ class Settings:
     window_size: int = 8
     probe_interval_s: float = 1.0
     probe_timeout_s: float = 2.0
+    # With this many clusters or more, the probes run in a process of their own (0: always).
+    probe_process_from: int = 50
     track_interval_s: float = 0.5
     dispatch_timeout_s: float = 10.0
     degraded_latency_s: float = 1.0
@@ -141,6 +143,7 @@ class Settings:
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
+        _check(self.probe_process_from >= 0, "probe_process_from", "must be >= 0")
         _check(self.down_after_failures >= 1, "down_after_failures", "must be >= 1")
         _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")

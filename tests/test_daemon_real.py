@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import aio_pika
 import orjson
@@ -222,3 +223,52 @@ async def _dead_letters(s, n, timeout=10.0):
             await msg.ack()
     assert len(out) == n, out
     return out
+
+
+async def test_probes_from_a_child_process_place_by_what_ray_reports_and_die_with_the_daemon(tmp_path, ray_clusters):
+    """With `probe_process_from: 0` the probes run in a child process; placement follows what
+    the real clusters report (a GPU job to the GPU cluster), and a daemon killed outright
+    leaves no probe process behind (its input closes)."""
+    s = make_settings(tmp_path, probe_process_from=0)
+    from scheduler_daemon.broker import declare
+    await declare(s)
+    proc = daemon_launcher(s, ray_clusters, tmp_path)()
+    try:
+        async with Events(s) as ev:
+            gpu_job, cpu_job = sid("child-gpu"), sid("child-cpu")
+            await publish(s, {"submission_id": gpu_job, "entrypoint": "/bin/true",
+                              "resource_requirements": {"CPU": 1, "GPU": 1}})
+            await publish(s, {"submission_id": cpu_job, "entrypoint": "/bin/true"})
+            await ev.wait_final([gpu_job, cpu_job], timeout=90)
+            assert ev.of(gpu_job)[-1]["cluster"] == "gpu_cluster"
+            assert ev.of(cpu_job)[-1]["cluster"] == "cpu_cluster"
+            assert {ev.states(j)[-1] for j in (gpu_job, cpu_job)} == {"SUCCEEDED"}
+        children = _probe_children(proc.pid)
+        assert len(children) == 1, (tmp_path / "daemon.log").read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{children[0]}").exists() and _state(children[0]) != "Z":
+        assert time.monotonic() < deadline, "the probe process outlived the daemon"
+        await asyncio.sleep(0.1)
+
+
+def _probe_children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"scheduler_daemon.probe_child" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -8,14 +8,19 @@ import pytest
 
 from scheduler_daemon.clusters import ClusterView, HealthState, Node, ray_name
 from scheduler_daemon.jobs import GIB, Job
-from scheduler_daemon.placement import NoFit, Placement, choose, has_spare_capacity, needs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from producers.schema import entrypoint_refusal
+from scheduler_daemon import placement
+from scheduler_daemon.placement import NoFit, Placement, Placer, choose, has_spare_capacity, needs
 from scheduler_daemon.settings import ClusterConfig
 
 UP, DEGRADED, DOWN, UNKNOWN = HealthState.UP, HealthState.DEGRADED, HealthState.DOWN, HealthState.UNKNOWN
 
 
-def job(resources: Mapping[str, float] | None = None, **kw: Any) -> Job:
-    return Job(submission_id="s1", job_id="j1", entrypoint="echo",
+def job(resources: Mapping[str, float] | None = None, entrypoint: str = "echo", **kw: Any) -> Job:
+    return Job(submission_id="s1", job_id="j1", entrypoint=entrypoint,
                resources=dict({"CPU": 1.0} if resources is None else resources), **kw)
 
 
@@ -235,12 +240,119 @@ def test_explanation_over_many_clusters_groups_them() -> None:
     assert len(p.explanation) < 800
 
 
-def test_verdicts_are_kept_per_view_and_shape() -> None:
-    """A view answers each shape of job once; a job of another shape, or a new view, asks again."""
-    c = cpu_cluster()
-    first = placed(choose(job({"CPU": 1}), [c]))
-    assert len(c.verdicts) == 1
-    assert placed(choose(job({"CPU": 1}), [c])) == first
-    choose(job({"CPU": 2}), [c])
-    assert len(c.verdicts) == 2
-    assert nofit(choose(job({"CPU": 1}), [cpu_cluster(used_cpu=2)]))
+def test_the_placer_judges_a_cluster_again_only_once_its_view_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cluster is judged once per shape of job; afterwards only the clusters whose view
+    changed (a probe with new numbers, a reservation, a health change) are judged again."""
+    judged: list[str] = []
+    real = placement._verdict
+    monkeypatch.setattr(placement, "_verdict", lambda v, *a: judged.append(v.name) or real(v, *a))
+    views = [view(f"c{i}", node(f"n{i}", {"CPU": 4})) for i in range(50)]
+    placer = Placer("spread", views)
+    placed(placer.choose(job({"CPU": 1})))
+    assert len(judged) == 50
+    placed(placer.choose(job({"CPU": 1})))
+    placer.update(view("c7", node("n7", {"CPU": 4})))  # a new probe, the same numbers
+    placed(placer.choose(job({"CPU": 1})))
+    assert len(judged) == 50
+    placer.update(view("c7", node("n7", {"CPU": 4}, {"CPU": 3})))
+    placer.update(view("c9", node("n9", {"CPU": 4}), health=DOWN))
+    placed(placer.choose(job({"CPU": 1})))
+    assert sorted(judged[50:]) == ["c7", "c9"]
+    placed(placer.choose(job({"CPU": 2})))  # a new shape: every cluster once
+    assert len(judged) == 102
+
+
+def test_the_placer_follows_the_best_cluster_as_capacity_moves() -> None:
+    views = [view(f"c{i}", node(f"n{i}", {"CPU": 8}, {"CPU": i})) for i in range(20)]
+    placer = Placer("spread", views)
+    assert placed(placer.choose(job())).cluster == "c0"
+    placer.update(view("c0", node("n0", {"CPU": 8}, {"CPU": 8})))
+    assert placed(placer.choose(job())).cluster == "c1"
+    placer.update(view("c19", node("n19", {"CPU": 8})))
+    assert placed(placer.choose(job())).cluster == "c19"
+    assert placer.has_spare()
+    for i in range(20):
+        placer.update(view(f"c{i}", node(f"n{i}", {"CPU": 8}, {"CPU": 8})))
+    assert not placer.has_spare()
+    r = nofit(placer.choose(job()))
+    assert not r.infeasible and "busy 20:" in r.explanation
+
+
+# ---- the placer against a plain look at every cluster ----------------------------------------
+
+def reference(job_: Job, views: list[ClusterView], strategy: str, exclude: frozenset[str]) -> tuple[Any, ...]:
+    """What a decision must be, from every cluster's verdict computed directly."""
+    need = needs(job_)
+    candidates, kinds = [], []
+    for v in views:
+        cfg = v.config
+        if not job_.cluster_tags <= cfg.tags:
+            kinds.append("lacks tags")
+            continue
+        if entrypoint_refusal(job_.command, cfg.allowed_script_dirs, cfg.allowed_interpreters):
+            kinds.append("refuses it")
+            continue
+        kind, score, spares, node_id, _ = placement._verdict(v, need, strategy)
+        if kind in ("fits", "busy") and v.name in exclude:
+            kind = "excluded"
+        kinds.append(kind)
+        if kind == "fits":
+            candidates.append((spares, score, v.name, node_id))
+    fitting = {c[2]: c for c in candidates}
+    if job_.preferred_cluster in fitting:
+        _, score, name, node_id = fitting[job_.preferred_cluster]
+        return ("placed", name, node_id, score)
+    if candidates:
+        _, score, name, node_id = max(candidates)
+        return ("placed", name, node_id, score)
+    infeasible = not {"fits", "busy", "health", "excluded", "never"} & set(kinds)
+    return ("nofit", infeasible)
+
+
+def outcome(decision: Placement | NoFit) -> tuple[Any, ...]:
+    if isinstance(decision, Placement):
+        return ("placed", decision.cluster, decision.node_id, decision.score)
+    return ("nofit", decision.infeasible)
+
+
+_cluster_st = st.tuples(
+    st.lists(st.tuples(st.sampled_from([1.0, 2.0, 4.0, 8.0]), st.sampled_from([0.0, 1.0, 2.0])), min_size=0, max_size=3),
+    st.sampled_from([0.0, 0.5, 1.0]),  # fraction of each node's CPUs in use
+    st.sampled_from([UP, UP, DEGRADED, DOWN, UNKNOWN]),
+)
+
+
+def _sim_view(i: int, spec: tuple[Any, ...], tags: frozenset[str], locked: bool) -> ClusterView:
+    shapes, frac, health = spec
+    nodes = tuple(node(f"n{i}.{k}", {"CPU": cpu, **({"GPU": gpu} if gpu else {})}, {"CPU": cpu * frac})
+                  for k, (cpu, gpu) in enumerate(shapes))
+    cfg = ClusterConfig(f"c{i:02}", f"http://c{i}:8265", tags=tags, weight=1.0 + (i % 3) / 2,
+                        allowed_script_dirs=("/opt/jobs/",) if locked else ())
+    return ClusterView(cfg, health, nodes)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 30), data=st.data())
+def test_the_placer_decides_as_a_look_at_every_cluster_would(n: int, data: st.DataObject) -> None:
+    """Random fleets, then random changes and jobs: after each change the placer's decision
+    is the one a fresh look at every cluster gives."""
+    strategy = data.draw(st.sampled_from(["spread", "pack"]))
+    tags = [data.draw(st.sampled_from([frozenset(), frozenset({"gpu"}), frozenset({"gpu", "big"})])) for _ in range(n)]
+    locked = [data.draw(st.booleans()) and i % 4 == 0 for i in range(n)]
+    views = [_sim_view(i, data.draw(_cluster_st), tags[i], locked[i]) for i in range(n)]
+    placer = Placer(strategy, views)
+    for _ in range(data.draw(st.integers(1, 12))):
+        if data.draw(st.booleans()):
+            i = data.draw(st.integers(0, n - 1))
+            views[i] = _sim_view(i, data.draw(_cluster_st), tags[i], locked[i])
+            placer.update(views[i])
+        j = job({"CPU": data.draw(st.sampled_from([0.5, 1.0, 2.0, 6.0])),
+                 **({"GPU": 1.0} if data.draw(st.booleans()) else {})},
+                entrypoint=data.draw(st.sampled_from(["echo", "/opt/jobs/a.sh"])),
+                cluster_tags=data.draw(st.sampled_from([frozenset(), frozenset({"gpu"})])),
+                preferred_cluster=data.draw(st.sampled_from([None, "c00", "c03", "nowhere"])))
+        exclude = frozenset(data.draw(st.lists(st.sampled_from([f"c{i:02}" for i in range(n)]), max_size=3)))
+        decision = placer.choose(j, exclude)
+        assert outcome(decision) == reference(j, views, strategy, exclude), decision.explanation
+        if n <= placement.EXPLAIN_EACH_UP_TO:
+            assert decision.explanation == choose(j, views, strategy, exclude).explanation

@@ -101,6 +101,8 @@ def test_unknown_key_names_it(tmp_path: Path) -> None:
     ("probe_interval_s", "-1"),
     ("probe_timeout_s", "0"),
     ("probe_timeout_s", ".nan"),
+    ("probe_process_from", "-1"),
+    ("probe_process_from", "'many'"),
     ("lost_after_s", ".inf"),
     ("snapshot_margin_s", "-0.5"),
     ("down_after_failures", "0"),
