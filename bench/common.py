@@ -73,6 +73,15 @@ class SimFleet:
                     out.update(orjson.loads(await resp.read()))
         return out
 
+    async def submissions(self) -> int:
+        """How many POST /api/jobs/ the fleet has had (cheap: for polling during a run)."""
+        n = 0
+        async with aiohttp.ClientSession() as http:
+            for url in self.stats_urls:
+                async with http.get(url, params={"only": "submissions"}) as resp:
+                    n += orjson.loads(await resp.read())["submissions"]
+        return n
+
     async def submission_times(self) -> list[float]:
         return sorted(t for c in (await self.stats()).values() for t in c["submission_times"])
 
@@ -142,6 +151,22 @@ async def publish_fast(amqp_url: str, exchange: str, routing_key: str, bodies: I
             await asyncio.gather(*pending)
             n += len(pending)
     return n
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU time of a process (all its threads) so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent busy by the whole machine so far, all cores together (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle and iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def sustained_rate(times: list[float], lo: float = 0.1, hi: float = 0.9) -> float:

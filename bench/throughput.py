@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import tempfile
 import time
 import uuid
@@ -27,7 +28,8 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import machine, publish_fast, quiet_logs, sim_fleet, sustained_rate, SimFleet
+from common import (SimFleet, cpu_seconds, machine, machine_busy_seconds, publish_fast, quiet_logs, sim_fleet,
+                    sustained_rate)
 from scheduler_daemon.broker import declare
 from scheduler_daemon.daemon import Daemon
 from scheduler_daemon.settings import ClusterConfig
@@ -38,13 +40,13 @@ def bodies(n: int, prefix: str) -> list[bytes]:
     return [orjson.dumps({"submission_id": f"{prefix}-{i}", "entrypoint": "/bin/sleep 0.2"}) for i in range(n)]
 
 
-async def wait_count(fleet: SimFleet, since: float, n: int, timeout: float) -> list[float]:
+async def wait_posts(fleet: SimFleet, n: int, timeout: float) -> int:
+    """Wait until the fleet has had `n` POSTs in all (polling a count, which costs the process
+    under test next to nothing); returns how many it has had."""
     deadline = time.monotonic() + timeout
-    while True:
-        times = [t for t in await fleet.submission_times() if t >= since]
-        if len(times) >= n or time.monotonic() > deadline:
-            return times
+    while (count := await fleet.submissions()) < n and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
+    return count
 
 
 async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
@@ -87,6 +89,7 @@ async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
 
 async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[ClusterConfig, ...] | None = None,
                    settle_s: float = 2.0) -> float:
+    """The daemon's sustained rate; also prints where the machine's CPU went during the run."""
     with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
         s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5)
         await declare(s)
@@ -96,11 +99,25 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
                                bodies(n, f"rmcs-{uuid.uuid4().hex[:6]}"))
             # The consumer waits for the first probes; give them time before the clock starts.
             daemon = Daemon(s, clusters or fleet.configs())
+            before = await fleet.submissions()
             t0 = time.time()
             await daemon.start()
-            times = await wait_count(fleet, t0, n, 600)
+            await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
+            child = daemon.prober.child.pid if daemon.prober.child is not None else None
+            cpu0 = {"daemon": cpu_seconds(), "probe process": cpu_seconds(child),
+                    "fleet": cpu_seconds(fleet.proc.pid), "machine": machine_busy_seconds()}
+            c0, w0 = await fleet.submissions(), time.monotonic()
+            c1 = await wait_posts(fleet, before + n, 600)
+            w1 = time.monotonic()
+            cpu1 = {"daemon": cpu_seconds(), "probe process": cpu_seconds(child),
+                    "fleet": cpu_seconds(fleet.proc.pid), "machine": machine_busy_seconds()}
+            times = [t for t in await fleet.submission_times() if t >= t0]
             if len(times) < n:
                 print(f"  (only {len(times)} of {n} dispatched within the time limit)")
+            jobs = max(1, c1 - c0)
+            print(f"  cores busy while dispatching {jobs} jobs in {w1 - w0:.1f} s (of {os.cpu_count()}): "
+                  + ", ".join(f"{k} {(cpu1[k] - cpu0[k]) / (w1 - w0):.2f}" for k in cpu0)
+                  + f"; daemon CPU per job {1000 * (cpu1['daemon'] - cpu0['daemon']) / jobs:.2f} ms")
             return sustained_rate(times)
         finally:
             if daemon is not None:
@@ -110,7 +127,7 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=5_000)
+    p.add_argument("--jobs", type=int, default=10_000)
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--window", type=int, default=64, help="daemon window_size = the bare loop's prefetch")
     p.add_argument("--probe-clusters", type=int, default=0, help="also run with this many clusters probed")
