@@ -153,10 +153,12 @@ async def publish_fast(amqp_url: str, exchange: str, routing_key: str, bodies: I
     return n
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """User plus system CPU time of a process (all its threads) so far; 0 if it is gone."""
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of a process (all its threads) so far; 0 if there is none."""
+    if pid is None:
+        return 0.0
     try:
-        fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

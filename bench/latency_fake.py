@@ -30,13 +30,16 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--probe-process-from", type=int, default=None,
+                   help="the daemon's setting (default: its own default, 200)")
     a = p.parse_args()
     quiet_logs()
     print(f"machine: {machine()}")
     async with sim_fleet(a.clusters, servers=2, cpus=64, duration=0.05, report_submissions=True) as fleet:
         assert fleet.posts is not None
         with tempfile.TemporaryDirectory() as tmp:
-            s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5)
+            extra = {} if a.probe_process_from is None else {"probe_process_from": a.probe_process_from}
+            s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5, **extra)
             async with running_daemon(s, fleet.configs()):
                 await asyncio.sleep(1.5)  # first probes
                 conn = await aio_pika.connect(s.amqp_url)

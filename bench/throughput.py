@@ -104,12 +104,12 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
             await daemon.start()
             await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
             child = daemon.prober.child.pid if daemon.prober.child is not None else None
-            cpu0 = {"daemon": cpu_seconds(), "probe process": cpu_seconds(child),
+            cpu0 = {"daemon": cpu_seconds(os.getpid()), "probe process": cpu_seconds(child),
                     "fleet": cpu_seconds(fleet.proc.pid), "machine": machine_busy_seconds()}
             c0, w0 = await fleet.submissions(), time.monotonic()
             c1 = await wait_posts(fleet, before + n, 600)
             w1 = time.monotonic()
-            cpu1 = {"daemon": cpu_seconds(), "probe process": cpu_seconds(child),
+            cpu1 = {"daemon": cpu_seconds(os.getpid()), "probe process": cpu_seconds(child),
                     "fleet": cpu_seconds(fleet.proc.pid), "machine": machine_busy_seconds()}
             times = [t for t in await fleet.submission_times() if t >= t0]
             if len(times) < n:

@@ -107,7 +107,7 @@ class Settings:
     probe_interval_s: float = 1.0
     probe_timeout_s: float = 2.0
     # With this many clusters or more, the probes run in a process of their own (0: always).
-    probe_process_from: int = 50
+    probe_process_from: int = 200
     track_interval_s: float = 0.5
     dispatch_timeout_s: float = 10.0
     degraded_latency_s: float = 1.0
