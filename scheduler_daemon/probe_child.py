@@ -29,7 +29,7 @@ import orjson
 
 from .clusters import Node, ProbeError, Snapshot, parse_cluster_status
 from .rayapi import RayDashboard, RayError
-from .settings import ClusterConfig, Secret, Settings
+from .settings import ClusterConfig, Settings
 
 FLUSH_S = 0.02  # results are sent in batches at most this old
 SETUP_LIMIT = 64 * 1024 * 1024  # bytes in the set-up line
@@ -58,7 +58,7 @@ async def fetch(dashboard: RayDashboard, timeout_s: float) -> tuple[Snapshot | N
 def setup_line(settings: Settings, configs: Iterable[ClusterConfig]) -> bytes:
     """What the child needs: timing, and each cluster's dashboard (with its headers)."""
     clusters = [{"name": c.name, "dashboard_url": c.dashboard_url, "ca_file": c.ca_file,
-                 "headers": {k: v.reveal() if isinstance(v, Secret) else v for k, v in c.headers.items()}}
+                 "headers": c.revealed_headers()}
                 for c in configs]
     return orjson.dumps({"interval_s": settings.probe_interval_s, "timeout_s": settings.probe_timeout_s,
                          "client_timeout_s": settings.dispatch_timeout_s, "clusters": clusters}) + b"\n"

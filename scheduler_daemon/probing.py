@@ -207,7 +207,7 @@ class Prober:
             if not line:
                 return f"exited with code {await proc.wait()}"
             try:
-                results = [probe_child.decode(item, self._snapshot_of(item[0])) for item in orjson.loads(line)]
+                results = [probe_child.decode(item, self.clusters[item[0]].snapshot) for item in orjson.loads(line)]
             except (ValueError, TypeError, KeyError, IndexError) as exc:
                 return f"sent an unreadable line: {type(exc).__name__}: {exc}"
             for name, snapshot, error, latency in results:
@@ -216,9 +216,6 @@ class Prober:
                 if changed is not None:
                     await self._on_health(state, changed)
             self._on_probe()
-
-    def _snapshot_of(self, name: str) -> Snapshot | None:
-        return self.clusters[name].snapshot
 
     async def _end_child(self, proc: asyncio.subprocess.Process) -> None:
         """Close its input (the child's signal to stop); kill it if it lingers."""

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import yarl
 
-from .settings import ClusterConfig, Secret
+from .settings import ClusterConfig
 
 
 class RayError(Exception):
@@ -64,8 +64,7 @@ class RayDashboard:
         self._probe: _ProbeConnection | None = None
         self._limit = limit
         self._ssl = config.ssl_context()  # built once: a bad CA bundle fails at start, not per request
-        self._headers = {name: value.reveal() if isinstance(value, Secret) else value
-                         for name, value in config.headers.items()}
+        self._headers = config.revealed_headers()
         # Header values to blank out of any error text (a proxy or dashboard may echo a request).
         self._secrets = sorted((v for v in self._headers.values() if len(v) >= 4), key=len, reverse=True)
 
@@ -209,25 +208,18 @@ class _ProbeConnection:
 
     async def _get_once_more(self, path: str) -> tuple[int, bytes]:
         async with self._lock:
-            fresh = self._conn is None
-            try:
-                return await self._get(path)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                self.close()
-                if fresh:
-                    raise RayAmbiguous(f"{self.name}: {type(exc).__name__} on GET {path}: {exc}") from None
-                # A kept-alive connection the server had closed meanwhile: once more, afresh.
+            while True:
+                reused = self._conn is not None
                 try:
                     return await self._get(path)
-                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as again:
+                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
                     self.close()
-                    raise RayAmbiguous(f"{self.name}: {type(again).__name__} on GET {path}: {again}") from None
-            except ValueError as exc:
-                self.close()
-                raise RayAmbiguous(f"{self.name}: unreadable answer to GET {path}: {exc}") from None
-            except BaseException:  # cancelled (a timeout) midway: the connection's state is unknown
-                self.close()
-                raise
+                    if reused and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
+                        continue  # a kept-alive connection the server had closed meanwhile: once more, afresh
+                    raise RayAmbiguous(f"{self.name}: {type(exc).__name__} on GET {path}: {exc}") from None
+                except BaseException:  # cancelled (a timeout) midway: the connection's state is unknown
+                    self.close()
+                    raise
 
     async def _get(self, path: str) -> tuple[int, bytes]:
         if self._conn is None:

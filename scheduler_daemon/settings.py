@@ -74,6 +74,10 @@ class ClusterConfig:
     allowed_script_dirs: tuple[str, ...] = ()
     allowed_interpreters: tuple[str, ...] = ()
 
+    def revealed_headers(self) -> dict[str, str]:
+        """The dashboard headers as sent: secrets revealed (for the request alone, never a log)."""
+        return {name: value.reveal() if isinstance(value, Secret) else value for name, value in self.headers.items()}
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for an https:// dashboard with a CA bundle (None: aiohttp's default)."""
         if not self.ca_file:
