@@ -212,7 +212,8 @@ class _ProbeConnection:
                 reused = self._conn is not None
                 try:
                     return await self._get(path)
-                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+                except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                        ValueError) as exc:
                     self.close()
                     if reused and isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
                         continue  # a kept-alive connection the server had closed meanwhile: once more, afresh

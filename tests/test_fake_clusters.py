@@ -13,6 +13,7 @@ import pytest
 
 from fakeray import Fleet, fake_fleet, is_fake_task
 from scheduler_daemon.clusters import HealthState
+from scheduler_daemon.settings import ClusterConfig
 from scheduler_daemon.rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
 from support import Events, make_settings, publish, publish_many, running_daemon, sid
 
@@ -395,3 +396,22 @@ async def test_simulator_nodes_of_different_sizes_on_a_compressed_clock() -> Non
     assert c.get_job("b")[1]["status"] == "RUNNING"
     assert c.submit({"entrypoint": "/bin/true", "submission_id": "a"})[0] == 500  # already exists
     assert c.get_job("nope")[0] == 404
+
+
+async def test_a_probe_answer_with_oversized_headers_is_a_ray_error_not_a_crash() -> None:
+    """Headers past the stream's limit end the probe with RayAmbiguous, as any unreadable answer."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    d = RayDashboard(ClusterConfig("big", f"http://127.0.0.1:{port}"), 2.0)
+    try:
+        with pytest.raises(RayAmbiguous, match="LimitOverrunError"):
+            await d.cluster_status()
+    finally:
+        await d.close()
+        server.close()
