@@ -227,7 +227,7 @@ async def _dead_letters(s, n, timeout=10.0):
 
 async def test_probes_from_a_child_process_place_by_what_ray_reports_and_die_with_the_daemon(tmp_path, ray_clusters):
     """With `probe_process_from: 0` the probes run in a child process; placement follows what
-    the real clusters report (a GPU job to the GPU cluster), and a daemon killed outright
+    the real clusters report (a GPU job to the only cluster with a GPU), and a daemon killed outright
     leaves no probe process behind (its input closes)."""
     s = make_settings(tmp_path, probe_process_from=0)
     from scheduler_daemon.broker import declare
@@ -240,8 +240,10 @@ async def test_probes_from_a_child_process_place_by_what_ray_reports_and_die_wit
                               "resource_requirements": {"CPU": 1, "GPU": 1}})
             await publish(s, {"submission_id": cpu_job, "entrypoint": "/bin/true"})
             await ev.wait_final([gpu_job, cpu_job], timeout=90)
+            # Only the GPU cluster reports a GPU; the CPU job may go to either (an earlier test's
+            # jobs can still fill the CPU cluster in Ray's 5-second snapshot).
             assert ev.of(gpu_job)[-1]["cluster"] == "gpu_cluster"
-            assert ev.of(cpu_job)[-1]["cluster"] == "cpu_cluster"
+            assert ev.of(cpu_job)[-1]["cluster"] in ("cpu_cluster", "gpu_cluster")
             assert {ev.states(j)[-1] for j in (gpu_job, cpu_job)} == {"SUCCEEDED"}
         children = _probe_children(proc.pid)
         assert len(children) == 1, (tmp_path / "daemon.log").read_text()[-3000:]
