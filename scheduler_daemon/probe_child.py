@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
@@ -32,9 +32,23 @@ from .rayapi import RayDashboard, RayError
 from .settings import ClusterConfig, Settings
 
 FLUSH_S = 0.02  # results are sent in batches at most this old
+PROBE_SLICES = 20  # after the first round, each interval's probes start in this many slices
 SETUP_LIMIT = 64 * 1024 * 1024  # bytes in the set-up line
 
 Result = tuple[str, Snapshot | None, str | None, float]  # name, snapshot, error, latency
+
+
+def schedule(n: int, interval_s: float) -> Iterator[tuple[slice, float]]:
+    """Which of `n` clusters to probe next (a slice of their list), and how long to wait after:
+    forever. The first round probes all at once, since nothing is known of any cluster yet;
+    later rounds start a slice of them at a time, evenly over the interval, so that answers,
+    and the work of taking them in, arrive steadily instead of in one burst a round (a burst
+    that a job dispatched at that moment would wait behind)."""
+    slices = max(1, min(n, PROBE_SLICES))
+    yield slice(None), interval_s
+    while True:
+        for j in range(slices):
+            yield slice(j, None, slices), interval_s / slices
 
 
 async def fetch(dashboard: RayDashboard, timeout_s: float) -> tuple[Snapshot | None, str | None, float]:
@@ -114,12 +128,12 @@ async def main() -> None:
         batch.append(encode(dashboard.config.name, snapshot, error, latency, last))
 
     async def rounds(running: dict[str, asyncio.Task[None]]) -> None:
-        while True:
-            for d in dashboards:
+        for which, wait_s in schedule(len(dashboards), interval):
+            for d in dashboards[which]:
                 task = running.get(d.config.name)
                 if task is None or task.done():
                     running[d.config.name] = asyncio.create_task(probe(d))
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait_s)
 
     running: dict[str, asyncio.Task[None]] = {}
     prober = asyncio.create_task(rounds(running))

@@ -107,17 +107,21 @@ class Prober:
     async def run(self, stopping: asyncio.Event) -> None:
         if self.in_child:
             return await self._run_child(stopping)
-        interval = self.settings.probe_interval_s
-        while not stopping.is_set():
-            self.tick()
+        states = list(self.clusters.values())
+        for which, wait_s in probe_child.schedule(len(states), self.settings.probe_interval_s):
+            if which.start in (None, 0):
+                self.rounds += 1
+            self.tick(states[which])
             try:
-                await asyncio.wait_for(stopping.wait(), interval)
+                await asyncio.wait_for(stopping.wait(), wait_s)
             except asyncio.TimeoutError:
                 pass
+            if stopping.is_set():
+                return
 
-    def tick(self) -> None:
-        self.rounds += 1
-        for state in self.clusters.values():
+    def tick(self, states: Iterable[ClusterState] | None = None) -> None:
+        """Start a probe of each cluster (or of `states`) whose last probe has ended."""
+        for state in self.clusters.values() if states is None else states:
             if state.probe_task is None or state.probe_task.done():
                 state.probe_task = asyncio.create_task(self.probe(state), name=f"probe-{state.config.name}")
 

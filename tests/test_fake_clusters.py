@@ -13,6 +13,8 @@ import pytest
 
 from fakeray import Fleet, fake_fleet, is_fake_task
 from scheduler_daemon.clusters import HealthState
+from scheduler_daemon.probe_child import PROBE_SLICES, schedule
+from scheduler_daemon.probing import Prober
 from scheduler_daemon.settings import ClusterConfig
 from scheduler_daemon.rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
 from support import Events, make_settings, publish, publish_many, running_daemon, sid
@@ -268,7 +270,7 @@ async def test_error_and_garbage_clusters_get_no_jobs(tmp_path: Any) -> None:
 
 
 async def _round_time(d: Any) -> float:
-    """Time from one prober tick until every cluster has finished its probe of that tick;
+    """Time from the start of a probe round until every cluster has finished its probe of it;
     with the probes in a child process (whose ticks are not seen here), from now until every
     cluster has been probed again."""
     r0 = d.prober.rounds
@@ -296,8 +298,10 @@ async def test_two_hundred_clusters(tmp_path: Any, probe_process_from: int) -> N
             print(f"\nprobe rounds over 200 clusters answering in 100 ms: "
                   f"{', '.join(f'{r * 1000:.0f} ms' for r in rounds)}")
             assert (d.prober.child is not None) == (probe_process_from == 1)
-            # In a child process a round is seen from any moment in it: up to an interval more.
-            assert max(rounds) < (1.5 if d.prober.child else 0.5) * s.probe_interval_s, rounds
+            # A round starts a slice of the clusters at a time over the interval, and the last
+            # slice's probes take 100 ms more: concurrent, since one by one would take 20 s. In a
+            # child process a round is seen from any moment in it: up to an interval more.
+            assert max(rounds) < (2.5 if d.prober.child else 1.5) * s.probe_interval_s, rounds
 
             jobs = [job("/bin/sleep 0.5") for _ in range(50)]
             t0 = time.monotonic()
@@ -415,3 +419,51 @@ async def test_a_probe_answer_with_oversized_headers_is_a_ray_error_not_a_crash(
     finally:
         await d.close()
         server.close()
+
+
+def test_probe_schedule_is_one_round_at_once_then_even_slices() -> None:
+    """Every later round probes each cluster exactly once, in slices whose waits fill the interval."""
+    for n in (1, 7, 20, 1000):
+        steps = schedule(n, 1.0)
+        assert next(steps) == (slice(None), 1.0)
+        for _ in range(3):
+            round_ = [next(steps) for _ in range(min(n, PROBE_SLICES))]
+            assert sorted(i for which, _ in round_ for i in range(n)[which]) == list(range(n))
+            assert sum(wait for _, wait in round_) == pytest.approx(1.0)
+            assert len({len(range(n)[which]) for which, _ in round_}) <= 2  # as even as n allows
+
+
+@pytest.mark.parametrize("probe_process_from", [1000, 1], ids=["in-process", "probe-process"])
+async def test_probes_after_the_first_round_come_spread_over_the_interval(tmp_path: Any,
+                                                                           probe_process_from: int) -> None:
+    """A round's probes are not one burst at the dashboards (and their answers not one burst at
+    the daemon, which a job dispatched at that moment would wait behind): after the first round
+    they start a slice at a time. A hundred milliseconds see a few of them, never half."""
+    n = 40
+    s = make_settings(tmp_path, probe_interval_s=1.0, probe_process_from=probe_process_from)
+    async with fake_fleet(n, name="spread", shared=True) as fleet:
+
+        def probes() -> int:
+            return sum(c.requests["GET /api/cluster_status"] for c in fleet.clusters)
+
+        async def on_health(state: Any, health: Any) -> None:
+            return None
+
+        prober = Prober(s, fleet.configs(), on_health, lambda: None)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(prober.run(stopping))
+        try:
+            deadline = time.monotonic() + 15
+            while probes() < n:  # the first round, all at once
+                assert time.monotonic() < deadline, "no first round of probes"
+                await asyncio.sleep(0.01)
+            seen: list[tuple[float, int]] = []
+            while not seen or seen[-1][0] - seen[0][0] < 2.5:  # the next round starts an interval on
+                seen.append((time.monotonic(), probes()))
+                await asyncio.sleep(0.01)
+        finally:
+            stopping.set()
+            await task
+    assert seen[-1][1] - seen[0][1] >= 1.5 * n  # two rounds went on
+    busiest = max(c2 - c1 for t1, c1 in seen for t2, c2 in seen if 0 <= t2 - t1 <= 0.1)
+    assert busiest <= n // 2, f"{busiest} of {n} probes within 100 ms"
