@@ -47,13 +47,15 @@ async def run(consume: bool, seconds: float = 5.0) -> float:
                     consumed += 1
 
                 await (await cch.get_queue(q.name)).consume(on)
-            # An event about the size of a job event (the message field carries the padding).
-            event = ClusterEvent("bench", "up", "x" * 400)
+            # Events about the size of a job event (the message field carries the padding), each
+            # about a subject of its own, as a loaded daemon's are (one per job): the outbox puts
+            # at most one event per subject in a batch.
+            events = [ClusterEvent(f"c{i}", "up", "x" * 400) for i in range(2000)]
             t0 = time.monotonic()
             stop = t0 + seconds
             while time.monotonic() < stop:
                 # Keep a few thousand in the outbox, as a daemon under load does.
-                await asyncio.gather(*(outbox.send(event) for _ in range(2000)))
+                await asyncio.gather(*(outbox.send(event) for event in events))
             elapsed = time.monotonic() - t0
             await outbox.flush()
             rate = outbox.published / elapsed

@@ -204,11 +204,12 @@ class EventPublisher:
 
     def _take_batch(self) -> list[_Outgoing]:
         """The next batch: the queue in order, but at most one event per key (the others keep
-        their places for a later batch)."""
+        their places for a later batch). The look stops after as many of those as a batch
+        holds, so a long run of one key's events is not walked again for every batch."""
         batch: list[_Outgoing] = []
         keys: set[str] = set()
         later: deque[_Outgoing] = deque()
-        while self._queue and len(batch) < self._max_batch:
+        while self._queue and len(batch) < self._max_batch and len(later) < self._max_batch:
             o = self._queue.popleft()
             if o.key in keys:
                 later.append(o)
