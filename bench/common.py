@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
@@ -164,11 +165,44 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (`beam.smp` running rabbit), if there is one."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "beam.smp" \
+                    and b"rabbit" in (proc / "cmdline").read_bytes():
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
 def machine_busy_seconds() -> float:
     """CPU time spent busy by the whole machine so far, all cores together (/proc/stat)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle and iowait
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Cores:
+    """Where the machine's CPU goes during part of a run: each named process (a pid, or None
+    for one that is not there), the whole machine, and each process's CPU per job."""
+
+    def __init__(self, **pids: int | None) -> None:
+        self.pids = pids
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, dict[str, float]]:
+        return time.monotonic(), {**{k: cpu_seconds(p) for k, p in self.pids.items()},
+                                  "machine": machine_busy_seconds()}
+
+    def line(self, jobs: int) -> str:
+        (t0, a), (t1, b) = self.start, self._read()
+        jobs = max(1, jobs)
+        return (f"cores busy over {jobs} jobs in {t1 - t0:.1f} s (of {os.cpu_count()}): "
+                + ", ".join(f"{k} {(b[k] - a[k]) / (t1 - t0):.2f}" for k in a)
+                + "; CPU per job: " + ", ".join(f"{k} {1000 * (b[k] - a[k]) / jobs:.2f} ms"
+                                                for k in self.pids if self.pids[k] is not None))
 
 
 def sustained_rate(times: list[float], lo: float = 0.1, hi: float = 0.9) -> float:

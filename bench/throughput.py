@@ -31,8 +31,7 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import (SimFleet, cpu_seconds, machine, machine_busy_seconds, publish_fast, quiet_logs, sim_fleet,
-                    sustained_rate)
+from common import SimFleet, Cores, broker_pid, machine, publish_fast, quiet_logs, sim_fleet, sustained_rate
 from scheduler_daemon.broker import declare
 from scheduler_daemon.daemon import Daemon
 from scheduler_daemon.settings import ClusterConfig
@@ -80,8 +79,10 @@ async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
                     done.set()
 
             t0 = time.time()
+            cores = Cores(**{"bare loop": os.getpid()}, fleet=fleet.proc.pid, broker=broker_pid())
             tag = await q.consume(on)
             await asyncio.wait_for(done.wait(), 600)
+            print("  " + cores.line(n))
             await q.cancel(tag)
         times = [t for t in await fleet.submission_times() if t >= t0]
         await q.delete(if_unused=False, if_empty=False)
@@ -107,20 +108,13 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
             await daemon.start()
             await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
             child = daemon.prober.child.pid if daemon.prober.child is not None else None
-            cpu0 = {"daemon": cpu_seconds(os.getpid()), "probe process": cpu_seconds(child),
-                    "fleet": cpu_seconds(fleet.proc.pid), "machine": machine_busy_seconds()}
-            c0, w0 = await fleet.submissions(), time.monotonic()
+            cores = Cores(daemon=os.getpid(), **{"probe process": child}, fleet=fleet.proc.pid, broker=broker_pid())
+            c0 = await fleet.submissions()
             c1 = await wait_posts(fleet, before + n, 600)
-            w1 = time.monotonic()
-            cpu1 = {"daemon": cpu_seconds(os.getpid()), "probe process": cpu_seconds(child),
-                    "fleet": cpu_seconds(fleet.proc.pid), "machine": machine_busy_seconds()}
+            print("  " + cores.line(c1 - c0))
             times = [t for t in await fleet.submission_times() if t >= t0]
             if len(times) < n:
                 print(f"  (only {len(times)} of {n} dispatched within the time limit)")
-            jobs = max(1, c1 - c0)
-            print(f"  cores busy while dispatching {jobs} jobs in {w1 - w0:.1f} s (of {os.cpu_count()}): "
-                  + ", ".join(f"{k} {(cpu1[k] - cpu0[k]) / (w1 - w0):.2f}" for k in cpu0)
-                  + f"; daemon CPU per job {1000 * (cpu1['daemon'] - cpu0['daemon']) / jobs:.2f} ms")
             return sustained_rate(times)
         finally:
             if daemon is not None:
