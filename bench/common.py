@@ -184,6 +184,16 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+async def bare_post(http: aiohttp.ClientSession, cluster_url: str, message_body: bytes) -> None:
+    """What a bare loop does for one message, no scheduling: POST the job to a cluster as is."""
+    job = orjson.loads(message_body)
+    body = {"entrypoint": job["entrypoint"], "submission_id": job["submission_id"],
+            "entrypoint_num_cpus": 1.0, "metadata": {"rmcs_submission_id": job["submission_id"]}}
+    async with http.post(cluster_url + "/api/jobs/", data=orjson.dumps(body),
+                         headers={"Content-Type": "application/json"}) as resp:
+        await resp.read()
+
+
 class Cores:
     """Where the machine's CPU goes during part of a run: each named process (a pid, or None
     for one that is not there), the whole machine, and each process's CPU per job."""

@@ -25,7 +25,7 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import SimFleet, machine, pct, quiet_logs, sim_fleet
+from common import SimFleet, bare_post, machine, pct, quiet_logs, sim_fleet
 from support import AMQP_URL, make_settings, running_daemon
 
 
@@ -58,12 +58,7 @@ async def bare(fleet: SimFleet, n: int) -> list[float]:
         urls = itertools.cycle(list(fleet.urls.values()))
 
         async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            job = orjson.loads(message.body)
-            body = {"entrypoint": job["entrypoint"], "submission_id": job["submission_id"],
-                    "entrypoint_num_cpus": 1.0, "metadata": {"rmcs_submission_id": job["submission_id"]}}
-            async with http.post(next(urls) + "/api/jobs/", data=orjson.dumps(body),
-                                 headers={"Content-Type": "application/json"}) as resp:
-                await resp.read()
+            await bare_post(http, next(urls), message.body)
             await message.ack()
 
         await q.consume(on)

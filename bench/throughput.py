@@ -31,7 +31,7 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import SimFleet, Cores, broker_pid, machine, publish_fast, quiet_logs, sim_fleet, sustained_rate
+from common import SimFleet, Cores, bare_post, broker_pid, machine, publish_fast, quiet_logs, sim_fleet, sustained_rate
 from scheduler_daemon.broker import declare
 from scheduler_daemon.daemon import Daemon
 from scheduler_daemon.settings import ClusterConfig
@@ -67,12 +67,7 @@ async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
 
             async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 nonlocal count
-                job = orjson.loads(message.body)
-                body = {"entrypoint": job["entrypoint"], "submission_id": job["submission_id"],
-                        "entrypoint_num_cpus": 1.0, "metadata": {"rmcs_submission_id": job["submission_id"]}}
-                async with http.post(next(urls) + "/api/jobs/", data=orjson.dumps(body),
-                                     headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
+                await bare_post(http, next(urls), message.body)
                 await message.ack()
                 count += 1
                 if count >= n:
