@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -34,7 +34,7 @@ from .settings import ClusterConfig, Settings
 from .status.consumer import StatusConsumer
 from .status.hub import EventHub
 from .status.store import SqliteStatusStore, StatusStore, now_minus
-from .tracking import transitions
+from .tracking import one_by_one, transitions
 
 log = structlog.get_logger("rmcs.daemon")
 
@@ -86,6 +86,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._work: set[asyncio.Task[Any]] = set()
         self._missing: dict[str, int] = {}
+        self._listed: dict[str, int] = {}  # per cluster, how many jobs its list held when last read
         self._health_pending: dict[str, ClusterEvent] = {}
         self._health_publishing: set[str] = set()
         self._next_prune = 0.0
@@ -846,15 +847,48 @@ class Daemon:
                 for t in tracked:
                     await self._apply(t, JobState.LOST, f"cluster {cluster} down for {down_for:.0f}s")
             return
-        try:
-            ray_jobs = await state.dashboard.list_jobs()
-        except RayError as exc:
-            log.warning("job list failed", cluster=cluster, error=str(exc))
-            return
+        if one_by_one(len(tracked), self._listed.get(cluster)):
+            tracked, ray_jobs = await self._look_up_each(state, tracked)
+        else:
+            try:
+                ray_jobs = await state.dashboard.list_jobs()
+            except RayError as exc:
+                log.warning("job list failed", cluster=cluster, error=str(exc))
+                return
+            self._listed[cluster] = len(ray_jobs)
         for change in transitions(tracked, ray_jobs, self._missing):
             current = self.tracked.get(change.tracked.job.submission_id)
             if current is not None and not current.final:
                 await self._apply(current, change.state, change.message, change.ray_time)
+
+    async def _look_up_each(self, state: ClusterState, tracked: list[Tracked],
+                            at_once: int = 8) -> tuple[list[Tracked], list[Mapping[str, Any]]]:
+        """Ask the cluster for each job (a few at a time: dispatch shares the connections).
+        Returns the jobs it answered for, and what it said of those it knows; one it does not
+        know (404) counts as missing from its list, one whose look failed is left for next time."""
+        answered: list[Tracked] = []
+        known: list[Mapping[str, Any]] = []
+        failed: list[RayError] = []
+        for i in range(0, len(tracked), at_once):
+            some = tracked[i:i + at_once]
+            answers = await asyncio.gather(*(state.dashboard.job(t.job.ray_submission_id) for t in some),
+                                           return_exceptions=True)
+            for t, answer in zip(some, answers):
+                if isinstance(answer, RayNotFound):
+                    answered.append(t)
+                elif isinstance(answer, RayError):
+                    failed.append(answer)
+                elif isinstance(answer, BaseException):
+                    raise answer
+                elif isinstance(answer, Mapping):
+                    answered.append(t)
+                    known.append(dict(answer, submission_id=t.job.ray_submission_id))
+                else:
+                    failed.append(RayRejected(200, "job info is not an object"))
+        if failed:
+            log.warning("job look-up failed", cluster=state.config.name, failed=len(failed),
+                        of=len(tracked), error=str(failed[0]))
+        return answered, known
 
     async def _apply(self, t: Tracked, new: JobState, message: str | None,
                      ray_time: float | None = None) -> Tracked:

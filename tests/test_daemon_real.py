@@ -276,3 +276,28 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+async def test_jobs_followed_one_by_one_end_as_ray_says(tmp_path, ray_clusters, monkeypatch):
+    """Tracking by `GET /api/jobs/<id>` (what the daemon does on a cluster whose job list is
+    much longer than the jobs it follows there) against real Ray: the job list is never read,
+    and a success and a failure are followed to their ends with Ray's messages."""
+    monkeypatch.setattr("scheduler_daemon.daemon.one_by_one", lambda followed, listed: True)
+    s = make_settings(tmp_path)
+    async with running_daemon(s, ray_clusters) as d, Events(s) as ev:
+        listed = 0
+        for state in d.prober.clusters.values():
+            original = state.dashboard.list_jobs
+
+            async def counted(original=original):
+                nonlocal listed
+                listed += 1
+                return await original()
+            state.dashboard.list_jobs = counted
+        ok, bad = sid("each-ok"), sid("each-bad")
+        await publish(s, {"submission_id": ok, "entrypoint": "sleep 2"})
+        await publish(s, {"submission_id": bad, "entrypoint": "sleep 1; exit 3"})
+        await ev.wait_final([ok, bad], timeout=60)
+        assert ev.states(ok) == ["ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
+        assert ev.states(bad)[-1] == "FAILED" and "exit code 3" in (ev.of(bad)[-1]["message"] or "")
+        assert listed == 0

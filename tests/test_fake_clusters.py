@@ -238,6 +238,39 @@ async def test_hanging_cluster_does_not_delay_tracking_elsewhere(tmp_path: Any) 
                 f"holds back the others for dispatch_timeout_s ({s.dispatch_timeout_s}s) each round")
 
 
+async def test_tracking_asks_for_each_job_on_a_cluster_that_lists_many(tmp_path: Any) -> None:
+    """Ray keeps every job it ran: on a cluster whose list is much longer than the jobs the
+    daemon follows there, it lists once, then asks for each job. A look that fails is not a
+    miss; a job its cluster no longer knows is LOST, as when it dropped out of the list."""
+    s = make_settings(tmp_path)
+    async with fake_fleet(1, name="long") as fleet:
+        (c,) = fleet
+        for i in range(200):  # other users' jobs, long finished
+            assert c.submit({"entrypoint": "/bin/sleep 0", "submission_id": f"other-{i}"})[0] == 200
+        async with Events(s) as ev, running_daemon(s, fleet.configs()):
+            await wait_health(ev, c.name, "up")
+            slow, gone = job("/bin/sleep 2.5"), job("/bin/sleep 30")
+            await publish(s, slow)
+            await ev.wait_for(lambda: "RUNNING" in ev.states(slow["submission_id"]), 10, "job running")
+            await asyncio.sleep(2 * s.track_interval_s)
+            assert c.requests["GET /api/jobs/"] == 1 and c.requests["GET /api/jobs/{id}"] >= 1
+            get_job = c.get_job
+            c.get_job = lambda sid: (500, "Internal Server Error")  # type: ignore[method-assign,assignment]
+            failing = c.requests["GET /api/jobs/{id}"]
+            await asyncio.sleep(4 * s.track_interval_s)
+            assert c.requests["GET /api/jobs/{id}"] >= failing + 3  # looks failed, and no LOST from them
+            c.get_job = get_job  # type: ignore[method-assign]
+            await ev.wait_for(lambda: any(e.get("final") for e in ev.of(slow["submission_id"])), 10, "job ended")
+            assert ev.states(slow["submission_id"]) == ["ACCEPTED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
+            await publish(s, gone)
+            await ev.wait_for(lambda: "RUNNING" in ev.states(gone["submission_id"]), 10, "second job running")
+            del c.jobs[gone["submission_id"]]  # the cluster forgets it (its head restarted, say)
+            await ev.wait_for(lambda: any(e.get("final") for e in ev.of(gone["submission_id"])), 10, "job lost")
+            lost = [e for e in ev.of(gone["submission_id"]) if e["state"] == "LOST"]
+            assert lost and lost[0]["message"] == "its cluster no longer knows the job"
+            assert c.requests["GET /api/jobs/"] == 1, "listed again although 200 jobs are listed for one followed"
+
+
 async def test_error_and_garbage_clusters_get_no_jobs(tmp_path: Any) -> None:
     s = make_settings(tmp_path)
     async with fake_fleet(5, name="bad") as fleet:

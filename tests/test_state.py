@@ -23,7 +23,7 @@ from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import GIB, Job, JobState
 from scheduler_daemon.journal import Journal, Lookup, Tracked
 from scheduler_daemon.settings import ClusterConfig
-from scheduler_daemon.tracking import transitions
+from scheduler_daemon.tracking import LISTED_PER_FOLLOWED, one_by_one, transitions
 
 UP, DEGRADED, DOWN, UNKNOWN = HealthState.UP, HealthState.DEGRADED, HealthState.DOWN, HealthState.UNKNOWN
 
@@ -418,6 +418,13 @@ def test_transitions_lost_after_misses() -> None:
     changes = transitions([t], [], misses, lost_after_misses=3)
     assert states(changes) == [JobState.LOST]
     assert changes[0].message
+
+
+def test_one_by_one_only_when_the_list_is_much_longer_than_the_jobs_followed() -> None:
+    assert not one_by_one(1, None)  # never listed: list first
+    assert not one_by_one(1, 0) and not one_by_one(4, 4 * LISTED_PER_FOLLOWED)
+    assert one_by_one(4, 4 * LISTED_PER_FOLLOWED + 1) and one_by_one(1, 10_000)
+    assert not one_by_one(400, 10_000)  # as many followed as a twenty-fifth of the list: list again
 
 
 def test_transitions_seen_again_resets_misses() -> None:
