@@ -117,6 +117,11 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
             await delete_topology(s)
 
 
+def change(rate: float, against: float) -> str:
+    drop = 100 * (1 - rate / against)
+    return f"{drop:.1f}% below" if drop >= 0 else f"{-drop:.1f}% above"
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=10_000)
@@ -150,7 +155,7 @@ async def main() -> None:
             if many is not None:
                 many_.append(await run_rmcs(many, a.jobs, a.window))
                 print(f"[{r}] rmcs daemon, {a.probe_clusters} clusters probed every second: {many_[-1]:,.0f} jobs/s,"
-                      f" {100 * (1 - many_[-1] / few[-1]):.1f}% below the {a.clusters}-cluster run before it")
+                      f" {change(many_[-1], few[-1])} the {a.clusters}-cluster run before it")
     rmcs = statistics.median(few)
     print(f"rmcs daemon, queue -> POST /api/jobs/: {rmcs:,.0f} jobs/s (target >= 1,000 jobs/s)"
           + (f"; ratio to the bare loop ({statistics.median(bare):,.0f} jobs/s) "
@@ -159,7 +164,7 @@ async def main() -> None:
     if many_:
         rmcs_many = statistics.median(many_)
         print(f"rmcs daemon with {a.probe_clusters} clusters probed every second: {rmcs_many:,.0f} jobs/s, "
-              f"{100 * (1 - rmcs_many / rmcs):.1f}% below {a.clusters} clusters (target: at most 10%)"
+              f"{change(rmcs_many, rmcs)} {a.clusters} clusters (target: at most 10% below)"
               + (" [medians]" if a.rounds > 1 else ""))
 
 if __name__ == "__main__":
