@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -19,6 +20,7 @@ from .settings import ClusterConfig
 _IGNORED_PREFIXES = ("node:",)
 
 
+@functools.lru_cache(maxsize=4096)  # a few names, asked for on every placement
 def ray_name(resource: str) -> str:
     """Ray's dashboard camel-cases resource names in usage reports (`GPU_fake` -> `GPUFake`)."""
     head, *rest = resource.split("_")
