@@ -19,7 +19,7 @@ import uuid
 import aio_pika
 
 from common import machine
-from scheduler_daemon.events import ClusterEvent, EventPublisher
+from scheduler_daemon.events import AmqpWire, ClusterEvent, EventPublisher
 from support import AMQP_URL
 
 
@@ -34,7 +34,7 @@ async def run(consume: bool, seconds: float = 5.0) -> float:
         consumed = 0
         cch = None
         closed = asyncio.Event()
-        outbox = EventPublisher(lambda: ex, closed)
+        outbox = EventPublisher(AmqpWire(lambda: ex), closed)
         sender = asyncio.create_task(outbox.run())
         try:
             if consume:

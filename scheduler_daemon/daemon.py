@@ -22,7 +22,7 @@ from .access import TRUSTED_LOCAL, Caller, broker_caller, check_exposure, load_a
 from .admission import Held, Window
 from .clusters import HealthState
 from .dispatch import Outcome, dispatch
-from .events import ClusterEvent, EventPublisher, JobEvent, PublishAborted
+from .events import AmqpWire, ClusterEvent, EventPublisher, JobEvent, PublishAborted
 from .intake import Intake, message_meta
 from .jobs import TERMINAL, InvalidJob, Job, JobState, RAY_STATES, parse_job
 from .journal import Journal, Tracked
@@ -76,7 +76,7 @@ class Daemon:
         self.journal = Journal(f"{settings.state_dir}/daemon.db", exclusive=not settings.failover)
         self._closing = asyncio.Event()  # set late in shutdown: pending publishes give up
         self.intake = Intake(settings, self._on_message, self._closing)
-        self.publisher = EventPublisher(lambda: self.intake.events_exchange, self._closing)
+        self.publisher = EventPublisher(AmqpWire(lambda: self.intake.events_exchange), self._closing)
         self.placer = Placer(settings.placement_strategy)
         self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
         self.stopping = asyncio.Event()

@@ -31,11 +31,19 @@ class Broker:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def publish(self, message: Any, routing_key: str) -> None:
+    async def publish_batch(self, items: list[Any]) -> list[asyncio.Future[None]]:
+        if self.down:
+            raise ConnectionError("channel closed")
+        confirms = []
+        for routing_key, _body, _properties in items:
+            call, self.calls = self.calls, self.calls + 1
+            confirms.append(asyncio.ensure_future(self._confirm(call, routing_key)))
+        return confirms
+
+    async def _confirm(self, call: int, routing_key: str) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            call, self.calls = self.calls, self.calls + 1
             await self.gate.wait()
             if self.down or call in self.fail_calls:
                 raise ConnectionError("channel closed")
@@ -51,7 +59,7 @@ def cluster(i: int) -> ClusterEvent:
 @pytest.fixture
 async def outbox() -> Any:
     broker, closed = Broker(), asyncio.Event()
-    publisher = EventPublisher(lambda: broker, closed, retry_s=0.01)  # type: ignore[arg-type, return-value]
+    publisher = EventPublisher(broker, closed, retry_s=0.01)
     sender = asyncio.create_task(publisher.run())
     yield broker, publisher, closed
     closed.set()
