@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -19,23 +18,19 @@ from pathlib import Path
 import aio_pika
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from scheduler_daemon.localray import HeadSpec, LocalHead  # noqa: E402
-from scheduler_daemon.rayapi import RayDashboard  # noqa: E402
-from scheduler_daemon.settings import ClusterConfig  # noqa: E402
-from support import Events, make_settings, running_daemon  # noqa: E402
+from common import machine, pct, quiet_logs
+from scheduler_daemon.localray import HeadSpec, LocalHead
+from scheduler_daemon.rayapi import RayDashboard
+from scheduler_daemon.settings import ClusterConfig
+from support import Events, make_settings, running_daemon  # on the path through common
 
 CPU = HeadSpec("cpu_cluster", dashboard_port=29265, port_base=24000, num_cpus=2, temp_root="/tmp/rmcs-b")
 GPU = HeadSpec("gpu_cluster", dashboard_port=29266, port_base=25000, num_cpus=2, num_gpus=2, temp_root="/tmp/rmcs-b")
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
 async def main() -> None:
+    quiet_logs()
+    print(f"machine: {machine()}")
     heads = [LocalHead.launch(CPU), LocalHead.launch(GPU)]
     try:
         for h in heads:

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from common import machine, pct
+from common import machine, pct, quiet_logs
 from scheduler_daemon.localray import HeadSpec, LocalHead
 from scheduler_daemon.settings import ClusterConfig
 from support import Events, make_settings, publish, running_daemon
@@ -73,6 +73,7 @@ async def main() -> None:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--drain", type=int, default=40)
     a = p.parse_args()
+    quiet_logs()
     print(f"machine: {machine()}")
     heads = [LocalHead.launch(CPU), LocalHead.launch(CPU2)]
     try:
