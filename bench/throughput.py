@@ -131,6 +131,8 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the runs this many times and compare medians (runs vary by 10-20%%)")
     p.add_argument("--skip-bare", action="store_true", help="only the daemon (to profile it)")
+    p.add_argument("--history", type=int, default=0,
+                   help="past jobs each simulated cluster lists from the start (Ray keeps every job)")
     a = p.parse_args()
     quiet_logs()
     print(f"machine: {machine()}")
@@ -141,10 +143,11 @@ async def main() -> None:
     many_: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         fleet = await stack.enter_async_context(
-            sim_fleet(a.clusters, servers=2, cpus=100_000, duration=0.2, status_latency_ms=20))
+            sim_fleet(a.clusters, servers=2, cpus=100_000, duration=0.2, status_latency_ms=20, history=a.history))
         # The second fleet idles (unprobed, it costs nothing) while the first is measured.
         many = None if not a.probe_clusters else await stack.enter_async_context(
-            sim_fleet(a.probe_clusters, servers=4, name="many", cpus=100_000, duration=0.2, status_latency_ms=20))
+            sim_fleet(a.probe_clusters, servers=4, name="many", cpus=100_000, duration=0.2, status_latency_ms=20,
+                      history=a.history))
         for r in range(1, a.rounds + 1):
             if not a.skip_bare:
                 bare.append(await run_bare(fleet, a.jobs, a.window))

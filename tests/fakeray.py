@@ -402,6 +402,15 @@ class FakeCluster:
             raise BadRequest("TypeError: runtime_env must be a dict")
         return entrypoint, sid, need, metadata, runtime_env
 
+    def add_history(self, n: int, entrypoint: str = "python train.py") -> None:
+        """`n` jobs that ended before: other users' past jobs, which Ray keeps and lists."""
+        now = self.clock()
+        for i in range(n):
+            sid = f"raysubmit_past{i:06d}"
+            self.jobs[sid] = FakeJob(sid, entrypoint, {"CPU": 1.0}, {}, {}, now - 60, 1.0, False,
+                                     reserved_at=now - 60, running_at=now - 60, ended_at=now - 59,
+                                     final="SUCCEEDED")
+
     def submit(self, body: Any) -> tuple[int, Any]:
         fault = self.submit_faults.pop(0) if self.submit_faults else None
         if fault == "no_agent":  # what Ray answers when its job agent is not up
@@ -760,6 +769,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=0.0, help="answer latency of every request")
     p.add_argument("--status-latency-ms", type=float, default=0.0, help="and of /api/cluster_status on top")
     p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
+    p.add_argument("--history", type=int, default=0, help="past jobs each cluster lists from the start")
     p.add_argument("--report-submissions", action="store_true",
                    help="print a JSON line (submission id, wall time) for every POST /api/jobs/ received")
     return p.parse_args(argv)
@@ -772,6 +782,8 @@ async def serve(argv: list[str] | None = None) -> None:
                               clock=clock, latency_s=a.latency_ms / 1000, snapshot_every_s=a.snapshot_every,
                               status_latency_s=a.status_latency_ms / 1000,
                               nodes_of=lambda c: make_nodes(c, [{"CPU": a.cpus}] * a.nodes))
+    for cluster in fleet.clusters:
+        cluster.add_history(a.history)
     if a.report_submissions:
         for cluster in fleet.clusters:
             def submit(body: Any, _submit: Callable[[Any], tuple[int, Any]] = cluster.submit) -> tuple[int, Any]:
