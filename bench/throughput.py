@@ -107,6 +107,10 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
             c0 = await fleet.submissions()
             c1 = await wait_posts(fleet, before + n, 600)
             print("  " + cores.line(c1 - c0))
+            # Sustained means the rest of each job's work kept up too: its events confirmed.
+            print(f"  events confirmed by the last POST: {daemon.publisher.published:,} "
+                  f"({daemon.publisher.published / max(1, c1 - before):.1f} per job); "
+                  f"{daemon.publisher.unconfirmed:,} waiting in the outbox")
             times = [t for t in await fleet.submission_times() if t >= t0]
             if len(times) < n:
                 print(f"  (only {len(times)} of {n} dispatched within the time limit)")

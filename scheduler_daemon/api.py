@@ -414,6 +414,8 @@ class HttpServer:
                [(f'{{state="{s}"}}', jobs.get(s, 0)) for s in sorted(STATES | set(jobs))])
         metric("rmcs_job_events_total", "counter", "Job events published by this daemon, by state.",
                [(f'{{state="{s}"}}', n) for s, n in sorted(d.metrics.events.items())])
+        metric("rmcs_events_unconfirmed", "gauge", "Events sent by this daemon and not yet confirmed by the broker.",
+               [("", d.publisher.unconfirmed)])
         out.extend(("# HELP rmcs_dispatch_latency_seconds Duration of the submit call to a cluster.",
                     "# TYPE rmcs_dispatch_latency_seconds histogram"))
         out.extend(d.metrics.dispatch_latency.render("rmcs_dispatch_latency_seconds"))

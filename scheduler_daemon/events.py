@@ -210,6 +210,11 @@ class EventPublisher:
         self._idle.set()
         self.published = 0
 
+    @property
+    def unconfirmed(self) -> int:
+        """Events sent and not confirmed yet: how far the broker is behind."""
+        return len(self._queue) + len(self._in_flight)
+
     def send(self, event: JobEvent | ClusterEvent) -> "asyncio.Future[None]":
         message_id = uuid.uuid4().hex
         properties = Basic.Properties(content_type="application/json", delivery_mode=2, message_id=message_id,

@@ -585,6 +585,7 @@ async def test_metrics(env: Env) -> None:
     assert samples["rmcs_queue_depth"] >= 0
     assert samples['rmcs_jobs{state="SUCCEEDED"}'] >= 1 and samples['rmcs_jobs{state="EXPIRED"}'] == 0
     assert samples['rmcs_job_events_total{state="SUCCEEDED"}'] >= 1
+    assert samples["rmcs_events_unconfirmed"] >= 0
     assert samples['rmcs_dispatch_latency_seconds_bucket{le="+Inf"}'] == samples["rmcs_dispatch_latency_seconds_count"]
     assert samples['rmcs_cluster_up{cluster="big",health="up"}'] == 1
     assert 'rmcs_probe_latency_seconds{cluster="solo"}' in samples
