@@ -1,21 +1,26 @@
 """The event outbox and the SQLite thread: order, batching, and what happens when the broker
-or a statement fails. Against stand-ins, so that the failures can be placed exactly; the real
-broker and the real journal are exercised by the daemon tests and tests/faults."""
+or a statement fails. Against stand-ins, so that the failures can be placed exactly; then the
+outbox's wire against the real broker. The real journal is exercised by the daemon tests and
+tests/faults."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+import orjson
 import pytest
 
 from scheduler_daemon.dbthread import DbThread
-from scheduler_daemon.events import ClusterEvent, EventPublisher, PublishAborted
+from scheduler_daemon.events import AmqpWire, ClusterEvent, EventPublisher, JobEvent, PublishAborted
 from scheduler_daemon.journal import IdFilter, Journal, Tracked
 from scheduler_daemon.jobs import Job, JobState
+from support import AMQP_URL
 
 
 class Broker:
@@ -125,6 +130,47 @@ async def test_closing_gives_up_on_what_the_broker_never_confirmed(outbox: Any) 
     with pytest.raises(PublishAborted):
         await publisher.send(cluster(2))
     await asyncio.wait_for(publisher.flush(), 1)
+
+
+async def test_the_wire_puts_batches_on_the_real_broker_in_order_with_the_contract_properties() -> None:
+    """AmqpWire against RabbitMQ: a burst goes out in order, persistent, as JSON, with a message
+    id each and the job's correlation id; a body larger than a frame arrives whole; on a closed
+    channel nothing is confirmed, and closing gives the event up."""
+    conn = await aio_pika.connect(AMQP_URL)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.declare_exchange(f"test.wire.{uuid.uuid4().hex[:8]}", aio_pika.ExchangeType.TOPIC,
+                                       auto_delete=True)
+        q = await ch.declare_queue(exclusive=True)
+        await q.bind(ex, "#")
+        closed = asyncio.Event()
+        outbox = EventPublisher(AmqpWire(lambda: ex), closed)
+        sender = asyncio.create_task(outbox.run())
+        events: list[ClusterEvent | JobEvent] = [ClusterEvent(f"c{i}", "up", "x" * 10) for i in range(400)]
+        events[7] = ClusterEvent("big", "down", "x" * 300_000)  # three frames at RabbitMQ's frame size
+        events.append(JobEvent(JobState.ACCEPTED, "s1", "j1", None, correlation_id="corr-1"))
+        await asyncio.wait_for(asyncio.gather(*(outbox.send(e) for e in events)), 10)
+        got = []
+        async with q.iterator() as messages:
+            async for m in messages:
+                await m.ack()
+                got.append(m)
+                if len(got) == len(events):
+                    break
+        assert [m.routing_key for m in got] == [e.routing_key for e in events]
+        assert len(orjson.loads(got[7].body)["message"]) == 300_000
+        assert all(m.content_type == "application/json" and m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+                   for m in got)
+        assert len({m.message_id for m in got}) == len(events) and got[-1].correlation_id == "corr-1"
+        assert outbox.unconfirmed == 0 and outbox.published == len(events)
+        await ch.close()
+        lost = outbox.send(ClusterEvent("late", "up"))
+        await asyncio.sleep(0.2)
+        assert not lost.done() and outbox.unconfirmed == 1  # kept, tried again
+        closed.set()
+        with pytest.raises(PublishAborted):
+            await asyncio.wait_for(lost, 5)
+        await asyncio.wait_for(sender, 5)
 
 
 # ---- the SQLite thread ------------------------------------------------------------------------
