@@ -133,6 +133,9 @@ class Journal:
         self._exclusive = exclusive
         self._ids: IdFilter | None = None
         self._seen_while_rebuilding: list[str] | None = None
+        # The job's JSON as last written, per open record: a job is written once per change of
+        # state (five or six times), and the job itself changes only with a new attempt.
+        self._job_json: dict[str, tuple[Job, str]] = {}
 
     async def open(self) -> None:
         await self._db.open()
@@ -152,6 +155,15 @@ class Journal:
         """Write a job's record; never over a later attempt's (a retry may be dispatched while
         the attempt before it is still being closed)."""
         self._saw(t.job.submission_id)
+        cached = self._job_json.get(t.job.submission_id)
+        if cached is not None and cached[0] is t.job:
+            job_json = cached[1]
+        else:
+            job_json = _job_to_json(t.job)
+        if t.final and t.published:
+            self._job_json.pop(t.job.submission_id, None)
+        else:
+            self._job_json[t.job.submission_id] = (t.job, job_json)
 
         def _write(db: sqlite3.Connection) -> None:
             db.execute(
@@ -161,7 +173,7 @@ class Journal:
                 " seen_running = excluded.seen_running, job = excluded.job, updated = excluded.updated"
                 " WHERE excluded.attempt >= tracked.attempt",
                 (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
-                 int(t.published), int(t.final), int(t.seen_running), _job_to_json(t.job), time.time()),
+                 int(t.published), int(t.final), int(t.seen_running), job_json, time.time()),
             )
 
         await self._db.run(_write)
