@@ -119,9 +119,9 @@ class Prober:
             if stopping.is_set():
                 return
 
-    def tick(self, states: Iterable[ClusterState] | None = None) -> None:
-        """Start a probe of each cluster (or of `states`) whose last probe has ended."""
-        for state in self.clusters.values() if states is None else states:
+    def tick(self, states: Iterable[ClusterState]) -> None:
+        """Start a probe of each of `states` whose last probe has ended."""
+        for state in states:
             if state.probe_task is None or state.probe_task.done():
                 state.probe_task = asyncio.create_task(self.probe(state), name=f"probe-{state.config.name}")
 
