@@ -51,14 +51,15 @@ def schedule(n: int, interval_s: float) -> Iterator[tuple[slice, float]]:
             yield slice(j, None, slices), interval_s / slices
 
 
-async def fetch(dashboard: RayDashboard, timeout_s: float) -> tuple[Snapshot | None, str | None, float]:
-    """One probe: the cluster's snapshot, or None and why; and how long the answer took."""
+async def fetch(dashboard: RayDashboard, timeout_s: float | None) -> tuple[Snapshot | None, str | None, float]:
+    """One probe: the cluster's snapshot, or None and why; and how long the answer took.
+    `timeout_s` None: the caller limits the time (`Deadline`)."""
     t0 = time.monotonic()
     snapshot: Snapshot | None = None
     error: str | None = None
     try:
         async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
-            body = await dashboard.cluster_status()
+            body = await dashboard.cluster_status(caller_bounds_time=True)
         snapshot = parse_cluster_status(body)
         if not snapshot.nodes:
             snapshot, error = None, "cluster_status lists no nodes"
@@ -103,6 +104,16 @@ def decode(item: Sequence[Any], previous: Snapshot | None) -> Result:
     return name, Snapshot(when, tuple(Node(n[0], n[1], n[2]) for n in nodes)), None, latency
 
 
+TIMED_OUT = "probe timed out"  # what `expire` cancels a probe with
+
+
+def expire(probes: Iterable["asyncio.Task[None]"]) -> None:
+    """Their deadline: each probe still waiting ends as timed out."""
+    for task in probes:
+        if not task.done():
+            task.cancel(TIMED_OUT)
+
+
 async def main() -> None:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader(limit=SETUP_LIMIT)  # a thousand clusters' set-up is one long line
@@ -122,17 +133,28 @@ async def main() -> None:
         batch.clear()
 
     async def probe(dashboard: RayDashboard) -> None:
-        snapshot, error, latency = await fetch(dashboard, timeout)
+        t0 = time.monotonic()
+        try:
+            snapshot, error, latency = await fetch(dashboard, None)  # `expire` limits the time
+        except asyncio.CancelledError as exc:
+            if exc.args != (TIMED_OUT,):
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            snapshot, error, latency = None, f"probe timed out after {timeout}s", time.monotonic() - t0
         if not batch:
             loop.call_later(FLUSH_S, flush)
         batch.append(encode(dashboard.config.name, snapshot, error, latency, last))
 
     async def rounds(running: dict[str, asyncio.Task[None]]) -> None:
         for which, wait_s in schedule(len(dashboards), interval):
+            started = []
             for d in dashboards[which]:
                 task = running.get(d.config.name)
                 if task is None or task.done():
-                    running[d.config.name] = asyncio.create_task(probe(d))
+                    running[d.config.name] = task = asyncio.create_task(probe(d))
+                    started.append(task)
+            if started:  # one deadline for the probes started together, not a timer each
+                loop.call_later(timeout, expire, started)
             await asyncio.sleep(wait_s)
 
     running: dict[str, asyncio.Task[None]] = {}

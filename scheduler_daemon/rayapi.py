@@ -131,12 +131,15 @@ class RayDashboard:
     async def version(self) -> Any:
         return await self._json("GET", "/api/version")
 
-    async def cluster_status(self) -> Any:
-        """The probe: over a kept-alive connection of its own (`_ProbeConnection`)."""
+    async def cluster_status(self, *, caller_bounds_time: bool = False) -> Any:
+        """The probe: over a kept-alive connection of its own (`_ProbeConnection`). With
+        `caller_bounds_time` the caller limits how long it may take (the probes do, one deadline
+        for many, since a timer per probe is a good part of a probe's cost)."""
         if self._probe is None:
             self._probe = _ProbeConnection(self.config.name, yarl.URL(self.base), self._headers, self._ssl,
                                            self.timeout.total or 10.0)
-        status, raw = await self._probe.get("/api/cluster_status")
+        get = self._probe.get_unbounded if caller_bounds_time else self._probe.get
+        status, raw = await get("/api/cluster_status")
         return self._decode(status, raw)
 
     async def submit(self, body: Mapping[str, Any]) -> bool:
@@ -202,11 +205,12 @@ class _ProbeConnection:
     async def get(self, path: str) -> tuple[int, bytes]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._get_once_more(path)
+                return await self.get_unbounded(path)
         except TimeoutError:
             raise RayAmbiguous(f"{self.name}: TimeoutError on GET {path} after {self.timeout_s:g}s") from None
 
-    async def _get_once_more(self, path: str) -> tuple[int, bytes]:
+    async def get_unbounded(self, path: str) -> tuple[int, bytes]:
+        """`get` without a time limit of its own: the caller's."""
         async with self._lock:
             while True:
                 reused = self._conn is not None
