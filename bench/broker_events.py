@@ -12,6 +12,7 @@ figure; the first (nothing consumed) is the publishing side alone.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 import uuid
@@ -76,9 +77,12 @@ async def run(consume: bool, seconds: float = 5.0) -> float:
 
 
 async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="how long each of the two runs publishes")
+    a = p.parse_args()
     print(f"machine: {machine()}")
-    await run(consume=False)
-    rate = await run(consume=True)
+    await run(consume=False, seconds=a.seconds)
+    rate = await run(consume=True, seconds=a.seconds)
     print(f"bound on dispatch from the event path alone: {rate / 4:,.0f} jobs/s (4 events per job)")
 
 

@@ -301,12 +301,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--png", default=str(Path(__file__).with_name("placement_utilisation.png")))
+    p.add_argument("--jobs-fraction", type=float, default=1.0,
+                   help="replay this share of each trace's jobs (the figures are for 1.0)")
     a = p.parse_args()
     rng = random.Random(a.seed)
     results = {}
-    mixed, mixed_layout = mixed_trace(rng)
+    mixed, mixed_layout = mixed_trace(rng, max(1, round(1500 * a.jobs_fraction)))
     results["mixed CPU/GPU trace"] = run("mixed CPU/GPU trace", mixed, mixed_layout, a.seed)
-    frag, frag_layout = fragmentation_trace(rng)
+    frag, frag_layout = fragmentation_trace(rng, max(1, round(600 * a.jobs_fraction)))
     results["fragmentation trace"] = run("fragmentation trace", frag, frag_layout, a.seed)
     m = results["mixed CPU/GPU trace"]
     f = results["fragmentation trace"]

@@ -44,7 +44,7 @@ async def main() -> None:
                 for _ in range(a.rounds):
                     r0 = resource.getrusage(resource.RUSAGE_SELF)
                     t0 = time.perf_counter()
-                    prober.tick()
+                    prober.tick(prober.clusters.values())
                     await asyncio.gather(*(c.probe_task for c in prober.clusters.values() if c.probe_task))
                     rounds.append(time.perf_counter() - t0)
                     r1 = resource.getrusage(resource.RUSAGE_SELF)
