@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, Iterator
 
 import aio_pika
 import aiohttp
@@ -213,6 +213,32 @@ class Cores:
                 + ", ".join(f"{k} {(b[k] - a[k]) / (t1 - t0):.2f}" for k in a)
                 + "; CPU per job: " + ", ".join(f"{k} {1000 * (b[k] - a[k]) / jobs:.2f} ms"
                                                 for k in self.pids if self.pids[k] is not None))
+
+
+BUSY_LOOP = """
+import sys, time
+share = float(sys.argv[1])
+while True:  # each second, busy in bursts of 1 ms until `share` of it is spent, asleep between
+    t0, c0 = time.monotonic(), time.process_time()
+    while (elapsed := time.monotonic() - t0) < 1.0:
+        if time.process_time() - c0 < share * elapsed:
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.001:
+                pass
+        else:
+            time.sleep(0.001)
+"""
+
+
+@contextlib.contextmanager
+def cpu_load(share: float) -> Iterator[int]:
+    """A process that keeps `share` of a core busy and does nothing else; yields its pid."""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(share)])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def sustained_rate(times: list[float], lo: float = 0.1, hi: float = 0.9) -> float:

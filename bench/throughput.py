@@ -5,12 +5,15 @@ in the same run, on the same fleet, with the same prefetch.
     .venv/bin/python bench/throughput.py                      # 100 clusters (target 1)
     .venv/bin/python bench/throughput.py --probe-clusters 1000  # also with 1,000 probed (target 3)
     .venv/bin/python bench/throughput.py --probe-clusters 1000 --rounds 3  # alternated, medians
+    .venv/bin/python bench/throughput.py --probe-clusters 1000 --control-load 0.45  # and a control
 
 The queue is filled first (`--jobs` messages), then the consumer starts; the rate is taken
 between the 10th and 90th percentile of the POSTs the fleet received (ramp-up and tail cut).
 Every simulated cluster answers `/api/cluster_status` after 20 ms. With `--probe-clusters N`
 a further daemon run has N such clusters (all with room), to show what probing and
-placing over that many costs dispatch.
+placing over that many costs dispatch. With `--control-load SHARE` a further run has the
+first fleet again beside a busy loop that keeps SHARE of a core busy and does nothing else:
+on two cores, what any extra load costs the daemon, to compare with what probing costs it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import SimFleet, Cores, bare_post, broker_pid, machine, publish_fast, quiet_logs, sim_fleet, sustained_rate
+from common import SimFleet, Cores, bare_post, broker_pid, cpu_load, machine, publish_fast, quiet_logs, sim_fleet, sustained_rate
 from scheduler_daemon.broker import declare
 from scheduler_daemon.daemon import Daemon
 from scheduler_daemon.settings import ClusterConfig
@@ -87,7 +90,7 @@ async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
 
 
 async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[ClusterConfig, ...] | None = None,
-                   settle_s: float = 2.0) -> float:
+                   settle_s: float = 2.0, load: int | None = None) -> float:
     """The daemon's sustained rate; also prints where the machine's CPU went during the run."""
     with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
         s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5)
@@ -103,7 +106,8 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
             await daemon.start()
             await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
             child = daemon.prober.child.pid if daemon.prober.child is not None else None
-            cores = Cores(daemon=os.getpid(), **{"probe process": child}, fleet=fleet.proc.pid, broker=broker_pid())
+            cores = Cores(daemon=os.getpid(), **{"probe process": child}, fleet=fleet.proc.pid, broker=broker_pid(),
+                          **({"load": load} if load is not None else {}))
             c0 = await fleet.submissions()
             c1 = await wait_posts(fleet, before + n, 600)
             print("  " + cores.line(c1 - c0))
@@ -135,6 +139,10 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the runs this many times and compare medians (runs vary by 10-20%%)")
     p.add_argument("--skip-bare", action="store_true", help="only the daemon (to profile it)")
+    p.add_argument("--control-load", type=float, default=0.0, metavar="SHARE",
+                   help="also run the daemon on the first fleet beside a busy loop keeping SHARE of a core "
+                        "busy: the CPU the 1,000 clusters' fleet and probe process add to the machine, "
+                        "without the probing")
     p.add_argument("--history", type=int, default=0,
                    help="past jobs each simulated cluster lists from the start (Ray keeps every job)")
     a = p.parse_args()
@@ -145,6 +153,7 @@ async def main() -> None:
     bare: list[float] = []
     few: list[float] = []
     many_: list[float] = []
+    loaded: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         fleet = await stack.enter_async_context(
             sim_fleet(a.clusters, servers=2, cpus=100_000, duration=0.2, status_latency_ms=20, history=a.history))
@@ -163,6 +172,11 @@ async def main() -> None:
                 many_.append(await run_rmcs(many, a.jobs, a.window))
                 print(f"[{r}] rmcs daemon, {a.probe_clusters} clusters probed every second: {many_[-1]:,.0f} jobs/s,"
                       f" {change(many_[-1], few[-1])} the {a.clusters}-cluster run before it")
+            if a.control_load:
+                with cpu_load(a.control_load) as load:
+                    loaded.append(await run_rmcs(fleet, a.jobs, a.window, load=load))
+                print(f"[{r}] rmcs daemon, {a.clusters} clusters beside a busy loop of {a.control_load:g} core: "
+                      f"{loaded[-1]:,.0f} jobs/s, {change(loaded[-1], few[-1])} the run without it")
     rmcs = statistics.median(few)
     print(f"rmcs daemon, queue -> POST /api/jobs/: {rmcs:,.0f} jobs/s (target >= 1,000 jobs/s)"
           + (f"; ratio to the bare loop ({statistics.median(bare):,.0f} jobs/s) "
@@ -172,6 +186,11 @@ async def main() -> None:
         rmcs_many = statistics.median(many_)
         print(f"rmcs daemon with {a.probe_clusters} clusters probed every second: {rmcs_many:,.0f} jobs/s, "
               f"{change(rmcs_many, rmcs)} {a.clusters} clusters (target: at most 10% below)"
+              + (" [medians]" if a.rounds > 1 else ""))
+    if loaded:
+        rmcs_loaded = statistics.median(loaded)
+        print(f"rmcs daemon, {a.clusters} clusters beside a busy loop of {a.control_load:g} core: "
+              f"{rmcs_loaded:,.0f} jobs/s, {change(rmcs_loaded, rmcs)} without it"
               + (" [medians]" if a.rounds > 1 else ""))
 
 if __name__ == "__main__":
