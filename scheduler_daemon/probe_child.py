@@ -53,7 +53,7 @@ def schedule(n: int, interval_s: float) -> Iterator[tuple[slice, float]]:
 
 async def fetch(dashboard: RayDashboard, timeout_s: float | None) -> tuple[Snapshot | None, str | None, float]:
     """One probe: the cluster's snapshot, or None and why; and how long the answer took.
-    `timeout_s` None: the caller limits the time (`Deadline`)."""
+    `timeout_s` None: the caller limits the time (the probe process: `expire`)."""
     t0 = time.monotonic()
     snapshot: Snapshot | None = None
     error: str | None = None
