@@ -5,13 +5,21 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
+# $(call need_311,PYTHON,WHAT,WHAT TO DO): stop with a message unless PYTHON is a Python 3.11,
+# the version rmcs is written, tested and measured on.
+need_311 = @$(1) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	echo "make: rmcs needs Python 3.11, but $(2) is $$($(1) -V 2>/dev/null || echo not found). $(3)" >&2; \
+	exit 1; }
+
 .PHONY: install bench demo test clean
 
 $(BIN)/python:
+	$(call need_311,$(PY),$(PY),Run make again with PY set to a Python 3.11 (e.g. make test PY=python3.11).)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
+	$(call need_311,$(BIN)/python,the Python of $(VENV),Remove it (make clean) and run make again with PY=python3.11.)
 	$(BIN)/pip install -q -e '.[test]'
 	scripts/install-example-deps
 

@@ -20,7 +20,8 @@ import uuid
 import aio_pika
 
 from common import machine
-from scheduler_daemon.events import AmqpWire, ClusterEvent, EventPublisher
+from scheduler_daemon.amqp_wire import AmqpWire
+from scheduler_daemon.events import ClusterEvent, EventPublisher
 from support import AMQP_URL
 
 

@@ -49,8 +49,7 @@ def machine() -> str:
 
 def quiet_logs(path: str | Path = "/tmp/rmcs-bench-daemon.log") -> None:
     """The daemon's logging as in production (JSON lines at info), written to a file."""
-    logs.configure("info")
-    structlog.configure(logger_factory=structlog.BytesLoggerFactory(open(path, "wb")))
+    logs.configure("info", stream=open(path, "wb"))
 
 
 @dataclass

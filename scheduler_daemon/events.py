@@ -17,11 +17,9 @@ import aio_pika
 import orjson
 import structlog
 from aio_pika.abc import AbstractExchange
-from aiormq.abc import ChannelFrame
-from pamqp.body import ContentBody
 from pamqp.commands import Basic
-from pamqp.header import ContentHeader
 
+from .amqp_wire import Outgoing
 from .jobs import Job, JobState
 
 log = structlog.get_logger("rmcs.events")
@@ -117,59 +115,11 @@ async def publish_confirmed(exchange: Callable[[], AbstractExchange], message: a
                 pass
 
 
-Outgoing = tuple[str, bytes, Basic.Properties]  # routing key, body, properties
-
-
 class Wire(Protocol):
     async def publish_batch(self, items: Sequence[Outgoing]) -> "list[asyncio.Future[Any]]":
         """Put every item on the wire, in order, and return a future per item that resolves
         with the broker's confirm (or fails with its refusal or the channel's closing). Raises
         if none of them could be sent."""
-
-
-class AmqpWire:
-    """A batch of publishes to one exchange written to the socket at once.
-
-    aio-pika publishes one message at a time, holding the channel's lock until the connection's
-    writer has sent it: each publish waits for a turn of the event loop, so a daemon busy
-    dispatching got its events out a few hundred a second, and fell behind by thousands. Here the
-    lock is taken once per batch and the batch is one write: its publish frames, each with its
-    delivery tag and confirm future registered with aiormq's channel as its own publish does
-    (so confirms, nacks and a closing channel resolve them the same way)."""
-
-    def __init__(self, exchange: Callable[[], AbstractExchange]) -> None:
-        self._exchange = exchange
-
-    async def publish_batch(self, items: Sequence[Outgoing]) -> "list[asyncio.Future[Any]]":
-        exchange = self._exchange()
-        channel: Any = await exchange.channel.get_underlay_channel()
-        if not channel.publisher_confirms:
-            raise RuntimeError("the events channel must have publisher confirms")
-        frames: list[Any] = []
-        confirms: list[asyncio.Future[Any]] = []
-        async with channel.lock:
-            first = channel.delivery_tag
-            try:
-                for routing_key, body, properties in items:
-                    channel.delivery_tag += 1
-                    confirm = channel.create_future()
-                    channel.confirmations[channel.delivery_tag] = confirm
-                    confirms.append(confirm)
-                    frames.append(Basic.Publish(exchange=exchange.name, routing_key=routing_key))
-                    frames.append(ContentHeader(body_size=len(body), properties=properties))
-                    size = channel.max_content_size
-                    frames.extend(ContentBody(body[i:i + size]) for i in range(0, len(body), size))
-                written = channel.create_future()
-                await channel.write_queue.put(ChannelFrame.marshall(channel.number, frames, written))
-            except BaseException:  # nothing reached the wire: give the delivery tags back
-                for tag in range(first + 1, channel.delivery_tag + 1):
-                    channel.confirmations.pop(tag, None)
-                channel.delivery_tag = first
-                for confirm in confirms:
-                    confirm.cancel()
-                raise
-            await written  # cancelled here, the batch is on its way and its confirms stand
-        return confirms
 
 
 @dataclass

@@ -53,12 +53,19 @@ class Role:
 
 
 def _any(*names: str) -> str:
-    """A regex matching exactly these object names (and server-named queues for `amq.gen-.*`)."""
-    parts = [n if n == SERVER_NAMED else re.escape(n) for n in names]
+    """A regex matching exactly these object names (and server-named queues for `amq.gen-.*`,
+    the status service's reply queues for `reply_queues(s)`)."""
+    parts = [n if n == SERVER_NAMED or n.endswith(_REPLY_SUFFIX) else re.escape(n) for n in names]
     return "^(" + "|".join(parts) + ")$"
 
 
 NOTHING = "^$"
+_REPLY_SUFFIX = r"\.reply\.[0-9a-f]{32}"
+
+
+def reply_queues(s: Settings) -> str:
+    """The status service's reply queues for the stops of its API: `<status_queue>.reply.<hex>`."""
+    return re.escape(s.status_queue) + _REPLY_SUFFIX
 
 
 def roles(s: Settings) -> dict[str, Role]:
@@ -67,10 +74,11 @@ def roles(s: Settings) -> dict[str, Role]:
     exchanges = (s.intake_exchange, s.dead_letter_exchange, s.events_exchange)
     return {
         "daemon": Role(
-            configure=_any(*exchanges, *queues),
-            write=_any(*exchanges, *queues, DEFAULT_EXCHANGE),
-            read=_any(*exchanges, *queues),
-            topic_write=r"^(job\..+|cluster\..+|control\.stop\.answer)$",
+            # The reply queues and control.stop: its status service asks it to stop jobs.
+            configure=_any(*exchanges, *queues, reply_queues(s)),
+            write=_any(*exchanges, *queues, DEFAULT_EXCHANGE, reply_queues(s)),
+            read=_any(*exchanges, *queues, reply_queues(s)),
+            topic_write=r"^(job\..+|cluster\..+|control\.stop|control\.stop\.answer)$",
             topic_read=r"^(job\.#|cluster\.#|control\.stop)$",
             description="the scheduler daemon: declares the topology, consumes the intake, publishes events",
         ),

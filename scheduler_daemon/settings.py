@@ -137,6 +137,10 @@ class Settings:
     default_owner: str = "anonymous"
     admins: tuple[str, ...] = ()
     api_tokens_file: str = ""
+    # Where the status service (HTTP API, event stream, status cache) runs: "process", a child
+    # the daemon supervises (the default); "inline", in the daemon's own event loop (tests);
+    # "off", not started by the daemon (run `rmcs-status` yourself).
+    status_service: str = "process"
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
@@ -169,6 +173,8 @@ class Settings:
                    f"is more than max_job_resources.{res}")
         _check(self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
                "must be debug, info, warning or error")
+        _check(self.status_service in ("process", "inline", "off"), "status_service",
+               "must be 'process', 'inline' or 'off'")
         _check(bool(USER_NAME.fullmatch(self.default_owner)), "default_owner", "must be a user name")
         _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
                "must be a list of user names")

@@ -1,5 +1,5 @@
-"""Fixtures: the real RabbitMQ (must be running: tests fail, never skip, without it) and
-two real local Ray clusters shared by the whole session."""
+"""Fixtures: the real RabbitMQ (opt-in per module; a module that asks for it fails, never skips,
+without it) and two real local Ray clusters shared by the whole session."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ GPU = HeadSpec("gpu_cluster", dashboard_port=28266, port_base=22000, num_cpus=2,
                temp_root="/tmp/rmcs-t")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def rabbitmq() -> None:
+    """Opt in with `pytestmark = pytest.mark.usefixtures("rabbitmq")` in modules that need the broker."""
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=3).close()
     except OSError as exc:

@@ -36,6 +36,7 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         state_dir=str(tmp_path / "state"),
         lost_after_s=5.0,
         window_size=4,
+        status_service="inline",  # the status service in the test's event loop; real processes use "process"
     )
     return replace(base, **overrides).validate()
 
@@ -202,6 +203,8 @@ def daemon_launcher(settings: Settings, clusters: tuple[ClusterConfig, ...], wor
         c.name: {"dashboard_url": c.dashboard_url, "tags": sorted(c.tags)} for c in clusters}}))
     env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
                               for k, v in settings.__dict__.items() if isinstance(v, (str, int, float))})
+    if settings.status_service == "inline":  # a real daemon runs its status service as a real child
+        env["RMCS_STATUS_SERVICE"] = "process"
 
     def start() -> subprocess.Popen[bytes]:
         log = open(workdir / log_name, "ab")

@@ -24,9 +24,11 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from fakeray import GIB, FakeCluster, FakeServer
-from scheduler_daemon import openapi
+from scheduler_daemon.status import openapi
 from scheduler_daemon.daemon import Daemon
 from support import make_settings, publish, publish_many, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 DOC_URI = "urn:rmcs:openapi"
 FORMATS = FormatChecker()
@@ -244,7 +246,7 @@ async def test_health_readiness_clusters_and_document(env: Env) -> None:
     api = env.api
     assert await api.get("/healthz") == {"status": "ok"}
     ready = await api.get("/readyz")
-    assert ready == {"ready": True, "broker": True, "clusters_probed": True, "stopping": False}
+    assert ready == {"ready": True, "broker": True, "scheduler": True, "clusters_probed": True, "stopping": False}
     clusters = {c["name"]: c for c in (await api.get("/api/v1/clusters"))["clusters"]}
     assert set(clusters) == {"big", "solo"}
     assert clusters["solo"]["total"]["CPU"] == 1 and clusters["solo"]["tags"] == ["solo"]
@@ -472,7 +474,7 @@ async def test_unexpected_errors_are_500_without_details(env: Env, monkeypatch: 
     async def broken() -> dict[str, int]:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(env.daemon.store, "counts_by_state", broken)
+    monkeypatch.setattr(env.daemon.service.store, "counts_by_state", broken)
     status, body = await env.api.call("GET", "/metrics")
     assert status == 500 and body == {"error": "internal error"}
 
@@ -481,7 +483,7 @@ async def test_unexpected_errors_are_500_without_details(env: Env, monkeypatch: 
 
 
 async def test_event_stream_follows_a_job(env: Env) -> None:
-    api, hub = env.api, env.daemon.hub
+    api, hub = env.api, env.daemon.service.hub
     before = len(hub)
     async with event_stream(api, "job.#") as everything, event_stream(api, "job.succeeded.*") as ends, \
             event_stream(api) as default:
@@ -513,7 +515,7 @@ async def test_event_stream_follows_a_job(env: Env) -> None:
 
 
 async def test_slow_stream_client_loses_old_events_not_the_daemon(env: Env) -> None:
-    api, hub = env.api, env.daemon.hub
+    api, hub = env.api, env.daemon.service.hub
     saved = hub.maxsize
     hub.maxsize = 20
     try:

@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from fakeray import fake_fleet
 from support import Events, make_settings, publish, running_daemon, sid
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("rabbitmq")]
 
 EXAMPLES = 100
 SKIP = {"/api/v1/events"}  # an endless stream; tested in test_api.py

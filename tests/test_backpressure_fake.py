@@ -8,8 +8,12 @@ import os
 import resource
 from typing import Any
 
+import pytest
+
 from fakeray import FakeCluster, FakeServer
 from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 async def _serve(*clusters: FakeCluster) -> list[FakeServer]:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import aio_pika
 import orjson
+import pytest
 
 from scheduler_daemon.rayapi import RayDashboard
 from support import (Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish, publish_many,
                      queue_depth, running_daemon, sid, wait_idle)
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 LEGAL_NEXT = {
     None: {"ACCEPTED", "REJECTED"},

@@ -19,6 +19,8 @@ from scheduler_daemon.settings import ClusterConfig
 from scheduler_daemon.rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
 from support import Events, make_settings, publish, publish_many, running_daemon, sid
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 
 def job(entrypoint: str = "/bin/sleep 0.3", cpu: float = 1.0, **kw: Any) -> dict[str, Any]:
     return {"submission_id": sid(), "entrypoint": entrypoint, "resource_requirements": {"CPU": cpu}, **kw}

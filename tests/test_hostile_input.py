@@ -26,6 +26,8 @@ from scheduler_daemon.placement import NoFit, Placement, choose
 from scheduler_daemon.settings import ClusterConfig, ConfigError, load_clusters, load_settings
 from support import Events, make_settings, publish, running_daemon, sid
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 LIMIT = 65_536
 
 

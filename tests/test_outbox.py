@@ -16,11 +16,14 @@ import aio_pika
 import orjson
 import pytest
 
+from scheduler_daemon.amqp_wire import AmqpWire
 from scheduler_daemon.dbthread import DbThread
-from scheduler_daemon.events import AmqpWire, ClusterEvent, EventPublisher, JobEvent, PublishAborted
+from scheduler_daemon.events import ClusterEvent, EventPublisher, JobEvent, PublishAborted
 from scheduler_daemon.journal import IdFilter, Journal, Tracked
 from scheduler_daemon.jobs import Job, JobState
 from support import AMQP_URL
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 class Broker:
@@ -261,16 +264,17 @@ async def test_a_late_confirm_never_writes_an_older_state_over_a_newer_one(tmp_p
     await d.journal.open()
     try:
         job = Job(submission_id="short", job_id="j", entrypoint="echo hi", resources={"CPU": 1.0})
-        running = await d._record(Tracked(job, "c", "n", JobState.RUNNING), published=False)
-        d._send(job, JobState.RUNNING, "c")
-        d._confirm_later(running)
-        succeeding = asyncio.create_task(d._record(running.moved(JobState.SUCCEEDED, final=True), published=False))
+        running = await d.book.record(Tracked(job, "c", "n", JobState.RUNNING), published=False)
+        d.book.send(job, JobState.RUNNING, "c")
+        d.book.confirm_later(running)
+        succeeding = asyncio.create_task(d.book.record(running.moved(JobState.SUCCEEDED, final=True),
+                                                       published=False))
         await asyncio.sleep(0)  # SUCCEEDED's write is queued, not done
         confirms[0].set_result(None)  # RUNNING is confirmed now
         await succeeding
         for _ in range(20):
             await asyncio.sleep(0.01)
-        assert d.tracked["short"].state == JobState.SUCCEEDED
+        assert d.book.tracked["short"].state == JobState.SUCCEEDED
         kept = await d.journal.get("short")
         assert kept is not None and kept.state == JobState.SUCCEEDED and kept.final
     finally:

@@ -29,6 +29,8 @@ from scheduler_daemon.jobs import ATTEMPT_HEADER, OWNER_HEADER
 from scheduler_daemon.settings import Settings
 from support import Events, make_settings, running_daemon, sid
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 
 @dataclass
 class World:
@@ -310,7 +312,7 @@ async def test_a_failing_stop_is_a_plain_500_without_a_trace(world: World, monke
     async def broken(*args: Any, **kw: Any) -> Any:
         raise RuntimeError("secret internals at /srv/rmcs/state")
 
-    monkeypatch.setattr(world.daemon, "stop_job", broken)
+    monkeypatch.setattr(world.daemon.service, "request_stop", broken)
     async with aiohttp.ClientSession() as http:
         async with http.post(f"http://{world.settings.http_addr}/api/v1/jobs/{sid()}/stop",
                              headers={"Authorization": f"Bearer {world.tokens[world.alice]}"}) as r:

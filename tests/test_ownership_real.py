@@ -9,10 +9,13 @@ from dataclasses import replace
 
 import aio_pika
 import orjson
+import pytest
 
 from brokeradmin import broker_users, settings_in
 from scheduler_daemon.rayapi import RayDashboard
 from support import Events, make_settings, running_daemon, sid, wait_idle
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 async def _ray_status(cluster, ray_id: str) -> str:

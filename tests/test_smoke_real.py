@@ -1,4 +1,8 @@
+import pytest
+
 from support import Events, publish, running_daemon, sid, make_settings
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 async def test_one_job_runs_end_to_end(tmp_path, ray_clusters):

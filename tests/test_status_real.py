@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from scheduler_daemon.access import TRUSTED_LOCAL
 from scheduler_daemon.rayapi import RayDashboard, RayNotFound
 from support import (Events, make_settings, publish, publish_many, request_stop, running_daemon, sid,
                      wait_idle)
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 async def _on_ray(clusters, ray_id: str) -> list[str]:
@@ -60,7 +65,7 @@ async def test_stop_of_a_waiting_job_cancels_it_at_once(tmp_path, ray_clusters):
         await ev.wait_for(lambda: "DISPATCHED" in ev.states(blocker), 30)
         await publish(s, {"submission_id": waiting, "entrypoint": "/bin/true", "resource_requirements": {"GPU": 1}})
         await ev.wait_for(lambda: "ACCEPTED" in ev.states(waiting), 10)
-        answer = await daemon.stop_job(waiting, "changed my mind")
+        answer = await daemon.control.stop_job(waiting, "changed my mind", TRUSTED_LOCAL)
         assert answer.outcome == "cancelled"
         await ev.wait_final([waiting, blocker], timeout=30)
         assert ev.states(waiting) == ["ACCEPTED", "CANCELLED"]
@@ -81,7 +86,7 @@ async def test_stop_of_a_running_job_ends_in_stopped(tmp_path, ray_clusters):
         await ev.wait_for(lambda: len(ev.answers(job)) == 2, 10)
         assert ev.answers(job)[1]["outcome"] == "already_final"
         unknown = sid("nobody")
-        answer = await daemon.stop_job(unknown)
+        answer = await daemon.control.stop_job(unknown, "stop requested", TRUSTED_LOCAL)
         assert answer.outcome == "recorded" and "no such job" in answer.message
 
 

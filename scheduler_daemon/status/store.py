@@ -28,6 +28,9 @@ T = TypeVar("T")
 RANK = {"ACCEPTED": 1, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
         "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5}
 STATES = frozenset(RANK)
+# The reports the scheduler writes for the status service: its clusters (JSON) and its metrics.
+CLUSTERS_REPORT = "clusters"
+METRICS_REPORT = "metrics"
 
 
 class BadQuery(ValueError):
@@ -172,6 +175,14 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
 
+    @abc.abstractmethod
+    async def put_report(self, name: str, body: bytes) -> None:
+        """The scheduler's latest report `name` (its clusters, its metrics), replacing the last."""
+
+    @abc.abstractmethod
+    async def report(self, name: str) -> tuple[bytes, float] | None:
+        """The latest report `name` and when it was written (Unix time), or None."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -215,6 +226,11 @@ CREATE TABLE IF NOT EXISTS clusters (
     health TEXT NOT NULL,
     ts TEXT NOT NULL,
     message TEXT
+);
+CREATE TABLE IF NOT EXISTS reports (
+    name TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    written REAL NOT NULL
 );
 """
 
@@ -352,6 +368,18 @@ class SqliteStatusStore(StatusStore):
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None:
         await self._run(lambda db: db.execute("INSERT OR REPLACE INTO clusters VALUES (?,?,?,?)",
                                               (cluster, health, ts, message)))
+
+    async def put_report(self, name: str, body: bytes) -> None:
+        written = time.time()
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO reports VALUES (?,?,?)",
+                                              (name, body, written)))
+
+    async def report(self, name: str) -> tuple[bytes, float] | None:
+        def _read(db: sqlite3.Connection) -> tuple[bytes, float] | None:
+            row = db.execute("SELECT body, written FROM reports WHERE name = ?", (name,)).fetchone()
+            return None if row is None else (bytes(row[0]), float(row[1]))
+
+        return await self._run(_read, read=True)
 
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"

@@ -9,11 +9,14 @@ from typing import Any
 
 import aio_pika
 import orjson
+import pytest
 
 from fakeray import FakeCluster, FakeServer
 from producers._core import Client, build_job
 from producers.config import ProducerConfig
 from support import make_settings, publish_many, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 def rabbitmqctl(*args: str) -> None:

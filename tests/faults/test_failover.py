@@ -13,11 +13,14 @@ from typing import Any, Callable
 
 import aiohttp
 import orjson
+import pytest
 
 from fakeray import FakeCluster, FakeServer
 from scheduler_daemon.broker import declare
 from scheduler_daemon.settings import ClusterConfig, Settings
 from support import Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish_many, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 def log_events(path: Path) -> list[str]:

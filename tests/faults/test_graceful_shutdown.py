@@ -8,10 +8,13 @@ import signal
 import time
 from typing import Any
 
+import pytest
 
 from fakeray import FakeCluster, FakeServer
 from scheduler_daemon.broker import declare
 from support import Events, daemon_launcher, make_settings, publish_many, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 async def test_sigterm_during_a_burst_is_graceful_and_loses_nothing(tmp_path: Any) -> None:

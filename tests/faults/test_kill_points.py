@@ -9,10 +9,13 @@ import random
 import signal
 from typing import Any
 
+import pytest
 
 from fakeray import FakeCluster, FakeServer
 from support import Events, daemon_launcher, make_settings, publish_many, sid
 from scheduler_daemon.broker import declare
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 KILLS = 20
 JOBS = 300

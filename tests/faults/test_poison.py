@@ -12,10 +12,13 @@ from typing import Any
 
 import aio_pika
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fakeray import FakeCluster, FakeServer
 from support import Events, make_settings, queue_depth, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

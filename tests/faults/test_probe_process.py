@@ -16,6 +16,8 @@ from scheduler_daemon import probe_child, probing
 from scheduler_daemon.clusters import HealthState, Node, Snapshot
 from support import Events, make_settings, publish, queue_depth, running_daemon, sid
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 
 def _errors(daemon: Any) -> list[str]:
     """Record every probe outcome's error as the prober takes it."""

@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from scheduler_daemon.localray import HeadSpec, LocalHead, kill_processes_of
 from scheduler_daemon.settings import ClusterConfig
 from support import Events, make_settings, publish, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 DOOMED = HeadSpec("doomed", dashboard_port=28267, port_base=23000, num_cpus=2, temp_root="/tmp/rmcs-t")
 # Sleeps only where the cluster's runtime_env says it is the doomed one.

@@ -8,9 +8,12 @@ import time
 from typing import Any
 
 import aio_pika
+import pytest
 
 from fakeray import FakeCluster, FakeServer
 from support import Events, make_settings, publish_many, queue_depth, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
 async def _run_batch(s: Any, ev: Events, n: int) -> float:
@@ -42,6 +45,6 @@ async def test_a_dashboard_that_stops_reading_does_not_slow_dispatch(tmp_path: A
                   f"holding {unread} unread events")
             assert unread >= 150 * 4, unread  # the broker keeps them, not the daemon
             assert with_stalled < baseline * 2 + 2.0
-            assert len(daemon.window) == 0 and len(daemon.hub) == 0
+            assert len(daemon.window) == 0 and len(daemon.service.hub) == 0
     finally:
         await server.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 from producers.schema import SUBMISSION_ID_PATTERN
 
-from .status.store import STATES
+from .store import STATES
 
 STOP_OUTCOMES = ("cancelled", "stopping", "recorded", "already_final", "failed", "unknown", "refused")
 HEALTH = ("unknown", "up", "degraded", "down")
@@ -43,6 +43,7 @@ SCHEMAS: dict[str, Any] = {
     "Readiness": _object({
         "ready": {"type": "boolean"},
         "broker": {"type": "boolean", "description": "connected to RabbitMQ"},
+        "scheduler": {"type": "boolean", "description": "the scheduler has reported its clusters lately"},
         "clusters_probed": {"type": "boolean", "description": "at least one cluster has answered a probe"},
         "stopping": {"type": "boolean"},
     }),
@@ -225,6 +226,7 @@ PATHS: dict[str, Any] = {
         "409": _json("StopAnswer", "outcome already_final (it had ended) or unknown (cannot be stopped here)"),
         "413": _error("the body is larger than 64 KiB"),
         "502": _json("StopAnswer", "outcome failed: its cluster did not take the stop"),
+        "504": _error("the scheduler did not answer in time; the request stays queued for it"),
     }, op_id="stopJob", tag="jobs", parameters=[_SID_PARAM], body={
         "required": False,
         "content": {"application/json": {"schema": _ref("StopRequest")}},

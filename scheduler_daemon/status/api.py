@@ -1,5 +1,5 @@
-"""The daemon's HTTP API: health, jobs (status, logs, stop), clusters, a live event stream,
-metrics and the OpenAPI document. JSON everywhere; every error is `{"error": message}`.
+"""The HTTP API of the status service: health, jobs (status, logs, stop), clusters, a live
+event stream, metrics and the OpenAPI document. JSON everywhere; every error is `{"error": message}`.
 
 Requests are checked at this edge: an unknown, repeated or empty query parameter, a bad value
 or a malformed body is a 400 naming the parameter; nothing a client sends can cause a 500, and
@@ -8,33 +8,32 @@ no answer carries a stack trace.
 Mutating requests (POST) need `Authorization: Bearer <token>` when tokens are configured
 (`api_tokens_file`); the token's user is the caller, whom the stop rule of `access` applies to.
 Without tokens the API listens on loopback only and trusts its callers (docs/security.md).
+
+What it serves comes from a `Backend` (the status service): the status store, the live event
+hub, and the scheduler reached over the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 import orjson
 import structlog
 from aiohttp import web
 
-from . import access, openapi
-from .rayapi import RayError
-from .settings import parse_http_addr
-from .status.store import STATES, BadQuery, ListQuery
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .. import access
+from ..rayapi import RayError
+from ..settings import Settings, parse_http_addr
+from . import openapi
+from .hub import EventHub
+from .store import BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
 
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SUBMISSION_ID = re.compile(openapi.SUBMISSION_ID_PATTERN)
 LIST_PARAMS = ("state", "cluster", "tag", "owner", "since", "until", "limit", "cursor")
 MAX_PARAM_CHARS = 1024
@@ -51,34 +50,31 @@ STOP_STATUS = {"cancelled": 202, "stopping": 202, "recorded": 202,
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-@dataclass
-class Histogram:
-    counts: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS) + 1))
-    total: float = 0.0
-    n: int = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(_BUCKETS, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def render(self, name: str, labels: str = "") -> list[str]:
-        out, running = [], 0
-        sep = "," if labels else ""
-        for bound, count in zip((*_BUCKETS, float("inf")), self.counts):
-            running += count
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        braces = f"{{{labels}}}" if labels else ""
-        out.append(f"{name}_sum{braces} {self.total}")
-        out.append(f"{name}_count{braces} {self.n}")
-        return out
+class LogsUnavailable(Exception):
+    """The job exists but its logs cannot be had; the message says why."""
 
 
-@dataclass
-class Metrics:
-    events: dict[str, int] = field(default_factory=dict)
-    dispatch_latency: Histogram = field(default_factory=Histogram)
+class StopTimeout(Exception):
+    """The scheduler did not answer a stop request in time; the message says what follows."""
+
+
+class Backend(Protocol):
+    settings: Settings
+    tokens: Mapping[str, str]
+    stopping: asyncio.Event
+    store: StatusStore
+    hub: EventHub
+
+    async def readiness(self) -> dict[str, bool]: ...
+
+    async def clusters(self) -> list[dict[str, Any]]: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    async def logs(self, submission_id: str) -> tuple[str, str]: ...
+
+    async def request_stop(self, submission_id: str, reason: str | None,
+                           caller: access.Caller) -> Mapping[str, Any]: ...
 
 
 class ApiError(Exception):
@@ -196,9 +192,9 @@ def _stop_reason(body: bytes) -> str | None:
 
 
 class HttpServer:
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
-        self.tokens = daemon.api_tokens  # token -> user; never logged
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.tokens = backend.tokens  # token -> user; never logged
         self.app = web.Application(middlewares=[_errors, self._authenticate], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes([
             web.get("/healthz", self.healthz),
@@ -217,8 +213,8 @@ class HttpServer:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        access.check_exposure(self.daemon.settings, self.tokens)
-        host, port = parse_http_addr(self.daemon.settings.http_addr)
+        access.check_exposure(self.backend.settings, self.tokens)
+        host, port = parse_http_addr(self.backend.settings.http_addr)
         self._ended = asyncio.get_running_loop().create_future()
         self._watch = asyncio.create_task(self._end_streams_when_stopping(), name="http-stop-watch")
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=3.0)
@@ -234,7 +230,7 @@ class HttpServer:
             await self._runner.cleanup()
 
     async def _end_streams_when_stopping(self) -> None:
-        await self.daemon.stopping.wait()
+        await self.backend.stopping.wait()
         self._end_streams()
 
     def _end_streams(self) -> None:
@@ -259,7 +255,7 @@ class HttpServer:
             why = "a bearer token is required" if not header else "the bearer token is not valid"
             raise ApiError(401, f"{why}: send Authorization: Bearer <token>",
                            {"WWW-Authenticate": 'Bearer realm="rmcs"'})
-        return access.token_caller(user, self.daemon.settings)
+        return access.token_caller(user, self.backend.settings)
 
     # ---- health ------------------------------------------------------------------------
 
@@ -267,9 +263,7 @@ class HttpServer:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        d = self.daemon
-        checks = {"broker": d.intake.connected, "clusters_probed": d.prober.any_probed,
-                  "stopping": d.stopping.is_set()}
+        checks = await self.backend.readiness()
         ready = checks["broker"] and checks["clusters_probed"] and not checks["stopping"]
         return _json({"ready": ready, **checks}, 200 if ready else 503)
 
@@ -288,7 +282,7 @@ class HttpServer:
             until=_time(q["until"], "until") if "until" in q else None,
             limit=_limit(q.get("limit")), cursor=q.get("cursor"))
         try:
-            page = await self.daemon.store.list(query)
+            page = await self.backend.store.list(query)
         except BadQuery as exc:
             raise ApiError(400, str(exc)) from None
         return _json({"jobs": [j.to_json() for j in page.jobs], "next_cursor": page.next_cursor})
@@ -296,47 +290,41 @@ class HttpServer:
     async def job(self, request: web.Request) -> web.Response:
         _params(request, ())
         sid = _submission_id(request)
-        status = await self.daemon.store.get(sid)
+        status = await self.backend.store.get(sid)
         if status is None:
             raise ApiError(404, f"no job {sid!r}")
         return _json(status.to_json())
 
     async def logs(self, request: web.Request) -> web.Response:
-        from .daemon import LogsUnavailable
-
         _params(request, ())
         sid = _submission_id(request)
         try:
-            text = await self.daemon.logs(sid)
+            cluster, text = await self.backend.logs(sid)
         except LogsUnavailable as exc:
             raise ApiError(409, str(exc)) from None
         except RayError as exc:
-            raise ApiError(502, f"cluster {await self._cluster_of(sid)} did not give the logs: {exc}") from None
+            status = await self.backend.store.get(sid, history=False)
+            raise ApiError(502, f"cluster {status.cluster if status else None} did not give the logs: {exc}") from None
         except LookupError:
             raise ApiError(404, f"no job {sid!r}") from None
-        return _json({"submission_id": sid, "cluster": await self._cluster_of(sid), "logs": text})
-
-    async def _cluster_of(self, sid: str) -> str | None:
-        tracked = self.daemon.tracked.get(sid)
-        if tracked is not None:
-            return tracked.cluster
-        status = await self.daemon.store.get(sid, history=False)
-        return status.cluster if status is not None else None
+        return _json({"submission_id": sid, "cluster": cluster, "logs": text})
 
     async def stop_job(self, request: web.Request) -> web.Response:
         _params(request, ())
         sid = _submission_id(request)
         reason = _stop_reason(await request.read())
         caller = self.caller(request)
-        answer = (await self.daemon.stop_job(sid, caller=caller) if reason is None
-                  else await self.daemon.stop_job(sid, reason, caller))
-        return _json(answer.to_json(), STOP_STATUS.get(answer.outcome, 500))
+        try:
+            answer = await self.backend.request_stop(sid, reason, caller)
+        except StopTimeout as exc:
+            raise ApiError(504, str(exc)) from None
+        return _json(answer, STOP_STATUS.get(str(answer.get("outcome")), 500))
 
     # ---- clusters and events -------------------------------------------------------------
 
     async def clusters(self, request: web.Request) -> web.Response:
         _params(request, ())
-        return _json({"clusters": [v.summary() for v in self.daemon.prober.views()]})
+        return _json({"clusters": await self.backend.clusters()})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each lifecycle event as `event: <routing key>` and `data: <json>`.
@@ -350,7 +338,7 @@ class HttpServer:
             raise ApiError(503, "the daemon is stopping")
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        stream = self.daemon.hub.subscribe(pattern)
+        stream = self.backend.hub.subscribe(pattern)
         upcoming: asyncio.Future[Mapping[str, Any]] = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0)  # let the subscription register before the client hears "subscribed"
         loop = asyncio.get_running_loop()
@@ -393,38 +381,5 @@ class HttpServer:
     # ---- metrics -----------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
-        d = self.daemon
-        jobs = await d.store.counts_by_state()
-        out: list[str] = []
-
-        def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, Any]]) -> None:
-            out.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
-            out.extend(f"{name}{labels} {value}" for labels, value in samples)
-
-        if d.queue_depth is not None:
-            metric("rmcs_queue_depth", "gauge", "Messages waiting in the intake queue, last seen.",
-                   [("", d.queue_depth)])
-        metric("rmcs_window_jobs", "gauge", "Jobs held in the admission window.", [("", len(d.window))])
-        metric("rmcs_window_size", "gauge", "Capacity of the admission window.", [("", d.window.capacity)])
-        metric("rmcs_tracked_jobs", "gauge", "Dispatched jobs being followed.", [("", len(d.tracked))])
-        metric("rmcs_intake_consuming", "gauge", "1 while the intake consumer takes messages.",
-               [("", int(d.intake.active))])
-        metric("rmcs_messages_consumed_total", "counter", "Intake messages received.", [("", d.intake.consumed)])
-        metric("rmcs_jobs", "gauge", "Jobs in the status cache by current state.",
-               [(f'{{state="{s}"}}', jobs.get(s, 0)) for s in sorted(STATES | set(jobs))])
-        metric("rmcs_job_events_total", "counter", "Job events published by this daemon, by state.",
-               [(f'{{state="{s}"}}', n) for s, n in sorted(d.metrics.events.items())])
-        metric("rmcs_events_unconfirmed", "gauge", "Events sent by this daemon and not yet confirmed by the broker.",
-               [("", d.publisher.unconfirmed)])
-        out.extend(("# HELP rmcs_dispatch_latency_seconds Duration of the submit call to a cluster.",
-                    "# TYPE rmcs_dispatch_latency_seconds histogram"))
-        out.extend(d.metrics.dispatch_latency.render("rmcs_dispatch_latency_seconds"))
-        views = d.prober.views()
-        metric("rmcs_cluster_up", "gauge", "1 if the cluster is up or degraded; its health as a label.",
-               [(f'{{cluster="{v.name}",health="{v.health.value}"}}', int(v.health.value in ("up", "degraded")))
-                for v in views])
-        metric("rmcs_probe_latency_seconds", "gauge", "Duration of the cluster's last probe.",
-               [(f'{{cluster="{v.name}"}}', v.latency_s) for v in views if v.latency_s is not None])
-        metric("rmcs_event_stream_clients", "gauge", "Open /api/v1/events streams.", [("", len(d.hub))])
-        return web.Response(body=("\n".join(out) + "\n").encode(),
+        return web.Response(body=await self.backend.metrics_text(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

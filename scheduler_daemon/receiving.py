@@ -1,0 +1,120 @@
+"""Receiving: an intake message becomes a held job, or gets its final intake outcome.
+
+The message is parsed at the edge (`jobs.parse_job`), the facts about its id are gathered in
+one trip to the journal, and `admit.admit` (pure) decides; this object carries it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from .admission import Held, Window
+from .admit import Facts, Verdict, admit
+from .book import JobBook
+from .events import EventPublisher, JobEvent
+from .intake import Intake, message_meta
+from .jobs import InvalidJob, JobState, parse_job
+from .scheduling import VERIFY_ALL
+from .settings import Settings
+
+log = structlog.get_logger("rmcs.intake")
+
+
+class Receiver:
+    def __init__(self, settings: Settings, *, window: Window, book: JobBook, publisher: EventPublisher,
+                 intake: Callable[[], Intake], stopping: asyncio.Event, wake: Callable[[], None],
+                 clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.window = window
+        self.book = book
+        self.publisher = publisher
+        self._intake = intake
+        self._stopping = stopping
+        self._wake = wake
+        self.clock = clock
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        intake = self._intake()
+        if self._stopping.is_set():
+            await intake.requeue(message)
+            return
+        meta = message_meta(message, intake.user, self.settings.default_owner)
+        try:
+            job = parse_job(message.body, meta,
+                            default_resources=self.settings.default_resources,
+                            max_bytes=self.settings.max_message_bytes,
+                            ceiling=self.settings.max_job_resources)
+        except InvalidJob as exc:
+            await self._reject(message, exc, meta.owner)
+            return
+        with structlog.contextvars.bound_contextvars(submission_id=job.submission_id):
+            # One trip to the journal's thread for all it knows of this id (the hot path).
+            record = await self.book.journal.lookup(job.submission_id)
+            known = self.book.get(job.submission_id) or record.tracked
+            existing = self.window.get(job.submission_id)
+            decision = admit(job, Facts(
+                redelivered=bool(message.redelivered),
+                known_attempt=known.job.attempt if known is not None else None,
+                ended=record.ended, cancellation=record.cancellation,
+                held=existing is not None,
+                held_delivery_live=existing is not None and intake.is_live(existing.delivery)))
+            verdict = decision.verdict
+            if verdict == Verdict.ALREADY_DISPATCHED:
+                assert known is not None
+                log.info("redelivered job already dispatched; acknowledging", cluster=known.cluster)
+                if self.book.get(job.submission_id) is None and not (known.final and known.published):
+                    log.info("following a job the previous leader journaled", cluster=known.cluster,
+                             state=known.state.value)
+                    self.book.follow(known)
+                await intake.ack(message)
+                return
+            if verdict == Verdict.DUPLICATE:
+                await intake.dead_letter(message, decision.reason)
+                log.warning("duplicate submission rejected")
+                return
+            if verdict == Verdict.ALREADY_ENDED:
+                log.info("redelivered job had already ended before dispatch; acknowledging", state=decision.state)
+                await self.book.emit(job, JobState(decision.state), None, decision.reason, final=True)
+                await intake.ack(message)
+                return
+            if verdict == Verdict.CANCELLED:
+                log.info("job cancelled before it was received", reason=decision.reason)
+                await self.book.emit(job, JobState.CANCELLED, None, decision.reason, final=True)
+                await intake.ack(message)
+                return
+            if decision.foreign_stop:
+                log.warning("a stop recorded before the job arrived is not its owner's; the job goes on",
+                            owner=job.owner)
+            if verdict == Verdict.COPY_OF_HELD:
+                log.info("second message for a held job; acknowledging the copy")
+                await intake.ack(message)
+                return
+            if verdict == Verdict.NEW_DELIVERY:
+                assert existing is not None
+                log.info("held job redelivered after a reconnect; keeping the new delivery")
+                existing.delivery = message
+                return
+            held = Held(job, message, self.clock())
+            if decision.verify_everywhere:
+                # It may already be on a cluster (crash between dispatch and journal):
+                # look everywhere before dispatching again.
+                held.verify_on = VERIFY_ALL
+            self.window.add(held)
+            if held.verify_on is None:
+                # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
+                self.book.send(job, JobState.ACCEPTED, None)
+            log.info("job accepted", priority=job.priority, resources=dict(job.resources),
+                     attempt=job.attempt, redelivered=message.redelivered)
+        self._wake()
+
+    async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None) -> None:
+        log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
+        event = JobEvent(JobState.REJECTED, exc.submission_id or message.message_id, exc.job_id, None,
+                         message=exc.reason, final=True, correlation_id=message.correlation_id,
+                         reply_to=message.reply_to, owner=owner)
+        await self.publisher.publish(event)
+        await self._intake().dead_letter(message, exc.reason)

@@ -1,0 +1,176 @@
+"""The status service: the status cache's event consumer, the HTTP API, the live event stream
+and the log proxy, in a process of its own.
+
+It reaches the scheduler only through the broker (the event stream in, stop requests out) and
+the status store (the job history, and the reports the scheduler writes there: its clusters and
+its metrics). So a slow client, many event streams or a large log cost this process, never a
+dispatch. By default the scheduler starts and supervises it (`supervisor.py`); it also runs on its
+own (`rmcs-status`), for a deployment that wants several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from typing import Any, Mapping
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from producers.config import broker_user
+
+from ..access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, load_api_tokens
+from ..metrics import ServiceMetrics
+from ..rayapi import RayDashboard
+from ..settings import ClusterConfig, Settings
+from .api import HttpServer, LogsUnavailable, StopTimeout
+from .consumer import StatusConsumer
+from .hub import EventHub
+from .store import CLUSTERS_REPORT, METRICS_REPORT, SqliteStatusStore, StatusStore
+
+log = structlog.get_logger("rmcs.status")
+
+STOP_ANSWER_TIMEOUT_S = 10.0
+
+
+def reports_fresh_for(settings: Settings) -> float:
+    """How old the scheduler's last report may be before the service stops calling it ready."""
+    return max(5.0, 5 * settings.probe_interval_s)
+
+
+class StatusService:
+    def __init__(self, settings: Settings, clusters: tuple[ClusterConfig, ...]) -> None:
+        self.settings = settings
+        self.tokens = load_api_tokens(settings.api_tokens_file)
+        self.configs = {c.name: c for c in clusters}
+        self.stopping = asyncio.Event()
+        self.store: StatusStore = SqliteStatusStore(f"{settings.state_dir}/status.db")
+        self.hub = EventHub()
+        self.consumer = StatusConsumer(settings, self.store, self.hub)
+        self.http = HttpServer(self)
+        self.metrics = ServiceMetrics()
+        self.user = broker_user(settings.amqp_url)
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._events: aio_pika.abc.AbstractExchange | None = None
+        self._reply_queue: aio_pika.abc.AbstractQueue | None = None
+        self._answers: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
+        self._dashboards: dict[str, RayDashboard] = {}
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
+            "connection_name": f"rmcs-status {socket.gethostname()}:{os.getpid()}"},
+            **self.settings.amqp_connect_kwargs())
+        await self.consumer.start(self._connection)
+        channel = await self._connection.channel(publisher_confirms=True)
+        self._channel = channel
+        self._events = await channel.declare_exchange(self.settings.events_exchange, aio_pika.ExchangeType.TOPIC,
+                                                      durable=True)
+        # Ours alone (exclusive), under a name the daemon's broker user may declare (permissions.py).
+        replies = await channel.declare_queue(f"{self.settings.status_queue}.reply.{uuid.uuid4().hex}",
+                                              exclusive=True, auto_delete=True)
+        self._reply_queue = replies
+        await replies.consume(self._on_answer, no_ack=True)
+        await self.http.start()
+        log.info("status service started", http_addr=self.settings.http_addr)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await _quietly(self.http.stop())
+        for dashboard in self._dashboards.values():
+            await _quietly(dashboard.close())
+        if self._connection is not None:
+            await _quietly(self._connection.close())
+        await _quietly(self.store.close())
+        log.info("status service stopped")
+
+    # ---- what the HTTP API asks ---------------------------------------------------------
+
+    @property
+    def broker_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def readiness(self) -> dict[str, bool]:
+        views = await self.clusters()
+        report = await self.store.report(CLUSTERS_REPORT)
+        fresh = report is not None and time.time() - report[1] < reports_fresh_for(self.settings)
+        return {"broker": self.broker_connected, "scheduler": fresh,
+                "clusters_probed": fresh and any(v.get("last_probe") is not None for v in views),
+                "stopping": self.stopping.is_set()}
+
+    async def clusters(self) -> list[dict[str, Any]]:
+        report = await self.store.report(CLUSTERS_REPORT)
+        if report is None:
+            return []
+        views = orjson.loads(report[0])
+        return views if isinstance(views, list) else []
+
+    async def metrics_text(self) -> bytes:
+        scheduler = await self.store.report(METRICS_REPORT)
+        return self.metrics.render(await self.store.counts_by_state(), len(self.hub),
+                                   scheduler[0] if scheduler is not None else None)
+
+    async def logs(self, submission_id: str) -> tuple[str, str]:
+        """The job's cluster and its logs, from that cluster."""
+        status = await self.store.get(submission_id, history=False)
+        if status is None:
+            raise LookupError(f"no job {submission_id!r}")
+        cluster = status.cluster
+        if cluster is None:
+            raise LogsUnavailable(f"job {submission_id!r} has not been dispatched to a cluster")
+        if status.deleted_from_cluster:
+            raise LogsUnavailable(f"job {submission_id!r} was deleted from {cluster} after its retention")
+        config = self.configs.get(cluster)
+        if config is None:
+            raise LogsUnavailable(f"cluster {cluster} is not configured")
+        dashboard = self._dashboards.get(cluster)
+        if dashboard is None:
+            dashboard = self._dashboards[cluster] = RayDashboard(config, self.settings.dispatch_timeout_s)
+        ray_id = submission_id if status.attempt == 1 else f"{submission_id}~{status.attempt}"
+        return cluster, await dashboard.logs(ray_id)
+
+    async def request_stop(self, submission_id: str, reason: str | None, caller: Caller) -> Mapping[str, Any]:
+        """Ask the scheduler over the broker, as `control.stop` with this service's reply queue,
+        naming the API's caller; wait for its answer."""
+        assert self._events is not None and self._reply_queue is not None
+        correlation_id = uuid.uuid4().hex
+        answer: asyncio.Future[Mapping[str, Any]] = asyncio.get_running_loop().create_future()
+        self._answers[correlation_id] = answer
+        body = {"submission_id": submission_id, **({"reason": reason} if reason is not None else {})}
+        try:
+            await self._events.publish(aio_pika.Message(
+                orjson.dumps(body), content_type="application/json", correlation_id=correlation_id,
+                reply_to=self._reply_queue.name, user_id=self.user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={CALLER_HEADER: caller.name, CALLER_ADMIN_HEADER: "true" if caller.admin else "false"}),
+                routing_key="control.stop")
+            return await asyncio.wait_for(asyncio.shield(answer), STOP_ANSWER_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StopTimeout(f"the scheduler did not answer within {STOP_ANSWER_TIMEOUT_S:g} s; the request "
+                              "stays queued and is carried out when the scheduler takes it") from None
+        finally:
+            self._answers.pop(correlation_id, None)
+
+    async def _on_answer(self, message: AbstractIncomingMessage) -> None:
+        waiting = self._answers.get(message.correlation_id or "")
+        if waiting is None or waiting.done():
+            return
+        try:
+            answer = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(answer, dict):
+            answer.pop("event", None)
+            waiting.set_result(answer)
+
+
+async def _quietly(aw: Any) -> None:
+    try:
+        await asyncio.wait_for(aw, 5)
+    except Exception as exc:
+        log.error("status service shutdown step failed", error=repr(exc))

@@ -1,0 +1,91 @@
+"""Upkeep: the reconcile at start, Ray's job retention, taking over a pair's journal, and the
+reports the status service reads (the clusters as this daemon sees them, and its metrics)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import orjson
+import structlog
+
+from .book import JobBook
+from .events import EventPublisher, JobEvent
+from .jobs import RAY_STATES, TERMINAL, JobState
+from .probing import Prober
+from .rayapi import RayError, RayNotFound, RayRejected
+from .settings import Settings
+from .status.store import CLUSTERS_REPORT, METRICS_REPORT, JobStatus, StatusStore, now_minus
+
+log = structlog.get_logger("rmcs.upkeep")
+
+
+def ray_id(submission_id: str, attempt: int) -> str:
+    return submission_id if attempt == 1 else f"{submission_id}~{attempt}"
+
+
+class Upkeep:
+    def __init__(self, settings: Settings, *, book: JobBook, prober: Prober, store: StatusStore,
+                 publisher: EventPublisher, render_metrics: Callable[[], bytes],
+                 is_held: Callable[[str], bool]) -> None:
+        self.settings = settings
+        self.book = book
+        self.prober = prober
+        self.store = store
+        self.publisher = publisher
+        self._render_metrics = render_metrics
+        self._is_held = is_held
+
+    async def reconcile(self) -> None:
+        """At start: jobs the status cache thinks run, that ended while the daemon was away,
+        get their real end state from their cluster, published like any other change."""
+        for status in await self.store.open_jobs():
+            if status.state not in ("DISPATCHED", "RUNNING") or self.book.get(status.submission_id) is not None:
+                continue
+            state = self.prober.clusters.get(status.cluster or "")
+            if state is None:
+                continue
+            try:
+                info = await state.dashboard.job(ray_id(status.submission_id, status.attempt))
+            except RayError:
+                continue
+            ended = RAY_STATES.get(str(info.get("status")))
+            if ended is not None and ended in TERMINAL:
+                await self.publisher.publish(_final_event(status, ended, "reconciled with the cluster at start"))
+
+    async def follow_journal(self) -> None:
+        """A pair's new leader: take over jobs the previous leader journaled after this one loaded."""
+        for t in await self.book.journal.open_jobs():
+            sid = t.job.submission_id
+            if self.book.get(sid) is None and not self._is_held(sid):
+                log.info("following a job the previous leader journaled", submission_id=sid,
+                         cluster=t.cluster, state=t.state.value)
+                self.book.follow(t)
+
+    async def delete_expired_ray_jobs(self) -> None:
+        """Ray keeps job history forever: delete recorded terminal jobs after the retention."""
+        for status in await self.store.due_for_deletion(now_minus(self.settings.ray_job_retention_s)):
+            state = self.prober.clusters.get(status.cluster or "")
+            if state is None:
+                continue
+            try:
+                await state.dashboard.delete(ray_id(status.submission_id, status.attempt))
+            except RayNotFound:
+                pass
+            except RayRejected as exc:
+                log.warning("could not delete job from its cluster", cluster=status.cluster, error=str(exc))
+                continue
+            except RayError:
+                continue
+            await self.store.mark_deleted(status.submission_id)
+
+    async def report(self) -> None:
+        """What the status service shows of this daemon: its clusters and its metrics."""
+        views = [v.summary() for v in self.prober.views()]
+        await self.store.put_report(CLUSTERS_REPORT, orjson.dumps(views))
+        await self.store.put_report(METRICS_REPORT, self._render_metrics())
+
+
+def _final_event(status: JobStatus, state: JobState, message: str) -> JobEvent:
+    return JobEvent(state, status.submission_id, status.job_id, status.cluster, status.attempt, message,
+                    final=True, tags=status.tags, metadata=dict(status.metadata), priority=status.priority,
+                    resource_requirements=dict(status.resource_requirements), owner=status.owner)

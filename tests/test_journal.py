@@ -1,0 +1,77 @@
+"""The journal: what it records survives a restart, and a late write never replaces a later attempt."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from builders import job
+from scheduler_daemon.jobs import Job, JobState
+from scheduler_daemon.journal import Journal, Lookup, Tracked
+
+
+async def test_journal_round_trip(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    await journal.open()
+    try:
+        full = Job(submission_id="s1", job_id="j1", entrypoint="python /opt/x.py", runtime_env={"pip": ["a"]},
+                   metadata={"k": "v"}, preferred_cluster="gpu_cluster", resources={"CPU": 1.0, "memory": 0.5},
+                   tags=("a", "b"), cluster_tags=frozenset({"gpu"}), priority=7, max_retries=2,
+                   queue_timeout_s=30.0, attempt=2, correlation_id="c", reply_to="r",
+                   body=b'{"entrypoint": "python /opt/x.py"}')
+        t1 = Tracked(full, "gpu_cluster", "n1", JobState.DISPATCHED)
+        await journal.record(t1)
+        assert await journal.get("s1") == t1
+        assert await journal.get("nope") is None
+
+        # Newer records replace older ones.
+        t1b = t1.moved(JobState.RUNNING)
+        assert t1b.seen_running and not t1b.published
+        await journal.record(t1b)
+        assert await journal.get("s1") == t1b
+
+        done = Tracked(job("s2"), "cpu_cluster", "n2", JobState.SUCCEEDED, published=True, final=True,
+                       seen_running=True)
+        unconfirmed = Tracked(job("s3"), "cpu_cluster", "n2", JobState.FAILED, published=False, final=True)
+        await journal.record(done)
+        await journal.record(unconfirmed)
+        open_ids = {t.job.submission_id for t in await journal.open_jobs()}
+        assert open_ids == {"s1", "s3"}
+        assert await journal.get("s2") == done
+
+        # One lookup answers what get, ended and cancellation answer.
+        await journal.end("s4", "EXPIRED", "too late")
+        await journal.cancel("s5", "stop")
+        await journal.cancel("s6", "mine", requester="alice")
+        assert await journal.lookup("s1") == Lookup(t1b, None, None)
+        assert await journal.lookup("s4") == Lookup(None, ("EXPIRED", "too late"), None)
+        assert await journal.lookup("s5") == Lookup(None, None, ("stop", None))
+        assert await journal.lookup("s6") == Lookup(None, None, ("mine", "alice"))
+    finally:
+        await journal.close()
+
+    # Survives a restart.
+    again = Journal(tmp_path / "state" / "journal.sqlite")
+    await again.open()
+    try:
+        assert await again.get("s1") == t1b
+    finally:
+        await again.close()
+
+
+async def test_journal_never_writes_over_a_later_attempt(tmp_path: Any) -> None:
+    """Closing attempt 1 (final, published) can finish after attempt 2 was dispatched:
+    the journal keeps attempt 2's record."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    await journal.open()
+    try:
+        first = job("r1")
+        second = replace(first, attempt=2)
+        await journal.record(Tracked(second, "spare", "n", JobState.DISPATCHED))
+        await journal.record(Tracked(first, "doomed", "n", JobState.LOST, published=True, final=True))
+        kept = await journal.get("r1")
+        assert kept is not None and kept.job.attempt == 2 and kept.cluster == "spare"
+        assert [t.job.attempt for t in await journal.open_jobs()] == [2]
+    finally:
+        await journal.close()
