@@ -31,6 +31,7 @@ demo: install
 	$(BIN)/rmcs-demo --clusters clusters.yaml
 
 test: install
+	$(BIN)/lint-imports --no-cache  # the layering in .importlinter
 	scripts/ensure-rabbitmq
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -14,7 +14,8 @@ from typing import Awaitable, Callable
 
 from .events import EventPublisher, JobEvent
 from .jobs import Job, JobState
-from .journal import Journal, Tracked
+from .journal import Journal
+from .tracking import Tracked
 from .tasks import Work
 
 RetryPublisher = Callable[[Job, int], Awaitable[None]]

@@ -15,12 +15,11 @@ from .book import JobBook
 from .clusters import HealthState
 from .events import PublishAborted
 from .jobs import TERMINAL, JobState
-from .journal import Tracked
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import Settings
 from .tasks import pause
-from .tracking import one_by_one, transitions
+from .tracking import Tracked, one_by_one, transitions
 
 log = structlog.get_logger("rmcs.following")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +19,7 @@ import orjson
 
 from .dbthread import DbThread
 from .jobs import Job, JobState
+from .tracking import Tracked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracked (
@@ -47,23 +48,6 @@ CREATE TABLE IF NOT EXISTS cancellations (
     requester TEXT
 );
 """
-
-
-@dataclass(frozen=True)
-class Tracked:
-    """A dispatched job: where it went and the last state the daemon gave it."""
-
-    job: Job
-    cluster: str
-    node_id: str
-    state: JobState
-    published: bool = False
-    final: bool = False
-    seen_running: bool = False
-
-    def moved(self, state: JobState, *, final: bool = False) -> "Tracked":
-        return replace(self, state=state, published=False, final=final,
-                       seen_running=self.seen_running or state == JobState.RUNNING)
 
 
 @dataclass(frozen=True)

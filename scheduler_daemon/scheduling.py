@@ -21,13 +21,13 @@ from .events import PublishAborted
 from .following import Follower, gone
 from .intake import Intake
 from .jobs import RAY_STATES, JobState
-from .journal import Tracked
 from .placement import NoFit, Placer
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound
 from .settings import ClusterConfig, Settings
 from .stopping import stop_on_cluster
 from .tasks import Work
+from .tracking import Tracked
 
 log = structlog.get_logger("rmcs.scheduling")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from .journal import Tracked
 from .probing import Prober
 from .rayapi import RayError
+from .tracking import Tracked
 
 log = structlog.get_logger("rmcs.control")
 

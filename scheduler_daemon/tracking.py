@@ -7,11 +7,28 @@ each followed job instead of reading the whole list.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
-from .jobs import RAY_STATES, TERMINAL, JobState
-from .journal import Tracked
+from .jobs import RAY_STATES, TERMINAL, Job, JobState
+
+@dataclass(frozen=True)
+class Tracked:
+    """A dispatched job: where it went and the last state the daemon gave it."""
+
+    job: Job
+    cluster: str
+    node_id: str
+    state: JobState
+    published: bool = False
+    final: bool = False
+    seen_running: bool = False
+
+    def moved(self, state: JobState, *, final: bool = False) -> "Tracked":
+        return replace(self, state=state, published=False, final=final,
+                       seen_running=self.seen_running or state == JobState.RUNNING)
+
+
 
 _ORDER = {JobState.DISPATCHED: 1, JobState.RUNNING: 2}
 

@@ -3,6 +3,7 @@ without it) and two real local Ray clusters shared by the whole session."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Iterator
 
@@ -11,9 +12,13 @@ import pytest
 from scheduler_daemon.localray import HeadSpec, LocalHead
 from scheduler_daemon.settings import ClusterConfig
 
-CPU = HeadSpec("cpu_cluster", dashboard_port=28265, port_base=21000, num_cpus=2, temp_root="/tmp/rmcs-t")
-GPU = HeadSpec("gpu_cluster", dashboard_port=28266, port_base=22000, num_cpus=2, num_gpus=2,
-               temp_root="/tmp/rmcs-t")
+# Every port pinned. RMCS_TEST_SLOT (0-4) moves them all, so that two checkouts can run their
+# suites side by side on one machine.
+SLOT = int(os.environ.get("RMCS_TEST_SLOT", "0"))
+CPU = HeadSpec("cpu_cluster", dashboard_port=28265 + 10 * SLOT, port_base=21000 + 2000 * SLOT, num_cpus=2,
+               temp_root=f"/tmp/rmcs-t{SLOT or ''}")
+GPU = HeadSpec("gpu_cluster", dashboard_port=28266 + 10 * SLOT, port_base=22000 + 2000 * SLOT, num_cpus=2,
+               num_gpus=2, temp_root=f"/tmp/rmcs-t{SLOT or ''}")
 
 
 @pytest.fixture(scope="session")
