@@ -93,7 +93,9 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
                    settle_s: float = 2.0, load: int | None = None) -> float:
     """The daemon's sustained rate; also prints where the machine's CPU went during the run."""
     with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
-        s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5)
+        # The status service in its own process, as the daemon runs by default.
+        s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5,
+                          status_service="process")
         await declare(s)
         daemon: Daemon | None = None
         try:
@@ -106,7 +108,10 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
             await daemon.start()
             await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
             child = daemon.prober.child.pid if daemon.prober.child is not None else None
-            cores = Cores(daemon=os.getpid(), **{"probe process": child}, fleet=fleet.proc.pid, broker=broker_pid(),
+            status = daemon.service_process.process if daemon.service_process is not None else None
+            cores = Cores(daemon=os.getpid(), **{"probe process": child},
+                          **{"status service": status.pid if status is not None else None},
+                          fleet=fleet.proc.pid, broker=broker_pid(),
                           **({"load": load} if load is not None else {}))
             c0 = await fleet.submissions()
             c1 = await wait_posts(fleet, before + n, 600)

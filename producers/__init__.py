@@ -7,10 +7,11 @@ standard library; never the daemon or Ray.
     sid = submit_job("python /opt/jobs/train.py --epochs 3", resource_requirements={"CPU": 2})
     wait_for_all_jobs([sid], timeout=3600)
 
-`producers.aio` has the same functions as coroutines. See docs/producers.md.
+`producers.aio` has the same functions as coroutines; `producers._core.Client` is the asyncio
+engine under both (and under `rmcs`); `producers.wire` and `producers.schema` hold the names and
+rules the daemon shares. See docs/producers.md.
 """
 
-from ._core import RAY_STATUS, ray_status
 from .client import (
     get_job_info,
     get_job_status,
@@ -22,6 +23,7 @@ from .client import (
     wait_for_all_jobs,
 )
 from .config import ProducerConfig, load_config
+from .wire import RAY_STATUS, ray_status
 
 __all__ = [
     "initialize_scheduler_environment",

@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from .wire import EVENTS_EXCHANGE, INTAKE_EXCHANGE, SUBMIT_KEY
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_HTTP_ADDR = "127.0.0.1:8600"
 
@@ -32,9 +34,9 @@ class ProducerConfig:
     amqp_cert_file: str = ""  # client certificate (PEM), if the broker asks for one
     amqp_key_file: str = ""   # its private key, unless it is in amqp_cert_file
     http_addr: str = DEFAULT_HTTP_ADDR
-    intake_exchange: str = "rmcs.jobs"
-    intake_routing_key: str = "submit"
-    events_exchange: str = "rmcs.events"
+    intake_exchange: str = INTAKE_EXCHANGE
+    intake_routing_key: str = SUBMIT_KEY
+    events_exchange: str = EVENTS_EXCHANGE
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
     broker_retry_s: float = 30.0

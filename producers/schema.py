@@ -38,6 +38,22 @@ SHELL_SYNTAX = frozenset(";&|<>`$()\n\r{}")
 _EXPANDS_IN_DOUBLE_QUOTES = frozenset("`$")
 
 
+def check_submission_id(sid: Any) -> str:
+    """A submission id: [A-Za-z0-9._-]{1,128}, and not '.' or '..'."""
+    if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid) or sid in (".", ".."):
+        raise ValueError(f"submission id must match [A-Za-z0-9._-]{{1,128}} (and not be '.' or '..'), got {sid!r}")
+    return sid
+
+
+def check_priority(raw: Any, where: str = "priority") -> int:
+    """0..9, or HIGH (9), NORMAL (5), LOW (1) in any case; the AMQP priority."""
+    if isinstance(raw, str) and raw.upper() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[raw.upper()]
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 9:
+        return raw
+    raise ValueError(f"{where} must be an integer 0..9 or HIGH, NORMAL or LOW, got {raw!r}")
+
+
 def check_entrypoint(entrypoint: Any) -> None:
     """Scripts and programs must be named by absolute path (seed 000), with no `..`; ValueError
     says why not. Only plain path-like words are looked at; quoted code (`python -c '...'`) is

@@ -23,14 +23,12 @@ from typing import Mapping
 
 import yaml
 
+from producers.wire import CALLER_ADMIN_HEADER, CALLER_HEADER  # noqa: F401 (who a relayed stop is for)
+
 from .settings import USER_NAME, ConfigError, Settings, parse_http_addr
 
 MIN_TOKEN_CHARS = 16
 LOCAL = "local"
-# On a stop request the status service publishes for its HTTP API's caller: who that caller is.
-# Trusted only on a message from the daemon's own broker user (control.py).
-CALLER_HEADER = "x-rmcs-caller"
-CALLER_ADMIN_HEADER = "x-rmcs-caller-admin"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from producers.wire import STOP_ANSWER_KEY, STOP_KEY
+
 from .access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, broker_caller, may_stop, refusal
 from .book import JobBook
 from .jobs import JobState
@@ -59,7 +61,7 @@ class Control:
         self._events = await channel.declare_exchange(s.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         self._channel = channel
         control = await channel.declare_queue(s.control_queue, durable=True)
-        await control.bind(self._events, "control.stop")
+        await control.bind(self._events, STOP_KEY)
         await control.consume(self._on_request)
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
@@ -80,9 +82,9 @@ class Control:
 
     async def _answer(self, request: AbstractIncomingMessage, answer: Mapping[str, Any]) -> None:
         assert self._events is not None and self._channel is not None
-        body = orjson.dumps({"event": "control.stop.answer", **answer})
+        body = orjson.dumps({"event": STOP_ANSWER_KEY, **answer})
         msg = aio_pika.Message(body, content_type="application/json", correlation_id=request.correlation_id)
-        await self._events.publish(msg, routing_key="control.stop.answer")
+        await self._events.publish(msg, routing_key=STOP_ANSWER_KEY)
         if request.reply_to:
             await self._channel.default_exchange.publish(msg, routing_key=request.reply_to)
 

@@ -19,6 +19,8 @@ import structlog
 from aio_pika.abc import AbstractExchange
 from pamqp.commands import Basic
 
+from producers.wire import job_event_key
+
 from .amqp_wire import Outgoing
 from .jobs import Job, JobState
 
@@ -56,7 +58,7 @@ class JobEvent:
 
     @property
     def routing_key(self) -> str:
-        return f"job.{self.state.value.lower()}.{self.cluster or '_'}"
+        return job_event_key(self.state.value, self.cluster)
 
     def body(self) -> dict[str, Any]:
         return {

@@ -26,7 +26,7 @@ from producers.config import broker_user
 
 from .broker import Topology, declare_topology
 from .events import publish_confirmed
-from .jobs import ATTEMPT_HEADER, OWNER_HEADER, Job, MessageMeta
+from .jobs import ATTEMPT_HEADER, OWNER_HEADER, REASON_HEADER, Job, MessageMeta
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
@@ -145,7 +145,7 @@ class Intake:
         """Copy the message to the dead-letter exchange with its reason, then ack it."""
         assert self._publish_topology is not None
         headers = dict(message.headers or {})
-        headers["x-rmcs-reason"] = reason[:1000]
+        headers[REASON_HEADER] = reason[:1000]
         copy = aio_pika.Message(
             message.body,
             headers=headers,

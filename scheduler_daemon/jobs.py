@@ -1,4 +1,5 @@
-"""The job model, its states, and the parsing of intake messages into jobs.
+"""The job model, its states (the wire's, from `producers.wire`), and the parsing of intake
+messages into jobs.
 
 Parsing happens once, at the edge: `parse_job` turns the bytes and AMQP properties of
 a message into a frozen `Job`, or raises `InvalidJob` with a reason a person can act on.
@@ -6,7 +7,6 @@ a message into a frozen `Job`, or raises `InvalidJob` with a reason a person can
 
 from __future__ import annotations
 
-import enum
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -16,43 +16,17 @@ from typing import Any, Mapping
 import orjson
 
 from producers import schema
+from producers.job import FIELDS
 from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
                               MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
+# The wire's names, re-exported: the daemon's modules take them from here.
+from producers.wire import ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, TERMINAL, JobState  # noqa: F401
+
+from .formats import translate
+from .invalid import InvalidJob, parse_priority  # noqa: F401  (re-exported)
 
 GIB = 1024 ** 3
-ATTEMPT_HEADER = "x-rmcs-attempt"
-OWNER_HEADER = "x-rmcs-owner"  # on retries the daemon publishes; trusted only from the daemon's user
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
-
-
-class JobState(str, enum.Enum):
-    ACCEPTED = "ACCEPTED"
-    DISPATCHED = "DISPATCHED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-    LOST = "LOST"
-    RETRYING = "RETRYING"
-    REJECTED = "REJECTED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "EXPIRED"
-
-
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REJECTED,
-                      JobState.CANCELLED, JobState.EXPIRED, JobState.LOST})
-RAY_STATES = {"PENDING": JobState.DISPATCHED, "RUNNING": JobState.RUNNING,
-              "SUCCEEDED": JobState.SUCCEEDED, "FAILED": JobState.FAILED, "STOPPED": JobState.STOPPED}
-
-
-class InvalidJob(ValueError):
-    """A message that cannot become a job; the text is the reason sent back to the producer."""
-
-    def __init__(self, reason: str, submission_id: str | None = None, job_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.submission_id = submission_id
-        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -97,14 +71,6 @@ class Job:
 def ray_id_to_submission(ray_id: str) -> tuple[str, int]:
     sid, sep, attempt = ray_id.partition("~")
     return (sid, int(attempt)) if sep and attempt.isdigit() else (ray_id, 1)
-
-
-def parse_priority(raw: Any, where: str = "priority") -> int:
-    if isinstance(raw, str) and raw.upper() in PRIORITY_NAMES:
-        return PRIORITY_NAMES[raw.upper()]
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 9:
-        return raw
-    raise InvalidJob(f"{where} must be an integer 0..9 or HIGH, NORMAL or LOW, got {raw!r}")
 
 
 def check_entrypoint(entrypoint: str) -> None:
@@ -164,8 +130,6 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
         raise InvalidJob(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidJob("body must be a JSON object")
-    from .formats import translate  # deferred: formats imports this module
-
     try:
         translated = translate(data)  # the job formats of seeds 003 and 004
     except InvalidJob as exc:
@@ -225,9 +189,7 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
             raise InvalidJob("queue_timeout_s must be a finite number > 0")
         timeout = float(timeout)
-    known = {"entrypoint", "submission_id", "job_id", "runtime_env", "metadata", "preferred_cluster",
-             "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InvalidJob(f"unknown field {unknown[0]!r}")
     return Job(

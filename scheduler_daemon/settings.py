@@ -141,6 +141,9 @@ class Settings:
     # the daemon supervises (the default); "inline", in the daemon's own event loop (tests);
     # "off", not started by the daemon (run `rmcs-status` yourself).
     status_service: str = "process"
+    # The status process's CPU priority (nice): it serves people, the scheduler dispatches, and on
+    # a busy host the kernel gives the scheduler the CPU first (bench/status_load.py).
+    status_service_nice: int = 10
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
@@ -175,6 +178,7 @@ class Settings:
                "must be debug, info, warning or error")
         _check(self.status_service in ("process", "inline", "off"), "status_service",
                "must be 'process', 'inline' or 'off'")
+        _check(0 <= self.status_service_nice <= 19, "status_service_nice", "must be between 0 and 19")
         _check(bool(USER_NAME.fullmatch(self.default_owner)), "default_owner", "must be a user name")
         _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
                "must be a list of user names")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -144,6 +145,13 @@ class Snapshot:
     waiting: list[dict[str, float]]
 
 
+@functools.lru_cache(maxsize=2)
+def big_log_body(size: int) -> bytes:
+    """A logs answer of `size` bytes of log lines, encoded once and shared by every cluster."""
+    line = "step 123456: loss 0.123456 accuracy 0.987654 (a long line of training output)\n"
+    return orjson.dumps({"logs": (line * (size // len(line) + 1))[:size]})
+
+
 class FakeCluster:
     """One fake Ray cluster: nodes, jobs, snapshot, fault knobs and records. Time comes from
     `clock` (wall seconds, like Ray's `clusterStatus.time`)."""
@@ -167,6 +175,7 @@ class FakeCluster:
         # Faults for the next job submissions, one popped per POST /api/jobs/:
         # "no_agent" (500, job not created), "refuse" (400), "hang_after_create".
         self.submit_faults: list[str] = []
+        self.log_bytes = 0  # > 0: every started job's logs are this many bytes (big_log_body)
         self.garbage_body = b"<html><body>502 Bad Gateway</body></html>"
         self._mode = "ok"
         self._release = asyncio.Event()
@@ -508,6 +517,8 @@ class FakeCluster:
             return 404, f"Job {sid} does not exist"
         if job.status(now) == "PENDING":
             return 200, {"logs": ""}
+        if self.log_bytes:
+            return 200, big_log_body(self.log_bytes)
         return 200, {"logs": f"fake ray {self.name}: running {job.entrypoint}\n"}
 
     def delete_job(self, sid: str) -> tuple[int, Any]:
@@ -668,6 +679,8 @@ class FakeServer:
             raise asyncio.CancelledError()
         if isinstance(answer, str):
             return web.Response(status=status, text=answer)
+        if isinstance(answer, bytes):  # already JSON (a large log, encoded once)
+            return web.Response(status=status, body=answer, content_type="application/json")
         return web.Response(status=status, body=orjson.dumps(answer), content_type="application/json")
 
 
@@ -770,6 +783,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--status-latency-ms", type=float, default=0.0, help="and of /api/cluster_status on top")
     p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
     p.add_argument("--history", type=int, default=0, help="past jobs each cluster lists from the start")
+    p.add_argument("--log-bytes", type=int, default=0, help="every job's logs are this many bytes")
     p.add_argument("--report-submissions", action="store_true",
                    help="print a JSON line (submission id, wall time) for every POST /api/jobs/ received")
     return p.parse_args(argv)
@@ -784,6 +798,7 @@ async def serve(argv: list[str] | None = None) -> None:
                               nodes_of=lambda c: make_nodes(c, [{"CPU": a.cpus}] * a.nodes))
     for cluster in fleet.clusters:
         cluster.add_history(a.history)
+        cluster.log_bytes = a.log_bytes
     if a.report_submissions:
         for cluster in fleet.clusters:
             def submit(body: Any, _submit: Callable[[Any], tuple[int, Any]] = cluster.submit) -> tuple[int, Any]:

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import aio_pika
+import pytest
 
 from support import make_settings
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +60,7 @@ async def test_declare_command_declares_the_topology(tmp_path: Path) -> None:
 
 def test_demo_runs_the_example_jobs_to_their_end(tmp_path: Path) -> None:
     """The README's first command: two local clusters, the daemon, example jobs, events."""
-    result = run("scheduler_daemon.demo", "--clusters", "clusters.yaml",
+    result = run("rmcs_cli.demo", "--clusters", "clusters.yaml",
                  env={"RMCS_STATE_DIR": str(tmp_path / "state"), "RMCS_HTTP_ADDR": "127.0.0.1:18600"}, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

@@ -19,6 +19,8 @@ from fakeray import FakeCluster, FakeServer
 from scheduler_daemon.settings import Settings
 from support import Events, make_settings, running_daemon, sid
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHELL = ROOT / "examples" / "shell"
 NODE = ROOT / "examples" / "node"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fakeray import FakeCluster, FakeServer
 from support import Events, make_settings, publish, running_daemon, sid
 from test_formats import SEED003_HELLOWORLD, seed, seed004_jobspec
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 GIB = 1024 ** 3
 

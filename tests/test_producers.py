@@ -30,6 +30,8 @@ from producers import _core
 from scheduler_daemon.settings import Settings
 from support import Events, make_settings, running_daemon, sid
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 ROOT = Path(__file__).resolve().parents[1]
 RMCS_ENV = ("RMCS_AMQP_URL", "RMCS_HTTP_ADDR", "RMCS_INTAKE_EXCHANGE", "RMCS_INTAKE_ROUTING_KEY",
             "RMCS_EVENTS_EXCHANGE", "RMCS_CONNECT_TIMEOUT_S", "RMCS_REQUEST_TIMEOUT_S")

@@ -12,6 +12,8 @@ import producers
 from support import make_settings, running_daemon, sid, wait_idle
 from test_producers import RMCS_ENV, call, write_config
 
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
 
 async def test_helper_functions_against_real_ray(tmp_path, ray_clusters):
     s = make_settings(tmp_path)

@@ -24,9 +24,11 @@ import pytest_asyncio
 import yaml
 
 from fakeray import FakeCluster, FakeServer
-from scheduler_daemon.cli import main
+from rmcs_cli import main
 from scheduler_daemon.settings import Settings
 from support import delete_topology, make_settings, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 RMCS = str(Path(sys.executable).with_name("rmcs"))
 SUBCOMMANDS = ("submit", "list", "show", "logs", "stop", "clusters", "events", "declare")
@@ -123,7 +125,7 @@ def test_console_script_is_installed() -> None:
 
 
 def test_entrypoint_words_and_job_files(tmp_path: Path) -> None:
-    from scheduler_daemon.cli import CliError, build_job, build_parser
+    from rmcs_cli import CliError, build_job, build_parser
 
     def job(*argv: str) -> tuple[dict[str, Any], str, int | None]:
         return build_job(build_parser().parse_args(["submit", *argv]))

@@ -334,7 +334,7 @@ async def test_cli_and_declare_over_tls(tmp_path: Path, tls_broker: TlsBroker, p
     import io
 
     from scheduler_daemon.broker import declare
-    from scheduler_daemon.cli import main as rmcs
+    from rmcs_cli import main as rmcs
 
     settings = tls_settings(tmp_path, tls_broker, pki)
     await declare(settings)  # rmcs-declare's path

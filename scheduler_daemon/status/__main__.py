@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pickle
 import signal
 import struct
@@ -51,6 +52,7 @@ async def serve(settings: Settings | None, clusters: tuple[ClusterConfig, ...], 
     if stdin is not None:
         settings, clusters = await _read_setup(stdin)
         logs.configure(settings.log_level)
+        os.nice(settings.status_service_nice)  # the scheduler, our parent, comes first
     assert settings is not None
     service = StatusService(settings, clusters)
     loop = asyncio.get_running_loop()

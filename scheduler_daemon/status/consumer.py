@@ -12,6 +12,8 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from producers.wire import CLUSTER_EVENTS, JOB_EVENTS
+
 from ..settings import Settings
 from .hub import EventHub
 from .store import StatusStore
@@ -32,7 +34,7 @@ class StatusConsumer:
         await channel.set_qos(prefetch_count=64)
         events = await channel.declare_exchange(s.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         status = await channel.declare_queue(s.status_queue, durable=True)
-        for key in ("job.#", "cluster.#"):
+        for key in (JOB_EVENTS, CLUSTER_EVENTS):
             await status.bind(events, key)
         await status.consume(self._on_event)
 

@@ -23,6 +23,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from producers.config import broker_user
+from producers.wire import STOP_KEY
 
 from ..access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, load_api_tokens
 from ..metrics import ServiceMetrics
@@ -148,7 +149,7 @@ class StatusService:
                 orjson.dumps(body), content_type="application/json", correlation_id=correlation_id,
                 reply_to=self._reply_queue.name, user_id=self.user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers={CALLER_HEADER: caller.name, CALLER_ADMIN_HEADER: "true" if caller.admin else "false"}),
-                routing_key="control.stop")
+                routing_key=STOP_KEY)
             return await asyncio.wait_for(asyncio.shield(answer), STOP_ANSWER_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise StopTimeout(f"the scheduler did not answer within {STOP_ANSWER_TIMEOUT_S:g} s; the request "

@@ -14,12 +14,12 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aio_pika
-import orjson
+from producers._core import Client
+from scheduler_daemon.broker import declare
+from scheduler_daemon.localray import HeadSpec, LocalHead
+from scheduler_daemon.settings import ClusterConfig, load_clusters, load_settings
 
-from .broker import declare
-from .localray import HeadSpec, LocalHead
-from .settings import ClusterConfig, load_clusters, load_settings
+from .context import producer_config
 
 
 def _spec(c: ClusterConfig, num_gpus: int) -> HeadSpec:
@@ -45,6 +45,19 @@ def _examples(run: str) -> list[tuple[dict[str, object], int]]:
     ]
 
 
+def _show(e: dict[str, object], want: set[str], done: set[str]) -> None:
+    """Print one event; note the example jobs that reached their final state."""
+    if str(e["event"]).startswith("cluster."):
+        print(f"  {e['event']:<28}", flush=True)
+        return
+    if not str(e["event"]).startswith("job."):
+        return
+    print(f"  {e['event']:<28} {e['submission_id']:<22} attempt {e['attempt']}  "
+          f"{str(e.get('message') or '')[:90]}", flush=True)
+    if e.get("final") and e["submission_id"] in want:
+        done.add(str(e["submission_id"]))
+
+
 async def _run(clusters_path: str, keep: bool) -> int:
     settings = load_settings(os.environ.get("RMCS_CONFIG"))
     clusters = load_clusters(clusters_path)
@@ -66,40 +79,21 @@ async def _run(clusters_path: str, keep: bool) -> int:
         jobs = _examples(run)
         want = {str(b["submission_id"]) for b, _ in jobs}
         done: set[str] = set()
-        finished = asyncio.Event()
-        conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
-        async with conn:
-            ch = await conn.channel(publisher_confirms=True)
-            events = await ch.get_exchange(settings.events_exchange)
-            q = await ch.declare_queue(exclusive=True)
-            await q.bind(events, "#")
-
-            async def show(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-                e = orjson.loads(msg.body)
-                await msg.ack()
-                if e["event"].startswith("cluster."):
-                    print(f"  {e['event']:<28}", flush=True)
-                    return
-                print(f"  {e['event']:<28} {e['submission_id']:<22} attempt {e['attempt']}  "
-                      f"{(e.get('message') or '')[:90]}", flush=True)
-                if e.get("final") and e["submission_id"] in want:
-                    done.add(e["submission_id"])
-                    if done == want:
-                        finished.set()
-
-            await q.consume(show)
-            intake = await ch.get_exchange(settings.intake_exchange)
-            for body, prio in jobs:
-                await intake.publish(aio_pika.Message(orjson.dumps(body), priority=prio,
-                                                      content_type="application/json",
-                                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                     routing_key=settings.intake_routing_key)
-            print(f"published {len(jobs)} example jobs; events:", flush=True)
-            try:
-                await asyncio.wait_for(finished.wait(), 180)
-            except asyncio.TimeoutError:
-                print(f"timed out; still open: {sorted(want - done)}", flush=True)
-                return 1
+        client = Client(producer_config(settings), name="rmcs-demo")
+        try:
+            async with await client.subscribe(["#"]) as events:
+                # As they are, not through the job builder: two of them are for the daemon to refuse.
+                for body, prio in jobs:
+                    await client.submit_as(str(body["submission_id"]), body, prio)
+                print(f"published {len(jobs)} example jobs; events:", flush=True)
+                async with asyncio.timeout(180):
+                    while done != want:
+                        _show(await events.get(), want, done)
+        except TimeoutError:
+            print(f"timed out; still open: {sorted(want - done)}", flush=True)
+            return 1
+        finally:
+            await client.close()
         print("every example job reached its final state", flush=True)
         if keep:
             print("clusters and daemon keep running; Ctrl+C to stop", flush=True)

@@ -1,0 +1,101 @@
+"""The commands that act through the broker or on a job: stop (HTTP API, or control.stop with
+--via-broker), events (a tail of the event exchange), declare (the broker topology)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+from urllib.parse import quote
+
+import aio_pika.exceptions
+
+from producers.errors import NotConfirmed, NotRouted
+from producers.wire import STOP_KEY, STOP_TAKEN
+from scheduler_daemon.broker import declare_topology
+
+from .context import Ctx
+from .output import JOB_FAILED, NOT_FOUND, OK, TIMED_OUT, UNREACHABLE, USAGE, CliError, dumps, event_line
+
+
+async def cmd_stop(ctx: Ctx) -> int:
+    a = ctx.args
+    if a.via_broker:
+        return await _stop_via_broker(ctx)
+    status, data = await ctx.http("POST", f"/api/v1/jobs/{quote(a.submission_id, safe='')}/stop",
+                                  body={"reason": a.reason}, answers=(502,))
+    if status == 404:
+        raise CliError(NOT_FOUND, f"unknown job {a.submission_id!r}: {data.get('error') or 'not found'}")
+    return _stop_outcome(ctx, data)
+
+
+def _stop_outcome(ctx: Ctx, answer: dict[str, Any]) -> int:
+    """Print what a stop did. cancelled, stopping, recorded (not received yet, for instance
+    still in the intake queue: cancelled when it arrives): 0; already final, not followed or
+    refused by the cluster: 1."""
+    sid = answer.get("submission_id") or ctx.args.submission_id
+    outcome = str(answer.get("outcome") or "error")
+    message = answer.get("message") or answer.get("error") or ""
+    if outcome in STOP_TAKEN:
+        ctx.io.out(f"{sid}: {outcome}: {message}".rstrip(": "))
+        return OK
+    if outcome == "invalid":
+        raise CliError(USAGE, message)
+    raise CliError(JOB_FAILED, f"{sid}: {outcome}: {message}".rstrip(": "))
+
+
+async def _stop_via_broker(ctx: Ctx) -> int:
+    a = ctx.args
+    await ctx.connect()
+    with ctx.broker():
+        try:
+            answer = await ctx.client.stop_answer(a.submission_id, a.reason, a.timeout)
+        except NotRouted:
+            raise CliError(UNREACHABLE, f"nothing listens for {STOP_KEY} on {ctx.settings.events_exchange!r}: the "
+                                        "daemon has never run with these names; the request was dropped") from None
+        except NotConfirmed as exc:
+            raise CliError(UNREACHABLE, f"the broker did not confirm the stop request: {exc.reason}") from None
+    if answer is None:
+        ctx.io.out(f"{a.submission_id}: published: no answer from the daemon within {a.timeout:g}s; "
+                   "it acts on the request when it runs")
+        return OK
+    return _stop_outcome(ctx, answer)
+
+
+async def cmd_events(ctx: Ctx) -> int:
+    a = ctx.args
+    await ctx.connect()
+    with ctx.broker():
+        async with await ctx.client.subscribe([a.pattern]) as events:
+            deadline = None if a.timeout is None else time.monotonic() + a.timeout
+            n = 0
+            while a.count is None or n < a.count:
+                try:
+                    event = await events.get(None if deadline is None else deadline - time.monotonic())
+                except TimeoutError:
+                    if a.count is None:
+                        return OK
+                    ctx.io.err(f"rmcs events: {n} of {a.count} events within {a.timeout:g}s")
+                    return TIMED_OUT
+                ctx.io.out(dumps(event) if a.json else event_line(event))
+                n += 1
+    return OK
+
+
+async def cmd_declare(ctx: Ctx) -> int:
+    s = replace(ctx.settings, amqp_url=ctx.amqp_url)
+    await ctx.connect()
+    with ctx.broker():
+        channel = await (await ctx.client.connection()).channel()
+        try:
+            await declare_topology(channel, s)
+        except aio_pika.exceptions.ChannelClosed as exc:
+            raise CliError(JOB_FAILED, f"the broker refused the topology (an object exists with other "
+                                       f"arguments?): {str(exc).splitlines()[0][:300]}") from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    ctx.io.out(f"declared on {ctx.broker_name}: exchange {s.intake_exchange} (direct), queue {s.intake_queue} "
+               f"(key {s.intake_routing_key}, x-max-priority {s.max_priority}), exchange {s.dead_letter_exchange} "
+               f"(fanout), queue {s.dead_letter_queue}, exchange {s.events_exchange} (topic)")
+    return OK
