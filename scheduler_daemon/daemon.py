@@ -18,17 +18,17 @@ import structlog
 from .access import check_exposure, load_api_tokens
 from .admission import Window
 from .book import JobBook
-from .clusters import HealthState
 from .control import Control
-from .events import ClusterEvent, EventPublisher, PublishAborted
+from .events import EventPublisher, PublishAborted
 from .amqp_wire import AmqpWire
 from .following import Follower
+from .health_events import HealthEvents
 from .intake import Intake
 from .journal import Journal
 from .leadership import Leadership
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
-from .probing import ClusterState, Prober
+from .probing import Prober
 from .receiving import Receiver
 from .scheduling import Scheduler
 from .settings import ClusterConfig, Settings
@@ -67,7 +67,8 @@ class Daemon:
         self.publisher = EventPublisher(AmqpWire(lambda: self.intake.events_exchange), self._closing)
         self.book = JobBook(self.journal, self.publisher, self.work, self.intake.publish_retry,
                             on_event=self.metrics.event)
-        self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
+        self.health = HealthEvents(self.publisher, self.work)
+        self.prober = Prober(settings, clusters, self.health.changed, self._on_probed, on_view=self.placer.update)
         self.follower = Follower(settings, self.book, self.prober, self._wake)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
@@ -83,8 +84,6 @@ class Daemon:
         self.leadership = Leadership(settings) if settings.failover else None
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None
-        self._health_pending: dict[str, ClusterEvent] = {}
-        self._health_publishing: set[str] = set()
         self._sender: asyncio.Task[None] | None = None
         self.queue_depth: int | None = None  # messages waiting in the intake queue, last seen
 
@@ -218,26 +217,6 @@ class Daemon:
 
     def _on_probed(self) -> None:
         self.scheduler.on_probed()
-
-    async def _on_health(self, state: ClusterState, health: HealthState) -> None:
-        if health == HealthState.UNKNOWN:
-            return
-        # Not awaited here: a broker outage must not hold up the next probe of this cluster.
-        # At most one publishing task per cluster: changes that pile up while one is being
-        # published collapse into the latest (with a thousand clusters flapping under load,
-        # a task per change grew without bound).
-        name = state.config.name
-        self._health_pending[name] = ClusterEvent(name, health.value, state.error)
-        if name not in self._health_publishing:
-            self._health_publishing.add(name)
-            self.work.spawn(self._publish_health(name), f"health-{name}")
-
-    async def _publish_health(self, name: str) -> None:
-        try:
-            while (event := self._health_pending.pop(name, None)) is not None:
-                await self.publisher.publish(event)
-        finally:
-            self._health_publishing.discard(name)
 
     def _render_metrics(self) -> bytes:
         return self.metrics.render(SchedulerStats(
