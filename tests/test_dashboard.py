@@ -21,7 +21,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from fakeray import GIB, FakeCluster, FakeServer
 from scheduler_daemon.daemon import Daemon
-from support import make_settings, publish, running_daemon, sid
+from support import daemon_launcher, delete_topology, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
@@ -60,8 +60,8 @@ class World:
             assert time.monotonic() < deadline, f"{job} not {state} after {timeout}s: {got}"
             await asyncio.sleep(0.1)
 
-    async def shot(self, page: Page, name: str) -> None:
-        await page.screenshot(path=str(self.shots / f"{name}.png"), full_page=False)
+    async def shot(self, page: Page, name: str, *, full_page: bool = False) -> None:
+        await page.screenshot(path=str(self.shots / f"{name}.png"), full_page=full_page)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +175,7 @@ async def test_a_published_job_moves_through_its_states_without_a_reload(world: 
     # Each change reached the open page within LIVE_LAG_S of its event.
     when = {t["state"]: _unix(t["ts"]) for t in done["transitions"]}
     lags = {s: round(at - when[s], 3) for s, at in seen if s in when}
+    print("lag from event to the open page, s:", lags)
     assert all(lag <= LIVE_LAG_S for s, lag in lags.items() if s != "ACCEPTED"), lags
     await world.shot(page, "jobs-live")
 
@@ -216,7 +217,7 @@ async def test_the_job_page_shows_timeline_placement_and_log_tail(world: World, 
     await expect(page.locator("#log")).to_contain_text("fake ray big: running /bin/sleep 4")
     link = page.get_by_role("link", name="open in big's Ray dashboard")
     assert await link.get_attribute("href") == f"{world.big.url.rstrip('/')}/#/jobs/{job}"
-    await world.shot(page, "job")
+    await world.shot(page, "job", full_page=True)
     await timeline.get_by_text("SUCCEEDED", exact=True).wait_for(timeout=10000)  # live, still no reload
     assert await page.locator("#stop").is_hidden()
 
@@ -294,6 +295,41 @@ async def test_keyboard_and_javascript_off(world: World, browser: Browser) -> No
     assert "Refused" not in await page.locator("#stop-result").inner_text()
     await world.wait_state(job, "STOPPED")
     await context.close()
+
+
+async def test_served_by_the_status_process_of_a_real_daemon(tmp_path: Path, browser: Browser) -> None:
+    """The same pages from a daemon run as a real process, its status service a child of its own."""
+    from scheduler_daemon.broker import declare
+
+    big = FakeCluster("big", nodes={"b1": {"CPU": 4, "memory": 8 * GIB}}, duration_s=0.3)
+    solo = FakeCluster("solo", nodes={"s1": {"CPU": 1, "memory": 8 * GIB}}, duration_s=0.3)
+    servers = [FakeServer([big]), FakeServer([solo])]
+    for server in servers:
+        await server.start()
+    s = make_settings(tmp_path)
+    await declare(s)
+    daemon = daemon_launcher(s, (big.config(tags=frozenset({"big"})), solo.config(tags=frozenset({"solo"}))),
+                             tmp_path)()
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        base = f"http://{s.http_addr}"
+        await _until_ready(base, 60)
+        page = await context.new_page()
+        await page.goto(base + "/jobs")
+        await page.get_by_text("Live").first.wait_for()
+        job = sid("proc")
+        await publish(s, {"submission_id": job, "entrypoint": "/bin/true", "cluster_tags": ["solo"]})
+        row = page.locator(f'a[href="/jobs/{job}"]').locator("xpath=ancestor::tr")
+        await row.get_by_text("SUCCEEDED", exact=True).wait_for(timeout=20000)
+        await page.get_by_role("link", name="Overview").click()
+        assert await page.locator("article.card").count() == 2
+    finally:
+        await context.close()
+        daemon.terminate()
+        await asyncio.to_thread(daemon.wait, 30)
+        for server in servers:
+            await server.stop()
+        await delete_topology(s)
 
 
 def _unix(ts: str) -> float:

@@ -45,7 +45,7 @@
       if (stop && jobFinal()) stop.hidden = true;
       followLogs();
     }
-    say("Live · updated " + new Date().toLocaleTimeString());
+    if (state && state.textContent !== "Live") say("Live");  // announced on change only, not each refresh
   }
 
   function relevant(ev) {
