@@ -164,6 +164,12 @@ async def test_a_published_job_moves_through_its_states_without_a_reload(world: 
         new MutationObserver(look).observe(document.getElementById("live"), {childList: true, subtree: true});
         look();
     }""", job)
+    # While it waits behind the blocker, its own page says where it stands and why.
+    other = await page.context.new_page()
+    await other.goto(f"{world.base}/jobs/{job}")
+    await expect(other.locator("#position")).to_contain_text("position 1 of 1", timeout=5000)
+    await expect(other.locator("#h-why + p + p")).to_contain_text("Why it waits: no cluster fits now")
+    await other.close()
     done = await world.wait_state(job, "SUCCEEDED", 40)
     await page.locator(f'a[href="/jobs/{job}"]').locator("xpath=ancestor::tr").get_by_text("SUCCEEDED").wait_for(
         timeout=5000)
