@@ -75,6 +75,7 @@ async def _run(clusters_path: str, keep: bool) -> int:
                                   stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
         print(f"daemon started (pid {daemon.pid}, JSON logs in {log_path}, API on http://{settings.http_addr})",
               flush=True)
+        print(f"dashboard: open http://{settings.http_addr}/ to watch the jobs live", flush=True)
         run = uuid.uuid4().hex[:6]
         jobs = _examples(run)
         want = {str(b["submission_id"]) for b, _ in jobs}

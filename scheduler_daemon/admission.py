@@ -25,7 +25,8 @@ class Held:
     # A dispatch whose outcome is unknown (timeout): the cluster to check before going elsewhere.
     verify_on: str | None = None
     in_flight: bool = False
-    last_reason: str = ""
+    last_reason: str = ""     # why it waits (the last pass's explanation), or why a dispatch failed
+    placed_because: str = ""  # the explanation of the placement being dispatched
 
     @property
     def deadline(self) -> float | None:

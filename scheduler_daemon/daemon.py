@@ -80,7 +80,8 @@ class Daemon:
                                store=self.store, daemon_user=self.intake.user)
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
                              publisher=self.publisher, render_metrics=self._render_metrics,
-                             is_held=lambda sid: self.window.get(sid) is not None)
+                             is_held=lambda sid: self.window.get(sid) is not None, window=self.window,
+                             queue_depth=lambda: self.queue_depth, clock=clock)
         self.leadership = Leadership(settings) if settings.failover else None
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None

@@ -134,6 +134,7 @@ class Scheduler:
             state = self.prober.clusters[decision.cluster]
             state.ledger.reserve(job.ray_submission_id, decision.node_id, job.ray_resources)
             held.in_flight = True
+            held.placed_because = decision.explanation
             self._work.spawn(self._guarded(held, self._dispatch(held, decision.cluster, decision.node_id)),
                              f"dispatch-{job.submission_id}")
         self.prober.refresh()
@@ -218,7 +219,8 @@ class Scheduler:
         # Journaled before the ack: from here a crash loses nothing, and the events (ACCEPTED,
         # DISPATCHED) are published again at restart until they are confirmed.
         t = await self.book.record(Tracked(job, cluster, node_id, JobState.DISPATCHED), published=False)
-        self.book.send(job, JobState.DISPATCHED, cluster, None)
+        # The placement explanation travels on the event, so the dashboard can say why it runs there.
+        self.book.send(job, JobState.DISPATCHED, cluster, held.placed_because or None)
         await self.intake.ack(held.delivery)
         self.window.remove(job.submission_id)
         self.book.confirm_later(t)

@@ -3,18 +3,21 @@ reports the status service reads (the clusters as this daemon sees them, and its
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 import orjson
 import structlog
 
+from .admission import Window
 from .book import JobBook
 from .events import EventPublisher, JobEvent
 from .jobs import RAY_STATES, TERMINAL, JobState
 from .probing import Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import Settings
-from .status.store import CLUSTERS_REPORT, METRICS_REPORT, JobStatus, StatusStore, now_minus
+from .status.store import (CLUSTERS_REPORT, METRICS_REPORT, SCHEDULER_REPORT, JobStatus, StatusStore,
+                           now_minus)
 
 log = structlog.get_logger("rmcs.upkeep")
 
@@ -26,7 +29,9 @@ def ray_id(submission_id: str, attempt: int) -> str:
 class Upkeep:
     def __init__(self, settings: Settings, *, book: JobBook, prober: Prober, store: StatusStore,
                  publisher: EventPublisher, render_metrics: Callable[[], bytes],
-                 is_held: Callable[[str], bool]) -> None:
+                 is_held: Callable[[str], bool], window: Window | None = None,
+                 queue_depth: Callable[[], int | None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.book = book
         self.prober = prober
@@ -34,6 +39,9 @@ class Upkeep:
         self.publisher = publisher
         self._render_metrics = render_metrics
         self._is_held = is_held
+        self._window = window
+        self._queue_depth = queue_depth
+        self._clock = clock
 
     async def reconcile(self) -> None:
         """At start: jobs the status cache thinks run, that ended while the daemon was away,
@@ -83,6 +91,20 @@ class Upkeep:
         views = [v.summary() for v in self.prober.views()]
         await self.store.put_report(CLUSTERS_REPORT, orjson.dumps(views))
         await self.store.put_report(METRICS_REPORT, self._render_metrics())
+        await self.store.put_report(SCHEDULER_REPORT, orjson.dumps(self.scheduler_report()))
+
+    def scheduler_report(self) -> dict[str, Any]:
+        """The jobs waiting in the window, in the order the next pass takes them, each with why it
+        waits, and the messages waiting in RabbitMQ per queue (only `default` until queues exist)."""
+        now = self._clock()
+        waiting = [] if self._window is None else [
+            {"submission_id": h.job.submission_id, "position": i, "priority": h.job.priority,
+             "waited_s": round(now - h.accepted_at, 3), "reason": h.last_reason or None}
+            for i, h in enumerate(self._window.waiting(), 1)]
+        dispatching = 0 if self._window is None else len(self._window) - len(waiting)
+        return {"window_size": self.settings.window_size, "waiting": waiting, "dispatching": dispatching,
+                "queues": [{"name": "default", "broker_queue": self.settings.intake_queue,
+                            "waiting_in_broker": self._queue_depth()}]}
 
 
 def _final_event(status: JobStatus, state: JobState, message: str) -> JobEvent:

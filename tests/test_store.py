@@ -68,3 +68,21 @@ async def test_bad_queries_are_explained(store):
         with pytest.raises(BadQuery, match=word):
             await store.list(query)
     assert decode_cursor(encode_cursor(42)) == 42
+
+
+async def test_what_the_dashboard_asks_newest_first_activity_and_health_history(store):
+    for i in range(5):
+        await store.apply(ev(f"n{i}", "DISPATCHED", ts=f"2026-01-01T00:00:0{i}.000Z"))
+    await store.apply(ev("n0", "SUCCEEDED", final=True, ts="2026-01-01T00:00:09.000Z"))
+    first = await store.list(ListQuery(limit=2, newest_first=True))
+    assert [j.submission_id for j in first.jobs] == ["n4", "n3"]
+    rest = await store.list(ListQuery(limit=10, newest_first=True, cursor=first.next_cursor))
+    assert [j.submission_id for j in rest.jobs] == ["n2", "n1", "n0"] and rest.next_cursor is None
+    assert await store.activity("2026-01-01T00:00:02Z") == {"dispatched": 3, "finished": 1}
+    from scheduler_daemon.status.store import HEALTH_KEPT
+
+    for i in range(HEALTH_KEPT + 5):
+        await store.set_cluster_health("c1", "down" if i % 2 else "up", f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z", None)
+    history = await store.cluster_history(per_cluster=HEALTH_KEPT + 10)
+    assert len(history["c1"]) == HEALTH_KEPT  # the oldest are dropped
+    assert history["c1"][0]["ts"] > history["c1"][-1]["ts"]  # newest first

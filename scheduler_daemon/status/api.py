@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import orjson
 import structlog
@@ -191,6 +191,12 @@ def _stop_reason(body: bytes) -> str | None:
     return reason
 
 
+def named_frame(event: Mapping[str, Any]) -> bytes:
+    """An event as the API streams it: `event: <routing key>` and `data: <json>`."""
+    name = _CONTROL.sub("", str(event.get("event") or "message"))
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
 class HttpServer:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -242,8 +248,9 @@ class HttpServer:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """With tokens configured, a mutating request needs a valid one; its user is the caller."""
-        if request.method in MUTATING:
+        if request.method in MUTATING and request.path.startswith("/api/"):
             self.caller(request)  # raises 401; handlers ask again for the identity they need
+            # (the dashboard's stop form, outside /api/, reads its token from the form itself)
         return await handler(request)
 
     def caller(self, request: web.Request) -> access.Caller:
@@ -333,6 +340,12 @@ class HttpServer:
         reads slowly, so a stream never slows the daemon; a client that takes nothing for
         WRITE_TIMEOUT_S is disconnected."""
         pattern = _pattern(_params(request, ("pattern",)).get("pattern", "#"))
+        return await self.stream(request, pattern, named_frame)
+
+    async def stream(self, request: web.Request, pattern: str,
+                     frame: Callable[[Mapping[str, Any]], bytes]) -> web.StreamResponse:
+        """A server-sent event stream of the hub's events matching `pattern`, each written as
+        `frame` makes it (the API names each event; the dashboard's stream does not)."""
         ended = self._ended
         if ended is None or ended.done():
             raise ApiError(503, "the daemon is stopping")
@@ -357,8 +370,7 @@ class HttpServer:
                 if upcoming.done():
                     event = upcoming.result()
                     upcoming = asyncio.ensure_future(anext(stream))
-                    name = _CONTROL.sub("", str(event.get("event") or "message"))
-                    await self._send(response, b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+                    await self._send(response, frame(event))
                 elif loop.time() >= next_ping:
                     await self._send(response, b": ping\n\n")
                     next_ping = loop.time() + PING_INTERVAL_S

@@ -83,6 +83,7 @@ class ListQuery:
     until: str | None = None
     limit: int = 100
     cursor: str | None = None
+    newest_first: bool = False    # the dashboard's order; the API pages oldest first
 
     def validate(self) -> "ListQuery":
         if self.state is not None and self.state.upper() not in STATES:

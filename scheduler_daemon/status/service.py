@@ -1,5 +1,5 @@
-"""The status service: the status cache's event consumer, the HTTP API, the live event stream
-and the log proxy, in a process of its own.
+"""The status service: the status cache's event consumer, the HTTP API, the live event stream,
+the log proxy and the web dashboard, in a process of its own.
 
 It reaches the scheduler only through the broker (the event stream in, stop requests out) and
 the status store (the job history, and the reports the scheduler writes there: its clusters and
@@ -31,6 +31,7 @@ from ..rayapi import RayDashboard
 from ..settings import ClusterConfig, Settings
 from .api import HttpServer, LogsUnavailable, StopTimeout
 from .consumer import StatusConsumer
+from .dashboard import Dashboard
 from .hub import EventHub
 from .store import CLUSTERS_REPORT, METRICS_REPORT, SqliteStatusStore, StatusStore
 
@@ -54,6 +55,7 @@ class StatusService:
         self.hub = EventHub()
         self.consumer = StatusConsumer(settings, self.store, self.hub)
         self.http = HttpServer(self)
+        self.http.app.add_routes(Dashboard(self, self.http).routes())  # GET /: the web dashboard
         self.metrics = ServiceMetrics()
         self.user = broker_user(settings.amqp_url)
         self._connection: AbstractRobustConnection | None = None

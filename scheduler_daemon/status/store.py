@@ -24,9 +24,11 @@ from .records import (RANK, STATES, BadQuery, JobStatus, ListQuery, Page, Transi
 
 T = TypeVar("T")
 
-# The reports the scheduler writes for the status service: its clusters (JSON) and its metrics.
+# The reports the scheduler writes for the status service: its clusters (JSON), its metrics, and
+# its window and queues (JSON: the jobs waiting in order, with why; messages waiting in RabbitMQ).
 CLUSTERS_REPORT = "clusters"
 METRICS_REPORT = "metrics"
+SCHEDULER_REPORT = "scheduler"
 
 
 class StatusStore(abc.ABC):
@@ -64,6 +66,14 @@ class StatusStore(abc.ABC):
 
     @abc.abstractmethod
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
+
+    @abc.abstractmethod
+    async def cluster_history(self, per_cluster: int = 20) -> dict[str, list[dict[str, Any]]]:
+        """Each cluster's latest health changes, newest first."""
+
+    @abc.abstractmethod
+    async def activity(self, since: str) -> dict[str, int]:
+        """Since an RFC 3339 time: jobs dispatched (`dispatched`) and jobs that ended (`finished`)."""
 
     @abc.abstractmethod
     async def put_report(self, name: str, body: bytes) -> None:
@@ -116,6 +126,13 @@ CREATE TABLE IF NOT EXISTS clusters (
     health TEXT NOT NULL,
     ts TEXT NOT NULL,
     message TEXT
+);
+CREATE TABLE IF NOT EXISTS cluster_health (
+    cluster TEXT NOT NULL,
+    health TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    message TEXT,
+    PRIMARY KEY (cluster, ts, health)
 );
 CREATE TABLE IF NOT EXISTS reports (
     name TEXT PRIMARY KEY,
@@ -207,7 +224,7 @@ class SqliteStatusStore(StatusStore):
         def _list(db: sqlite3.Connection) -> Page:
             where, args = ["1=1"], []
             if query.cursor is not None:
-                where.append("j.seq > ?")
+                where.append("j.seq < ?" if query.newest_first else "j.seq > ?")
                 args.append(decode_cursor(query.cursor))
             if query.state:
                 where.append("j.state = ?")
@@ -228,7 +245,8 @@ class SqliteStatusStore(StatusStore):
                 where.append("j.created < ?")
                 args.append(_norm(query.until))
             rows = db.execute(
-                f"SELECT {_COLUMNS}, j.seq FROM jobs j WHERE {' AND '.join(where)} ORDER BY j.seq LIMIT ?",
+                f"SELECT {_COLUMNS}, j.seq FROM jobs j WHERE {' AND '.join(where)}"
+                f" ORDER BY j.seq {'DESC' if query.newest_first else 'ASC'} LIMIT ?",
                 (*args, query.limit + 1)).fetchall()
             more = len(rows) > query.limit
             rows = rows[: query.limit]
@@ -256,8 +274,36 @@ class SqliteStatusStore(StatusStore):
                                               (submission_id,)))
 
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None:
-        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO clusters VALUES (?,?,?,?)",
-                                              (cluster, health, ts, message)))
+        def _set(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO clusters VALUES (?,?,?,?)", (cluster, health, ts, message))
+            db.execute("INSERT OR IGNORE INTO cluster_health VALUES (?,?,?,?)", (cluster, health, ts, message))
+            db.execute("DELETE FROM cluster_health WHERE cluster = ? AND ts < (SELECT ts FROM cluster_health"
+                       " WHERE cluster = ? ORDER BY ts DESC LIMIT 1 OFFSET ?)", (cluster, cluster, HEALTH_KEPT - 1))
+
+        await self._run(_set)
+
+    async def cluster_history(self, per_cluster: int = 20) -> dict[str, list[dict[str, Any]]]:
+        def _read(db: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for cluster, health, ts, message in db.execute(
+                    "SELECT cluster, health, ts, message FROM cluster_health ORDER BY cluster, ts DESC"):
+                seen = out.setdefault(cluster, [])
+                if len(seen) < per_cluster:
+                    seen.append({"health": health, "ts": ts, "message": message})
+            return out
+
+        return await self._run(_read, read=True)
+
+    async def activity(self, since: str) -> dict[str, int]:
+        since = _norm(since)
+
+        def _count(db: sqlite3.Connection) -> dict[str, int]:
+            dispatched = db.execute("SELECT COUNT(*) FROM transitions WHERE state = 'DISPATCHED' AND ts >= ?",
+                                    (since,)).fetchone()[0]
+            finished = db.execute("SELECT COUNT(*) FROM jobs WHERE final = 1 AND updated >= ?", (since,)).fetchone()[0]
+            return {"dispatched": int(dispatched), "finished": int(finished)}
+
+        return await self._run(_count, read=True)
 
     async def put_report(self, name: str, body: bytes) -> None:
         written = time.time()
@@ -271,6 +317,8 @@ class SqliteStatusStore(StatusStore):
 
         return await self._run(_read, read=True)
 
+
+HEALTH_KEPT = 100  # health changes kept per cluster
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
             " resources, created, updated, deleted, owner")
@@ -299,3 +347,5 @@ def _setup(db: sqlite3.Connection) -> None:
     if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
         db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
     db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
+    db.execute("CREATE INDEX IF NOT EXISTS transitions_state ON transitions (state, ts)")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (final, updated)")
