@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -592,6 +593,11 @@ async def test_metrics(env: Env) -> None:
     assert samples['rmcs_cluster_up{cluster="big",health="up"}'] == 1
     assert 'rmcs_probe_latency_seconds{cluster="solo"}' in samples
     assert "rmcs_event_stream_clients" in samples
+    # The page as a whole parses with prometheus_client's own parser, each family once.
+    families = list(text_string_to_metric_families(text))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), names
+    assert {"rmcs_jobs", "rmcs_job_events", "rmcs_dispatch_latency_seconds", "rmcs_cluster_up"} <= set(names)
 
 
 async def test_every_operation_answers_as_documented(env: Env) -> None:

@@ -107,6 +107,7 @@ async def test_every_line_the_daemon_writes_to_stdout_is_one_json_object(tmp_pat
     clusters.write_text(yaml.safe_dump({"clusters": {"nowhere": {"dashboard_url": "http://127.0.0.1:1"}}}))
     env = dict(os.environ, **{f"RMCS_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
                               for k, v in s.__dict__.items() if isinstance(v, (str, int, float))})
+    env["RMCS_STATUS_SERVICE"] = "process"  # its child writes to the same stdout
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", DAEMON_WITH_A_CHATTY_LIBRARY, "--clusters", str(clusters),
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -124,6 +125,7 @@ async def test_every_line_the_daemon_writes_to_stdout_is_one_json_object(tmp_pat
     lines = json_lines(stdout)
     events = [line["event"] for line in lines]
     assert "daemon started" in events and "daemon stopped" in events, events
+    assert "status service started" in events and "status service stopped" in events, events
     said = [line for line in lines if line.get("logger") == "some.lib" and line["level"] == "warning"]
     assert [line["event"] for line in said] == [f"{i}: {SAID}" for i in range(50)]
     [failure] = [line for line in lines if line["event"] == 'failed "badly"\nindeed']
