@@ -25,7 +25,7 @@ import orjson
 
 from .config import ProducerConfig, load_config, secret_of
 from .tls import amqp_connect_kwargs
-from .schema import (MAX_ENTRYPOINT, MAX_MESSAGE_BYTES, PRIORITY_NAMES, SUBMISSION_ID,  # noqa: F401
+from .schema import (MAX_ENTRYPOINT, MAX_MESSAGE_BYTES, PRIORITY_NAMES, SUBMISSION_ID, SUBMISSION_ID_RULE,  # noqa: F401
                      check_entrypoint, check_metadata, check_resources, check_strings)
 
 log = logging.getLogger("producers")
@@ -56,7 +56,7 @@ def ray_status(state: Any, final: Any = None) -> str:
 
 def check_submission_id(sid: Any) -> str:
     if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid) or sid in (".", ".."):
-        raise ValueError(f"submission id must match [A-Za-z0-9._-]{{1,128}} (and not be '.' or '..'), got {sid!r}")
+        raise ValueError(f"submission id must be {SUBMISSION_ID_RULE}, got {sid!r}")
     return sid
 
 

@@ -70,6 +70,10 @@ class ClusterConfig:
     # Per-cluster entrypoint allow-lists (producers/schema.entrypoint_refusal); empty admits all.
     allowed_script_dirs: tuple[str, ...] = ()
     allowed_interpreters: tuple[str, ...] = ()
+    # On a cluster with any allow-list (lockdown.py): the runtime_env keys and the env_vars names
+    # (glob patterns) a job may set. None: the defaults of lockdown.py.
+    allowed_runtime_env: tuple[str, ...] | None = None
+    allowed_env_vars: tuple[str, ...] | None = None
 
     def revealed_headers(self) -> dict[str, str]:
         """The dashboard headers as sent: secrets revealed (for the request alone, never a log)."""
@@ -151,7 +155,7 @@ def _normalize_runtime_env(raw: Any, key: str) -> dict[str, Any]:
 
 
 _CLUSTER_KEYS = {"head_address", "dashboard_url", "runtime_env", "prefer", "weight", "tags", "headers", "ca_file",
-                 "allowed_script_dirs", "allowed_interpreters"}
+                 "allowed_script_dirs", "allowed_interpreters", "allowed_runtime_env", "allowed_env_vars"}
 
 
 def _path_list(raw: Any, key: str, *, dirs: bool) -> tuple[str, ...]:
@@ -164,6 +168,15 @@ def _path_list(raw: Any, key: str, *, dirs: bool) -> tuple[str, ...]:
         if any(c.isspace() for c in p):
             raise ConfigError(f"{key}: {p!r} contains white space")
     return tuple(p.rstrip("/") or "/" for p in raw) if dirs else tuple(raw)
+
+
+def _names(raw: Any, key: str) -> tuple[str, ...] | None:
+    """An optional list of names (or glob patterns); absent: None (the defaults apply)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p and not any(c.isspace() for c in p) for p in raw):
+        raise ConfigError(f"{key} must be a list of names without white space")
+    return tuple(raw)
 
 
 def load_clusters(path: str | os.PathLike[str],
@@ -234,5 +247,7 @@ def load_clusters(path: str | os.PathLike[str],
             ca_file=ca_file,
             allowed_script_dirs=_path_list(raw.get("allowed_script_dirs"), f"{key}.allowed_script_dirs", dirs=True),
             allowed_interpreters=_path_list(raw.get("allowed_interpreters"), f"{key}.allowed_interpreters", dirs=False),
+            allowed_runtime_env=_names(raw.get("allowed_runtime_env"), f"{key}.allowed_runtime_env"),
+            allowed_env_vars=_names(raw.get("allowed_env_vars"), f"{key}.allowed_env_vars"),
         ))
     return tuple(out)

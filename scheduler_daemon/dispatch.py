@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from . import lockdown
 from .jobs import Job, merge_runtime_env
 from .rayapi import RayAmbiguous, RayDashboard, RayRejected, RayUnreachable
 from .settings import ClusterConfig
@@ -29,7 +30,9 @@ def submit_body(job: Job, cluster: ClusterConfig) -> dict[str, Any]:
             "rmcs_attempt": str(job.attempt),
         },
     }
-    runtime_env = merge_runtime_env(cluster.runtime_env, job.runtime_env)
+    # On a locked cluster the cluster's own runtime_env wins (lockdown.py refuses a job that tries).
+    runtime_env = (merge_runtime_env(job.runtime_env, cluster.runtime_env) if lockdown.locked(cluster)
+                   else merge_runtime_env(cluster.runtime_env, job.runtime_env))
     if runtime_env:
         body["runtime_env"] = runtime_env
     custom: dict[str, float] = {}

@@ -25,6 +25,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from producers import schema
+
 from .. import access
 from ..rayapi import RayError
 from ..settings import Settings, parse_http_addr
@@ -34,7 +36,7 @@ from .store import BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
 
-SUBMISSION_ID = re.compile(openapi.SUBMISSION_ID_PATTERN)
+SUBMISSION_ID = schema.SUBMISSION_ID
 LIST_PARAMS = ("state", "cluster", "tag", "owner", "since", "until", "limit", "cursor")
 MAX_PARAM_CHARS = 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -141,7 +143,7 @@ def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
 def _submission_id(request: web.Request) -> str:
     sid = request.match_info["submission_id"]
     if not SUBMISSION_ID.fullmatch(sid):
-        raise ApiError(400, "submission_id must match [A-Za-z0-9._-]{1,128}")
+        raise ApiError(400, f"submission_id must be {schema.SUBMISSION_ID_RULE}")
     return sid
 
 

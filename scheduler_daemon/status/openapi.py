@@ -55,7 +55,7 @@ SCHEMAS: dict[str, Any] = {
         "message": _STR_OR_NULL,
     }),
     "Job": _object({
-        "submission_id": {"type": "string", "pattern": SUBMISSION_ID_PATTERN},
+        "submission_id": {"type": "string", "pattern": SUBMISSION_ID_PATTERN, "minLength": 1, "maxLength": 128},
         "job_id": _STR_OR_NULL,
         "owner": {"type": ["string", "null"], "description": (
             "the broker user that submitted it (the message's user_id, else the daemon's default_owner); "
@@ -144,7 +144,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _SID_PARAM = {"name": "submission_id", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": SUBMISSION_ID_PATTERN}}
+              "schema": {"type": "string", "pattern": SUBMISSION_ID_PATTERN, "minLength": 1, "maxLength": 128}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
