@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import orjson
 
 from ..dbthread import DbThread
-from .records import (RANK, STATES, BadQuery, JobStatus, ListQuery, Page, Transition,  # noqa: F401
+from .records import (RANK, STATES, BadQuery, ForeignOwner, JobStatus, ListQuery, Page, Transition,  # noqa: F401
                       decode_cursor, encode_cursor, now_minus, _norm)
 
 T = TypeVar("T")
@@ -155,9 +155,17 @@ class SqliteStatusStore(StatusStore):
         owner = _opt_text(event.get("owner"))
 
         def _apply(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT rank, attempt, final, owner, state, cluster FROM jobs WHERE submission_id = ?",
+                             (sid,)).fetchone()
+            if row is not None and row[3] is not None and owner is not None and row[3] != owner:
+                if row[4] != "REJECTED" or row[5] is not None:
+                    raise ForeignOwner(f"event of {owner!r} for {sid!r}, a job of {row[3]!r}")
+                # A message refused at intake holds no id: the job that really has it replaces it.
+                for table in ("jobs", "transitions", "job_tags"):
+                    db.execute(f"DELETE FROM {table} WHERE submission_id = ?", (sid,))
+                row = None
             db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
                        (sid, state, attempt, cluster, ts, message))
-            row = db.execute("SELECT rank, attempt, final FROM jobs WHERE submission_id = ?", (sid,)).fetchone()
             rank = RANK[state]
             if row is None:
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
@@ -172,7 +180,7 @@ class SqliteStatusStore(StatusStore):
                 db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                 changed = True
             else:
-                cur_rank, cur_attempt, cur_final = row
+                cur_rank, cur_attempt, cur_final = row[:3]
                 newer = (attempt, rank) > (cur_attempt, cur_rank)
                 if newer and not cur_final:
                     db.execute(
