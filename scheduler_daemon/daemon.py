@@ -145,6 +145,7 @@ class Daemon:
         if self.leadership is not None:
             await self.upkeep.follow_journal()
         await self.upkeep.delete_expired_ray_jobs()
+        await self.upkeep.prune_status_cache()
         self.queue_depth = await self.intake.queue_depth()
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:

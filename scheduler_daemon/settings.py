@@ -77,13 +77,29 @@ class Settings:
     # the daemon supervises (the default); "inline", in the daemon's own event loop (tests);
     # "off", not started by the daemon (run `rmcs-status` yourself).
     status_service: str = "process"
+    # The status service's HTTP API (docs/security.md): TLS (a PEM certificate chain and its key),
+    # a token for reads too (logs: the job's owner or an admin), the most of a log one answer
+    # carries (its tail), the most event streams open at once, and a per-client rate limit
+    # (requests per second, with a burst; 0: none).
+    http_cert_file: str = ""
+    http_key_file: str = ""
+    api_reads_need_token: bool = False
+    max_log_bytes: int = 1_048_576
+    max_event_streams: int = 1000
+    api_rate_limit: float = 100.0
+    api_rate_burst: int = 200
+    # The status cache forgets a job this long after it ended and left its cluster, and keeps
+    # at most this many jobs (the oldest that have left their clusters go first).
+    status_retention_s: float = 30 * 86400.0
+    status_max_jobs: int = 1_000_000
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
         _check(1 <= self.max_priority <= 255, "max_priority", "must be between 1 and 255")
         _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
         for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
-                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "leader_tick_s", "journal_retention_s", "ray_job_retention_s"):
+                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "leader_tick_s", "journal_retention_s", "ray_job_retention_s",
+                     "status_retention_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
@@ -112,6 +128,16 @@ class Settings:
         _check(self.status_service in ("process", "inline", "off"), "status_service",
                "must be 'process', 'inline' or 'off'")
         _check(bool(USER_NAME.fullmatch(self.default_owner)), "default_owner", "must be a user name")
+        for name in ("http_cert_file", "http_key_file"):
+            path = getattr(self, name)
+            _check(not path or os.access(path, os.R_OK), name, f"cannot read {path}")
+        _check(bool(self.http_cert_file) == bool(self.http_key_file), "http_cert_file",
+               "http_cert_file and http_key_file go together")
+        _check(self.max_log_bytes >= 1024, "max_log_bytes", "must be >= 1024")
+        _check(self.max_event_streams >= 1, "max_event_streams", "must be >= 1")
+        _check(math.isfinite(self.api_rate_limit) and self.api_rate_limit >= 0, "api_rate_limit", "must be >= 0")
+        _check(self.api_rate_burst >= 1, "api_rate_burst", "must be >= 1")
+        _check(self.status_max_jobs >= 1, "status_max_jobs", "must be >= 1")
         _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
                "must be a list of user names")
         return self

@@ -63,6 +63,17 @@ class StatusStore(abc.ABC):
     async def mark_deleted(self, submission_id: str) -> None: ...
 
     @abc.abstractmethod
+    async def postpone_deletion(self, submission_id: str, until: str) -> None:
+        """A deletion failed: `due_for_deletion` passes over the job until `until`, so jobs
+        that cannot be deleted never hold back the others."""
+
+    @abc.abstractmethod
+    async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
+        """Forget at most `limit` final jobs that are off their cluster (deleted there, or never
+        dispatched): those last updated before `before`, then the oldest beyond the newest
+        `keep` jobs. Returns how many were forgotten."""
+
+    @abc.abstractmethod
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
 
     @abc.abstractmethod
@@ -254,10 +265,34 @@ class SqliteStatusStore(StatusStore):
             _status(r, ()) for r in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE final = 0")])
 
     async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
+        now = _now()
         return await self._run(lambda db: [
             _status(r, ()) for r in db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE final = 1 AND deleted = 0 AND cluster IS NOT NULL"
-                " AND updated < ? LIMIT ?", (_norm(before), limit))])
+                " AND updated < ? AND (retry_delete_at IS NULL OR retry_delete_at < ?) ORDER BY updated LIMIT ?",
+                (_norm(before), now, limit))])
+
+    async def postpone_deletion(self, submission_id: str, until: str) -> None:
+        await self._run(lambda db: db.execute("UPDATE jobs SET retry_delete_at = ? WHERE submission_id = ?",
+                                              (_norm(until), submission_id)))
+
+    async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
+        gone = "final = 1 AND (deleted = 1 OR cluster IS NULL)"
+
+        def _prune(db: sqlite3.Connection) -> int:
+            sids = [r[0] for r in db.execute(
+                f"SELECT submission_id FROM jobs WHERE {gone} AND updated < ? ORDER BY seq LIMIT ?",
+                (_norm(before), limit))]
+            excess = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] - len(sids) - keep
+            if excess > 0 and len(sids) < limit:
+                sids += [r[0] for r in db.execute(
+                    f"SELECT submission_id FROM jobs WHERE {gone} AND updated >= ? ORDER BY seq LIMIT ?",
+                    (_norm(before), min(excess, limit - len(sids))))]
+            for table in ("jobs", "transitions", "job_tags"):
+                db.executemany(f"DELETE FROM {table} WHERE submission_id = ?", [(sid,) for sid in sids])
+            return len(sids)
+
+        return await self._run(_prune)
 
     async def mark_deleted(self, submission_id: str) -> None:
         await self._run(lambda db: db.execute("UPDATE jobs SET deleted = 1 WHERE submission_id = ?",
@@ -306,4 +341,6 @@ def _setup(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
     if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
         db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
+    if "retry_delete_at" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN retry_delete_at TEXT")  # a store from before retention retries
     db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
