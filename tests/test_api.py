@@ -291,7 +291,8 @@ async def test_running_job_status_logs_and_stop(env: Env) -> None:
     assert [t["state"] for t in status["transitions"]] == ["ACCEPTED", "DISPATCHED", "RUNNING"]
     assert status["tags"] == [env.tag] and status["resource_requirements"] == {"CPU": 1.0}
     logs = await api.get(f"/api/v1/jobs/{job}/logs")
-    assert logs == {"submission_id": job, "cluster": "big", "logs": "fake ray big: running /bin/sleep 30\n"}
+    assert logs == {"submission_id": job, "cluster": "big", "logs": "fake ray big: running /bin/sleep 30\n",
+                    "truncated": False}
 
     answer = await api.call("POST", f"/api/v1/jobs/{job}/stop", body=b'{"reason": "enough"}', expect=202)
     assert answer["outcome"] == "stopping" and answer["submission_id"] == job and answer["message"]
