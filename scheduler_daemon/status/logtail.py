@@ -47,8 +47,18 @@ async def log_tail(dashboard: RayDashboard, ray_id: str, tail: int) -> tuple[str
         except orjson.JSONDecodeError:
             raise RayRejected(200, "the logs answer is not JSON") from None
         text = str(answer.get("logs", "")) if isinstance(answer, dict) else ""
-        return (text[-tail:], True) if len(text) > tail else (text, False)
-    return _decode_tail(bytes(buf[-keep:]), tail), True
+        return (_from_a_line(text, tail), True) if len(text) > tail else (text, False)
+    return _from_a_line(_decode_tail(bytes(buf[-keep:]), keep), tail), True
+
+
+def _from_a_line(text: str, tail: int) -> str:
+    """The last `tail` characters of `text`, from the first line that starts within them."""
+    cut = text[-tail:]
+    if len(text) > tail and text[-tail - 1] != "\n":
+        newline = cut.find("\n", 0, len(cut) - 1)
+        if newline != -1:
+            cut = cut[newline + 1:]
+    return cut
 
 
 def _decode_tail(raw: bytes, tail: int) -> str:
