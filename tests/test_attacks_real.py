@@ -56,7 +56,7 @@ async def test_a_locked_cluster_refuses_env_prefixes_and_runtime_env_it_does_not
         await publish(s, {"submission_id": good, "entrypoint": f"{PY} {script}",
                           "runtime_env": {"env_vars": {"OK": "1"}}})
         for key, (body, _) in attacks.items():
-            await publish(s, {**body, "submission_id": key})
+            await publish(s, {**body, "submission_id": key}, message_id=key)
         await ev.wait_final([good, *attacks], timeout=120)
         reasons = await _dead_letters(s, len(attacks))
         for key, (_, why) in attacks.items():
