@@ -770,6 +770,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--status-latency-ms", type=float, default=0.0, help="and of /api/cluster_status on top")
     p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
     p.add_argument("--history", type=int, default=0, help="past jobs each cluster lists from the start")
+    p.add_argument("--log-bytes", type=int, default=0, help="every job's log is this large (0: one line)")
     p.add_argument("--report-submissions", action="store_true",
                    help="print a JSON line (submission id, wall time) for every POST /api/jobs/ received")
     return p.parse_args(argv)
@@ -784,6 +785,10 @@ async def serve(argv: list[str] | None = None) -> None:
                               nodes_of=lambda c: make_nodes(c, [{"CPU": a.cpus}] * a.nodes))
     for cluster in fleet.clusters:
         cluster.add_history(a.history)
+    if a.log_bytes:
+        big = {"logs": ("x" * 99 + "\n") * (a.log_bytes // 100)}
+        for cluster in fleet.clusters:
+            cluster.logs = lambda sid, _big=big: (200, _big)  # type: ignore[method-assign]
     if a.report_submissions:
         for cluster in fleet.clusters:
             def submit(body: Any, _submit: Callable[[Any], tuple[int, Any]] = cluster.submit) -> tuple[int, Any]:
