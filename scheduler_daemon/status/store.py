@@ -166,6 +166,10 @@ class SqliteStatusStore(StatusStore):
         owner = _opt_text(event.get("owner"))
 
         def _apply(db: sqlite3.Connection) -> bool:
+            # A write first: it takes the write lock, waiting for it (a read first would make the
+            # write fail at once when the other process wrote meanwhile). Undone if refused.
+            db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
+                       (sid, state, attempt, cluster, ts, message))
             row = db.execute("SELECT rank, attempt, final, owner, state, cluster FROM jobs WHERE submission_id = ?",
                              (sid,)).fetchone()
             if row is not None and row[3] is not None and owner is not None and row[3] != owner:
@@ -174,9 +178,8 @@ class SqliteStatusStore(StatusStore):
                 # A message refused at intake holds no id: the job that really has it replaces it.
                 for table in ("jobs", "transitions", "job_tags"):
                     db.execute(f"DELETE FROM {table} WHERE submission_id = ?", (sid,))
+                db.execute("INSERT INTO transitions VALUES (?,?,?,?,?,?)", (sid, state, attempt, cluster, ts, message))
                 row = None
-            db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
-                       (sid, state, attempt, cluster, ts, message))
             rank = RANK[state]
             if row is None:
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
@@ -280,6 +283,7 @@ class SqliteStatusStore(StatusStore):
         gone = "final = 1 AND (deleted = 1 OR cluster IS NULL)"
 
         def _prune(db: sqlite3.Connection) -> int:
+            db.execute("UPDATE jobs SET seq = seq WHERE 0")  # the write lock first (see apply)
             sids = [r[0] for r in db.execute(
                 f"SELECT submission_id FROM jobs WHERE {gone} AND updated < ? ORDER BY seq LIMIT ?",
                 (_norm(before), limit))]
