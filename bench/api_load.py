@@ -6,7 +6,8 @@ The real RabbitMQ, simulated Ray dashboards in a process of their own (tests/fak
 job's log `--log-mb` MB), the daemon in this process with failover on (so its leadership loop
 runs and would step down on a stalled loop) and its status service in a process of its own, as
 in production. The load comes from a client process of its own (this script with `--client`):
-`--streams` event streams open and read, and `--log-workers` loops each fetching a job's log
+`--streams` event streams open and read (it stands for clients on other machines, so it runs
+at a lower CPU priority here), and `--log-workers` loops each fetching a job's log
 through the API again and again (the API answers its last `max_log_bytes`, reading the whole
 log from the dashboard in bounded memory). Publish-to-POST latency is measured one job at a time
 (as bench/latency_fake.py), first idle, then under the load. Target: p50 and p99 under load
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,9 @@ import orjson
 from common import machine, pct, quiet_logs, sim_fleet
 from latency_fake import one_at_a_time
 from support import make_settings, running_daemon
+
+# The clients stand for people on other machines: on this one they run below everything of rmcs.
+CLIENT_NICE = 10
 
 
 async def client(a: argparse.Namespace) -> None:
@@ -112,7 +117,8 @@ async def main() -> None:
                     load = subprocess.Popen([sys.executable, __file__, "--client", "--http-addr", s.http_addr,
                                              "--job", job, "--streams", str(a.streams),
                                              "--log-workers", str(a.log_workers)],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            preexec_fn=lambda: os.nice(CLIENT_NICE))
                     assert load.stdout is not None and load.stdin is not None
                     await asyncio.to_thread(load.stdout.readline)  # every stream open
                     busy = await one_at_a_time(fleet, ex, s.intake_routing_key, a.n, "busy")
