@@ -275,7 +275,7 @@ class HttpServer:
         return _json({"ready": ready, **checks}, 200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
-        doc = openapi.document()
+        doc = openapi.document(self.backend.settings.max_log_bytes)
         doc["servers"] = [{"url": f"{request.scheme}://{request.host}"}]
         return _json(doc)
 

@@ -290,6 +290,12 @@ _DOCUMENT: dict[str, Any] = {
 }
 
 
-def document() -> dict[str, Any]:
-    """A fresh copy of the document (callers may add `servers`)."""
-    return copy.deepcopy(_DOCUMENT)
+def document(max_log_bytes: int | None = None) -> dict[str, Any]:
+    """A fresh copy of the document (callers may add `servers`), with the service's own bound on
+    a log's `tail` when given."""
+    doc = copy.deepcopy(_DOCUMENT)
+    if max_log_bytes is not None:
+        for param in doc["paths"]["/api/v1/jobs/{submission_id}/logs"]["get"]["parameters"]:
+            if param["name"] == "tail":
+                param["schema"]["maximum"] = max_log_bytes
+    return doc
