@@ -27,8 +27,9 @@ import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+for _path in (TESTS, ROOT):  # this checkout's code, not whichever the environment has installed
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from scheduler_daemon import logs  # noqa: E402
 from scheduler_daemon.settings import ClusterConfig  # noqa: E402

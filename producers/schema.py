@@ -13,8 +13,13 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-SUBMISSION_ID_PATTERN = "^[A-Za-z0-9._-]{1,128}$"
-SUBMISSION_ID = re.compile(SUBMISSION_ID_PATTERN)
+# 1 to 128 of [A-Za-z0-9._-], at least one a letter or digit: `.` and `..` are path segments
+# that URL libraries rewrite (`/api/jobs/..` is `/api/`), so no id may be only dots and dashes.
+# The pattern has no look-ahead (OpenAPI's regex dialect); the length is MAX_SUBMISSION_ID.
+SUBMISSION_ID_PATTERN = "^[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*$"
+MAX_SUBMISSION_ID = 128
+SUBMISSION_ID = re.compile(r"^(?=[A-Za-z0-9._-]{1,128}$)[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*$")
+SUBMISSION_ID_RULE = "1 to 128 of [A-Za-z0-9._-] with at least one letter or digit"
 PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
 
 # Size limits. The daemon's message limit is a setting (max_message_bytes) with this default.
@@ -39,9 +44,9 @@ _EXPANDS_IN_DOUBLE_QUOTES = frozenset("`$")
 
 
 def check_submission_id(sid: Any) -> str:
-    """A submission id: [A-Za-z0-9._-]{1,128}, and not '.' or '..'."""
-    if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid) or sid in (".", ".."):
-        raise ValueError(f"submission id must match [A-Za-z0-9._-]{{1,128}} (and not be '.' or '..'), got {sid!r}")
+    """A submission id: SUBMISSION_ID_RULE."""
+    if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid):
+        raise ValueError(f"submission id must be {SUBMISSION_ID_RULE}, got {sid!r}")
     return sid
 
 
@@ -69,6 +74,7 @@ class Command:
     scripts: tuple[str, ...]    # absolute paths of the scripts it names (and the program, if a path)
     shell_syntax: bool          # the shell would see an operator or an expansion (; & | $ ...)
     first_arg: str = ""         # the program's first argument that is not an option
+    assignments: tuple[str, ...] = ()  # the names of leading NAME=value words (environment for the program)
 
 
 def command_of(entrypoint: Any) -> Command:
@@ -96,8 +102,9 @@ def command_of(entrypoint: Any) -> Command:
         if word.endswith(_SCRIPT_SUFFIXES):
             scripts.append(posixpath.normpath(word))
     rest = [w for w in words]
+    assignments: list[str] = []
     while rest and _ASSIGNMENT.match(rest[0]):
-        rest.pop(0)
+        assignments.append(rest.pop(0).partition("=")[0])
     program = rest[0] if rest else ""
     if program.startswith("/") and _PATHLIKE.fullmatch(program):
         program = posixpath.normpath(program)
@@ -106,7 +113,7 @@ def command_of(entrypoint: Any) -> Command:
     first_arg = next((w for w in rest[1:] if not w.startswith("-")), "")
     if first_arg.startswith("/") and _PATHLIKE.fullmatch(first_arg):
         first_arg = posixpath.normpath(first_arg)
-    return Command(program, tuple(scripts), _has_shell_syntax(entrypoint), first_arg)
+    return Command(program, tuple(scripts), _has_shell_syntax(entrypoint), first_arg, tuple(assignments))
 
 
 def _has_shell_syntax(text: str) -> bool:
@@ -142,8 +149,9 @@ def entrypoint_refusal(command: Command, script_dirs: Iterable[str], interpreter
     - `script_dirs` (if any): every script the command names must lie under one of them; the
       program must be such a script, or an interpreter whose first argument that is not an
       option is one (so `python -c '...'` and `python -m module` are refused).
-    - With either list set, shell syntax that chains or substitutes commands is refused: the
-      allow-list can only vouch for a single program.
+    - With either list set, shell syntax that chains or substitutes commands is refused, and so
+      are leading `NAME=value` words: the allow-list can only vouch for a single program, run in
+      the cluster's environment.
     """
     dirs = tuple(d.rstrip("/") + "/" for d in script_dirs)
     allowed = frozenset(interpreters)
@@ -151,6 +159,10 @@ def entrypoint_refusal(command: Command, script_dirs: Iterable[str], interpreter
         return None
     if command.shell_syntax:
         return "entrypoint uses shell syntax (; & | < > ` $ ( ) { } or a newline), which the allow-list refuses"
+    if command.assignments:
+        # LD_PRELOAD=/tmp/x.so /usr/bin/python3 /opt/jobs/a.py runs the producer's code first.
+        return (f"entrypoint sets environment variables before the program ({', '.join(command.assignments)}), "
+                "which the allow-list refuses")
     under = [s for s in command.scripts if s.startswith(dirs)] if dirs else []
     if allowed and command.program not in allowed and command.program not in under:
         return f"interpreter {command.program!r} is not allowed (allowed: {', '.join(sorted(allowed))})"

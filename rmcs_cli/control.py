@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import time
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import aio_pika.exceptions
+import orjson
 
 from producers.errors import NotConfirmed, NotRouted
 from producers.wire import STOP_KEY, STOP_TAKEN
+from scheduler_daemon import policies
 from scheduler_daemon.broker import declare_topology
 
 from .context import Ctx
@@ -84,6 +88,17 @@ async def cmd_events(ctx: Ctx) -> int:
 
 async def cmd_declare(ctx: Ctx) -> int:
     s = replace(ctx.settings, amqp_url=ctx.amqp_url)
+    if ctx.args.policies == "print":
+        ctx.io.out(orjson.dumps(policies.definitions(s, ctx.args.vhost), option=orjson.OPT_INDENT_2).decode())
+        return OK
+    if ctx.args.policies == "apply":
+        try:
+            await asyncio.to_thread(policies.apply, s, ctx.args.vhost)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise CliError(JOB_FAILED, f"could not apply the policies: {exc}") from None
+        ctx.io.out(f"applied policies {', '.join(p['name'] for p in policies.policies(s, ctx.args.vhost))} "
+                   f"on vhost {ctx.args.vhost}")
+        return OK
     await ctx.connect()
     with ctx.broker():
         channel = await (await ctx.client.connection()).channel()

@@ -155,7 +155,7 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p.add_argument("entrypoint", nargs="*", metavar="ENTRYPOINT", help="the command to run on the cluster")
     p.add_argument("-f", "--file", metavar="PATH", help="job JSON (or YAML) file, '-' for stdin")
     p.add_argument("--submission-id", type=_submission_id, metavar="ID",
-                   help="the job's identity ([A-Za-z0-9._-]{1,128}); default sub_<uuid>")
+                   help="the job's identity (1 to 128 of [A-Za-z0-9._-], at least one letter or digit); default sub_<uuid>")
     p.add_argument("--job-id", metavar="NAME", help="your name for the job (default job_<uuid>)")
     p.add_argument("--cpus", type=_non_negative(float), metavar="N", help="CPUs the job needs")
     p.add_argument("--gpus", type=_non_negative(float), metavar="N", help="GPUs the job needs")
@@ -240,7 +240,13 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
                    help="exit after this long (exit 5 if --count events have not all arrived)")
     p.add_argument("--json", action="store_true", help="print each event as a JSON line")
 
-    command("declare", "declare the broker topology",
-            "Declare the exchanges and queues of the wire contract (idempotent), so producers can\n"
-            "publish before the daemon first runs.", "  rmcs declare\n  rmcs declare --config rmcs.yaml")
+    p = command("declare", "declare the broker topology",
+                "Declare the exchanges and queues of the wire contract (idempotent), so producers can\n"
+                "publish before the daemon first runs. With --policies, the RabbitMQ policies that bound\n"
+                "unread event queues and the dead-letter queue (docs/security.md): printed as definitions\n"
+                "for an admin, or applied here with rabbitmqctl.",
+                "  rmcs declare\n  rmcs declare --config rmcs.yaml\n  rmcs declare --policies print --vhost rmcs")
+    p.add_argument("--policies", choices=("print", "apply"), default=None,
+                   help="print the queue-bounding policies as RabbitMQ definitions, or apply them with rabbitmqctl")
+    p.add_argument("--vhost", default="/", help="the vhost of the policies (default: /)")
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 
 from . import logs
@@ -42,12 +43,32 @@ def declare_main(argv: list[str] | None = None) -> int:
     """rmcs-declare: declare the broker topology so producers can publish before the daemon runs."""
     parser = argparse.ArgumentParser(prog="rmcs-declare", description="declare rmcs's RabbitMQ topology")
     parser.add_argument("--config", default=None)
+    parser.add_argument("--policies", choices=("print", "apply"), default=None,
+                        help="the queue-bounding RabbitMQ policies (docs/security.md): print them as definitions "
+                             "for `rabbitmqctl import_definitions`, or apply them with rabbitmqctl")
+    parser.add_argument("--vhost", default="/", help="the vhost of the policies (default: /)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"rmcs-declare: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.policies is not None:
+        import orjson
+
+        from . import policies
+
+        if args.policies == "print":
+            print(orjson.dumps(policies.definitions(settings, args.vhost), option=orjson.OPT_INDENT_2).decode())
+            return 0
+        try:
+            policies.apply(settings, args.vhost)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            print(f"rmcs-declare: {exc}", file=sys.stderr)
+            return 1
+        print(f"applied policies {', '.join(p['name'] for p in policies.policies(settings, args.vhost))} "
+              f"on vhost {args.vhost}")
+        return 0
     from .broker import declare
 
     asyncio.run(declare(settings))

@@ -99,6 +99,8 @@ def load_api_tokens(path: str) -> dict[str, str]:
 def check_exposure(settings: Settings, tokens: Mapping[str, str]) -> None:
     """Refuse an API reachable from other hosts without tokens."""
     host, _ = parse_http_addr(settings.http_addr)
+    if settings.api_reads_need_token and not tokens:
+        raise ConfigError("invalid setting 'api_reads_need_token': reads need tokens, so set api_tokens_file")
     if not tokens and not is_loopback(host):
         raise ConfigError(f"invalid setting 'http_addr': {settings.http_addr} is not a loopback address, so the "
                           "HTTP API needs bearer tokens: set api_tokens_file (see docs/security.md)")

@@ -5,14 +5,17 @@ bound to `control.stop`), so none is missed while the daemon is down. A request 
 broker user in its `user_id` (checked by RabbitMQ). The status service publishes the stops of its
 HTTP API with the daemon's own broker user and names the API's caller in `x-rmcs-caller` (and
 `x-rmcs-caller-admin`); those headers count only on a message from the daemon's own user.
-Each answer is published as `control.stop.answer`, and to `reply_to` when the request set it.
+Each answer is published as `control.stop.answer`, and to `reply_to` when the request set it and
+names a queue the requester can own (server-named or exclusive), never one of rmcs's own.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import aio_pika
+import aiormq
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -22,6 +25,8 @@ from producers.wire import STOP_ANSWER_KEY, STOP_KEY
 from .access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, broker_caller, may_stop, refusal
 from .book import JobBook
 from .jobs import JobState
+from .leadership import leader_queue
+from .permissions import reply_queues
 from .probing import Prober
 from .scheduling import Scheduler
 from .settings import Settings
@@ -53,6 +58,7 @@ class Control:
         self.daemon_user = daemon_user
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._events: aio_pika.abc.AbstractExchange | None = None
+        self._connection: AbstractRobustConnection | None = None
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         s = self.settings
@@ -60,6 +66,7 @@ class Control:
         await channel.set_qos(prefetch_count=16)
         self._events = await channel.declare_exchange(s.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         self._channel = channel
+        self._connection = connection
         control = await channel.declare_queue(s.control_queue, durable=True)
         await control.bind(self._events, STOP_KEY)
         await control.consume(self._on_request)
@@ -86,7 +93,41 @@ class Control:
         msg = aio_pika.Message(body, content_type="application/json", correlation_id=request.correlation_id)
         await self._events.publish(msg, routing_key=STOP_ANSWER_KEY)
         if request.reply_to:
-            await self._channel.default_exchange.publish(msg, routing_key=request.reply_to)
+            refused = await self._reply_refusal(request)
+            if refused is None:
+                await self._channel.default_exchange.publish(msg, routing_key=request.reply_to)
+            else:
+                log.warning("stop answer not sent to reply_to", reply_to=request.reply_to, why=refused,
+                            requester=request.user_id)
+
+    async def _reply_refusal(self, request: AbstractIncomingMessage) -> str | None:
+        """Why the answer may not go to the request's `reply_to` (None: it may). The daemon
+        publishes with its own broker rights, so a reply queue must be one the requester can
+        own: server-named (`amq.gen-...`) or exclusive to a connection, never a queue of rmcs's."""
+        s, name = self.settings, str(request.reply_to)
+        if self.daemon_user is not None and request.user_id == self.daemon_user \
+                and re.fullmatch(reply_queues(s), name):
+            return None  # the status service's own reply queue
+        if name in (s.intake_queue, s.dead_letter_queue, s.status_queue, s.control_queue, leader_queue(s)) \
+                or name.startswith((s.intake_queue + ".", s.status_queue + ".", s.control_queue + ".")):
+            return "reply_to names one of rmcs's own queues"
+        if name.startswith("amq.gen-"):
+            return None
+        if self._connection is None:
+            return "cannot check reply_to"
+        channel = await self._connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelLockedResource:
+            return None  # exclusive to another connection: its requester's
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return "reply_to names no queue"
+        except aiormq.exceptions.AMQPError as exc:
+            return f"reply_to cannot be checked: {exc}"
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return "reply_to names a queue that is neither server-named nor exclusive"
 
     async def stop_job(self, submission_id: str, reason: str, caller: Caller) -> StopAnswer:
         """Stop a job wherever it is, if `caller` is its owner or an admin. Repeating it is harmless."""

@@ -75,7 +75,8 @@ class Daemon:
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
                                    observe_dispatch=self.metrics.dispatch_latency, clock=clock)
         self.receiver = Receiver(settings, window=self.window, book=self.book, publisher=self.publisher,
-                                 intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock)
+                                 intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock,
+                                 store=self.store)
         self.control = Control(settings, scheduler=self.scheduler, book=self.book, prober=self.prober,
                                store=self.store, daemon_user=self.intake.user)
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
@@ -144,6 +145,7 @@ class Daemon:
         if self.leadership is not None:
             await self.upkeep.follow_journal()
         await self.upkeep.delete_expired_ray_jobs()
+        await self.upkeep.prune_status_cache()
         self.queue_depth = await self.intake.queue_depth()
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:

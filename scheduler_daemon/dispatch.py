@@ -2,17 +2,19 @@
 
 The Ray submission id is derived from the job (its submission id, and the attempt after
 the first), so a retried or redelivered dispatch is idempotent: Ray's "already exists"
-answer means the job is there, and counts as success.
+answer means the job is there, and counts as success when the job there is this one (its
+metadata names rmcs's submission id and owner); a job of someone else's is a conflict.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
+from . import lockdown
 from .jobs import Job, merge_runtime_env
-from .rayapi import RayAmbiguous, RayDashboard, RayRejected, RayUnreachable
+from .rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
 from .settings import ClusterConfig
 
 _STANDARD = {"CPU": "entrypoint_num_cpus", "GPU": "entrypoint_num_gpus", "memory": "entrypoint_memory"}
@@ -27,9 +29,12 @@ def submit_body(job: Job, cluster: ClusterConfig) -> dict[str, Any]:
             "rmcs_submission_id": job.submission_id,
             "rmcs_job_id": job.job_id,
             "rmcs_attempt": str(job.attempt),
+            "rmcs_owner": job.owner or "",
         },
     }
-    runtime_env = merge_runtime_env(cluster.runtime_env, job.runtime_env)
+    # On a locked cluster the cluster's own runtime_env wins (lockdown.py refuses a job that tries).
+    runtime_env = (merge_runtime_env(job.runtime_env, cluster.runtime_env) if lockdown.locked(cluster)
+                   else merge_runtime_env(cluster.runtime_env, job.runtime_env))
     if runtime_env:
         body["runtime_env"] = runtime_env
     custom: dict[str, float] = {}
@@ -49,6 +54,7 @@ class Outcome(str, enum.Enum):
     AMBIGUOUS = "ambiguous"        # may have reached Ray: look there before going elsewhere
     REFUSED = "refused"            # Ray said no to this job (4xx): try other clusters
     CLUSTER_ERROR = "cluster_error"  # Ray failed (5xx): try later or elsewhere
+    CONFLICT = "conflict"          # a job with its id is there, and is not this job: rejected
 
 
 @dataclass(frozen=True)
@@ -58,14 +64,34 @@ class Result:
     created: bool = True
 
 
+def not_ours(info: Mapping[str, Any], job: Job) -> str | None:
+    """Why a Ray job found under `job`'s id is not `job` (None when rmcs submitted it for the
+    same owner): only then may rmcs adopt it, and answer for it (stop, logs, deletion)."""
+    meta = info.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    if meta.get("rmcs_submission_id") != job.submission_id:
+        return f"a job with id {job.ray_submission_id!r} that rmcs did not submit is already on the cluster"
+    if job.owner is not None and meta.get("rmcs_owner") != job.owner:
+        return (f"the job with id {job.ray_submission_id!r} on the cluster belongs to "
+                f"{meta.get('rmcs_owner') or 'an unknown owner'!r}, not {job.owner!r}")
+    return None
+
+
 async def dispatch(job: Job, cluster: ClusterConfig, dashboard: RayDashboard) -> Result:
     try:
         created = await dashboard.submit(submit_body(job, cluster))
+        if not created:
+            # "already exists": ours from an earlier try, or a squatter's; Ray's metadata says which.
+            conflict = not_ours(await dashboard.job(job.ray_submission_id), job)
+            if conflict is not None:
+                return Result(Outcome.CONFLICT, f"{cluster.name}: {conflict}", False)
         return Result(Outcome.DISPATCHED, "" if created else "already on the cluster", created)
     except RayUnreachable as exc:
         return Result(Outcome.UNREACHABLE, str(exc))
     except RayAmbiguous as exc:
         return Result(Outcome.AMBIGUOUS, str(exc))
+    except RayNotFound:  # "already exists", then gone: it was there; look again before going elsewhere
+        return Result(Outcome.AMBIGUOUS, "the job on the cluster went away while being looked at")
     except RayRejected as exc:
         outcome = Outcome.REFUSED if 400 <= exc.status < 500 else Outcome.CLUSTER_ERROR
         return Result(outcome, exc.message)

@@ -154,7 +154,7 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
 def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_resources: Mapping[str, float],
                   ceiling: Mapping[str, float] | None, body: bytes) -> Job:
     if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid):
-        raise InvalidJob(f"submission_id must match [A-Za-z0-9._-]{{1,128}}, got {sid!r}")
+        raise InvalidJob(f"submission_id must be {schema.SUBMISSION_ID_RULE}, got {sid!r}")
     entrypoint = data.get("entrypoint")
     if not isinstance(entrypoint, str):
         raise InvalidJob("entrypoint is required and must be a string")

@@ -19,8 +19,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping
 
-from producers.schema import entrypoint_refusal
-
+from . import lockdown
 from .clusters import ClusterView, HealthState, Node, ray_name
 from .jobs import Job
 
@@ -198,8 +197,7 @@ class Placer:
         if old is None or (old.config is not view.config and old.config != view.config):
             self._order = {n: i for i, n in enumerate(self._views)}
             self._rank = {n: i for i, n in enumerate(sorted(self._views))}
-            self._restricted = [n for n, v in self._views.items()
-                                if v.config.allowed_script_dirs or v.config.allowed_interpreters]
+            self._restricted = [n for n, v in self._views.items() if lockdown.locked(v.config)]
             self._shapes.clear()  # ranks moved: every shape is judged afresh
         elif old.health == view.health and old.nodes == view.nodes:
             return  # a probe that saw nothing new: every verdict stands
@@ -260,7 +258,7 @@ class Placer:
         for name in self._restricted:
             config = self._views[name].config
             if name in verdicts:
-                refusal = entrypoint_refusal(job.command, config.allowed_script_dirs, config.allowed_interpreters)
+                refusal = lockdown.refusal(job.command, job.runtime_env, config)
                 if refusal is not None:
                     refused[name] = f"{name}: {refusal}"
         excluded = [n for n in exclude if n in verdicts and n not in refused and verdicts[n][0] in ("fits", "busy")]

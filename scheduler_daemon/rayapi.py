@@ -47,6 +47,15 @@ class RayNotFound(RayRejected):
     pass
 
 
+def job_path(ray_id: str, rest: str = "") -> str:
+    """`/api/jobs/<id><rest>` with the id as one encoded segment. An id that is empty or only
+    dots would be read as a path step (`/api/jobs/..` is `/api/`), so it is refused (RayRejected)
+    rather than sent; ids of rmcs always hold a letter or digit (producers/schema.py)."""
+    if not ray_id.strip(".~"):
+        raise RayRejected(400, f"job id {ray_id!r} is not a path segment")
+    return f"/api/jobs/{quote(ray_id, safe='')}{rest}"
+
+
 def _last_line(text: str, limit: int = 300) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else text)[:limit]
@@ -89,7 +98,8 @@ class RayDashboard:
         """Parsed once per path (the probe and the job list ask the same ones every second)."""
         url = self._urls.get(path)
         if url is None:
-            url = yarl.URL(self.base + path)
+            # Our paths are encoded already (job_path): yarl must not decode or normalise them.
+            url = yarl.URL(str(yarl.URL(self.base)) + path, encoded=True)
             if len(self._urls) < 64:
                 self._urls[path] = url
         return url
@@ -153,7 +163,7 @@ class RayDashboard:
         raise RayRejected(status, self._text(raw))
 
     async def job(self, ray_id: str) -> Mapping[str, Any]:
-        return await self._json("GET", f"/api/jobs/{quote(ray_id, safe='')}")
+        return await self._json("GET", job_path(ray_id))
 
     async def list_jobs(self) -> list[Mapping[str, Any]]:
         answer = await self._json("GET", "/api/jobs/")
@@ -164,15 +174,15 @@ class RayDashboard:
         return answer
 
     async def stop(self, ray_id: str) -> bool:
-        answer = await self._json("POST", f"/api/jobs/{quote(ray_id, safe='')}/stop")
+        answer = await self._json("POST", job_path(ray_id, "/stop"))
         return bool(answer.get("stopped")) if isinstance(answer, dict) else False
 
     async def logs(self, ray_id: str) -> str:
-        answer = await self._json("GET", f"/api/jobs/{quote(ray_id, safe='')}/logs")
+        answer = await self._json("GET", job_path(ray_id, "/logs"))
         return str(answer.get("logs", "")) if isinstance(answer, dict) else ""
 
     async def delete(self, ray_id: str) -> bool:
-        answer = await self._json("DELETE", f"/api/jobs/{quote(ray_id, safe='')}")
+        answer = await self._json("DELETE", job_path(ray_id))
         return bool(answer) if not isinstance(answer, dict) else True
 
 

@@ -20,6 +20,7 @@ from .intake import Intake, message_meta
 from .jobs import InvalidJob, JobState, parse_job
 from .scheduling import VERIFY_ALL
 from .settings import Settings
+from .status.store import StatusStore
 
 log = structlog.get_logger("rmcs.intake")
 
@@ -27,8 +28,9 @@ log = structlog.get_logger("rmcs.intake")
 class Receiver:
     def __init__(self, settings: Settings, *, window: Window, book: JobBook, publisher: EventPublisher,
                  intake: Callable[[], Intake], stopping: asyncio.Event, wake: Callable[[], None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], store: StatusStore | None = None) -> None:
         self.settings = settings
+        self.store = store
         self.window = window
         self.book = book
         self.publisher = publisher
@@ -112,9 +114,26 @@ class Receiver:
         self._wake()
 
     async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None) -> None:
-        log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
-        event = JobEvent(JobState.REJECTED, exc.submission_id or message.message_id, exc.job_id, None,
-                         message=exc.reason, final=True, correlation_id=message.correlation_id,
-                         reply_to=message.reply_to, owner=owner)
-        await self.publisher.publish(event)
+        """Dead-letter an invalid message with its reason, and publish REJECTED under its id
+        only when no job has that id: an invalid message naming someone else's job must not end
+        it in everyone's eyes (the status cache, a waiting producer, the retention)."""
+        sid = exc.submission_id or message.message_id
+        if sid is not None and await self._taken(sid):
+            log.warning("message rejected; its id belongs to a job, so no REJECTED event", submission_id=sid,
+                        reason=exc.reason, sender=owner)
+        else:
+            log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
+            event = JobEvent(JobState.REJECTED, sid, exc.job_id, None,
+                             message=exc.reason, final=True, correlation_id=message.correlation_id,
+                             reply_to=message.reply_to, owner=owner)
+            await self.publisher.publish(event)
         await self._intake().dead_letter(message, exc.reason)
+
+    async def _taken(self, submission_id: str) -> bool:
+        """Whether a job has this id: held, followed, journaled, or in the status cache."""
+        if self.window.get(submission_id) is not None or self.book.get(submission_id) is not None:
+            return True
+        record = await self.book.journal.lookup(submission_id)
+        if record.tracked is not None or record.ended is not None:
+            return True
+        return self.store is not None and await self.store.get(submission_id, history=False) is not None

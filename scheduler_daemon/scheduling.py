@@ -16,7 +16,7 @@ import structlog
 
 from .admission import Held, Window
 from .book import JobBook
-from .dispatch import Outcome, dispatch
+from .dispatch import Outcome, dispatch, not_ours
 from .events import PublishAborted
 from .following import Follower, gone
 from .intake import Intake
@@ -207,6 +207,9 @@ class Scheduler:
                 await self._dispatched(held, cluster, node_id, JobState.DISPATCHED)
                 return
             state.ledger.forget(job.ray_submission_id)
+            if result.outcome == Outcome.CONFLICT:
+                await self._conflict(held, result.detail)
+                return
             held.last_reason = f"{cluster}: {result.outcome.value}: {result.detail}"
             log.warning("dispatch failed; job put back", outcome=result.outcome.value, detail=result.detail)
             self._put_back(held, cluster, result.outcome)
@@ -255,6 +258,9 @@ class Scheduler:
                 if result.outcome == Outcome.DISPATCHED:
                     await self._dispatched(held, name, self._some_node(state), JobState.DISPATCHED)
                     return
+                if result.outcome == Outcome.CONFLICT:
+                    await self._conflict(held, result.detail)
+                    return
                 if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE) and not self._gone(state):
                     unsure.append(f"{name}: {result.detail}")
                 else:
@@ -269,6 +275,10 @@ class Scheduler:
                 if not self._gone(state):
                     unsure.append(f"{name}: {exc}")
                 continue
+            conflict = not_ours(info, job)
+            if conflict is not None:
+                await self._conflict(held, f"{name}: {conflict}")
+                return
             found = RAY_STATES.get(str(info.get("status")), JobState.DISPATCHED)
             log.info("job found on a cluster; adopting it", submission_id=job.submission_id, cluster=name,
                      status=info.get("status"))
@@ -286,6 +296,13 @@ class Scheduler:
         if was_all:
             self.book.send(job, JobState.ACCEPTED, None)
         self.wake()
+
+    async def _conflict(self, held: Held, detail: str) -> None:
+        """A job of someone else's has this job's id on a cluster: never adopted, never stopped."""
+        log.warning("submission id taken on a cluster by a job that is not this one; rejected", detail=detail,
+                    submission_id=held.job.submission_id)
+        held.in_flight = False
+        await self.finish_held(held, JobState.REJECTED, f"conflict: {detail}")
 
     def _gone(self, state: ClusterState) -> bool:
         return gone(state, self.settings.lost_after_s)

@@ -3,12 +3,14 @@ and ended with the scheduler.
 
 The child gets its settings and clusters on standard input and ends when that input closes, so
 it never outlives the scheduler, even one killed with SIGKILL. A child that dies is started
-again after a pause that doubles up to RESTART_MAX_S; the scheduler goes on meanwhile.
+again after a pause that doubles up to RESTART_MAX_S; the scheduler goes on meanwhile. It runs
+at a lower CPU priority (`status_service_nice`, set by the child itself) than the scheduler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import structlog

@@ -21,6 +21,8 @@ from .status.store import (CLUSTERS_REPORT, METRICS_REPORT, SCHEDULER_REPORT, Jo
 
 log = structlog.get_logger("rmcs.upkeep")
 
+RETRY_DELETE_S = 600.0  # a job Ray would not delete is tried again after this long
+
 
 def ray_id(submission_id: str, attempt: int) -> str:
     return submission_id if attempt == 1 else f"{submission_id}~{attempt}"
@@ -70,21 +72,30 @@ class Upkeep:
                 self.book.follow(t)
 
     async def delete_expired_ray_jobs(self) -> None:
-        """Ray keeps job history forever: delete recorded terminal jobs after the retention."""
+        """Ray keeps job history forever: delete recorded terminal jobs after the retention. A
+        job that cannot be deleted now is passed over for RETRY_DELETE_S, so the sweep moves on."""
         for status in await self.store.due_for_deletion(now_minus(self.settings.ray_job_retention_s)):
             state = self.prober.clusters.get(status.cluster or "")
-            if state is None:
-                continue
             try:
+                if state is None:
+                    raise RayRejected(404, f"cluster {status.cluster} is not configured")
                 await state.dashboard.delete(ray_id(status.submission_id, status.attempt))
             except RayNotFound:
                 pass
-            except RayRejected as exc:
-                log.warning("could not delete job from its cluster", cluster=status.cluster, error=str(exc))
-                continue
-            except RayError:
+            except RayError as exc:
+                log.warning("could not delete job from its cluster; will try again later", cluster=status.cluster,
+                            submission_id=status.submission_id, error=str(exc))
+                await self.store.postpone_deletion(status.submission_id, now_minus(-RETRY_DELETE_S))
                 continue
             await self.store.mark_deleted(status.submission_id)
+
+    async def prune_status_cache(self) -> None:
+        """The status cache keeps a job for `status_retention_s` after it ended and left its
+        cluster, and at most `status_max_jobs` jobs."""
+        s = self.settings
+        forgotten = await self.store.prune(now_minus(s.status_retention_s), s.status_max_jobs)
+        if forgotten:
+            log.info("status cache pruned", jobs=forgotten)
 
     async def report(self) -> None:
         """What the status service shows of this daemon: its clusters and its metrics."""

@@ -253,7 +253,8 @@ async def test_health_readiness_clusters_and_document(env: Env) -> None:
     assert clusters["solo"]["total"]["CPU"] == 1 and clusters["solo"]["tags"] == ["solo"]
     assert clusters["big"]["nodes"][0]["node_id"] == "b1" and clusters["big"]["health"] in ("up", "unknown")
     doc = await api.get("/openapi.json")
-    assert doc["openapi"] == "3.1.0" and doc == {**openapi.document(), "servers": [{"url": api.base}]}
+    assert doc["openapi"] == "3.1.0"
+    assert doc == {**openapi.document(env.daemon.settings.max_log_bytes), "servers": [{"url": api.base}]}
     assert set(doc["paths"]) == {"/healthz", "/readyz", "/api/v1/jobs", "/api/v1/jobs/{submission_id}",
                                  "/api/v1/jobs/{submission_id}/logs", "/api/v1/jobs/{submission_id}/stop",
                                  "/api/v1/clusters", "/api/v1/events", "/metrics", "/openapi.json"}
@@ -292,7 +293,8 @@ async def test_running_job_status_logs_and_stop(env: Env) -> None:
     assert [t["state"] for t in status["transitions"]] == ["ACCEPTED", "DISPATCHED", "RUNNING"]
     assert status["tags"] == [env.tag] and status["resource_requirements"] == {"CPU": 1.0}
     logs = await api.get(f"/api/v1/jobs/{job}/logs")
-    assert logs == {"submission_id": job, "cluster": "big", "logs": "fake ray big: running /bin/sleep 30\n"}
+    assert logs == {"submission_id": job, "cluster": "big", "logs": "fake ray big: running /bin/sleep 30\n",
+                    "truncated": False}
 
     answer = await api.call("POST", f"/api/v1/jobs/{job}/stop", body=b'{"reason": "enough"}', expect=202)
     assert answer["outcome"] == "stopping" and answer["submission_id"] == job and answer["message"]

@@ -21,6 +21,8 @@ RUNS = {
                    ["ratio to the bare loop", "8 clusters probed every second", "beside a busy loop of 0.1 core",
                     "events confirmed by the last POST"]),
     "latency_fake": (["--n", "30", "--clusters", "4"], ["bare loop (consume, POST, ack), n=30", "p99"]),
+    "api_load": (["--n", "20", "--clusters", "4", "--streams", "30", "--log-workers", "3", "--log-mb", "1"],
+                 ["30 event streams open, 0 refused", "ratio under load / idle", "leader step-down: none"]),
     "probe_fanout": (["--clusters", "20", "--rounds", "2"], ["later rounds: median"]),
     "broker_events": (["--seconds", "0.5"], ["bound on dispatch from the event path alone"]),
     "backlog_memory": (["--depths", "100,300"], ["RSS with 300 waiting is"]),

@@ -25,16 +25,18 @@ import orjson
 import structlog
 from aiohttp import web
 
+from producers import schema
+
 from .. import access
 from ..rayapi import RayError
 from ..settings import Settings, parse_http_addr
-from . import openapi
+from . import guard, openapi
 from .hub import EventHub
 from .store import BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
 
-SUBMISSION_ID = re.compile(openapi.SUBMISSION_ID_PATTERN)
+SUBMISSION_ID = schema.SUBMISSION_ID
 LIST_PARAMS = ("state", "cluster", "tag", "owner", "since", "until", "limit", "cursor")
 MAX_PARAM_CHARS = 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -71,7 +73,7 @@ class Backend(Protocol):
 
     async def metrics_text(self) -> bytes: ...
 
-    async def logs(self, submission_id: str) -> tuple[str, str]: ...
+    async def logs(self, submission_id: str, tail: int) -> tuple[str, str, bool]: ...
 
     async def request_stop(self, submission_id: str, reason: str | None,
                            caller: access.Caller) -> Mapping[str, Any]: ...
@@ -141,7 +143,7 @@ def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
 def _submission_id(request: web.Request) -> str:
     sid = request.match_info["submission_id"]
     if not SUBMISSION_ID.fullmatch(sid):
-        raise ApiError(400, "submission_id must match [A-Za-z0-9._-]{1,128}")
+        raise ApiError(400, f"submission_id must be {schema.SUBMISSION_ID_RULE}")
     return sid
 
 
@@ -201,7 +203,11 @@ class HttpServer:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.tokens = backend.tokens  # token -> user; never logged
-        self.app = web.Application(middlewares=[_errors, self._authenticate], client_max_size=MAX_BODY_BYTES)
+        s = backend.settings
+        self.limiter = guard.RateLimiter(s.api_rate_limit, s.api_rate_burst)
+        self.slots = guard.StreamSlots(s.max_event_streams)
+        self.app = web.Application(middlewares=[_errors, guard.guard(s, self.limiter, self.caller, ApiError),
+                                                self._authenticate], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes([
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
@@ -220,12 +226,13 @@ class HttpServer:
 
     async def start(self) -> None:
         access.check_exposure(self.backend.settings, self.tokens)
+        tls = guard.server_tls(self.backend.settings)
         host, port = parse_http_addr(self.backend.settings.http_addr)
         self._ended = asyncio.get_running_loop().create_future()
         self._watch = asyncio.create_task(self._end_streams_when_stopping(), name="http-stop-watch")
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=3.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=tls).start()
 
     async def stop(self) -> None:
         self._end_streams()
@@ -275,7 +282,7 @@ class HttpServer:
         return _json({"ready": ready, **checks}, 200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
-        doc = openapi.document()
+        doc = openapi.document(self.backend.settings.max_log_bytes)
         doc["servers"] = [{"url": f"{request.scheme}://{request.host}"}]
         return _json(doc)
 
@@ -303,10 +310,21 @@ class HttpServer:
         return _json(status.to_json())
 
     async def logs(self, request: web.Request) -> web.Response:
-        _params(request, ())
+        """The job's log, its last `tail` characters at most (default and most: max_log_bytes).
+        With tokens for reads, only the job's owner or an admin reads it."""
+        limit = self.backend.settings.max_log_bytes
+        tail = _params(request, ("tail",)).get("tail")
+        if tail is not None and not (tail.isascii() and tail.isdigit() and 1 <= int(tail) <= limit):
+            raise ApiError(400, f"tail must be an integer between 1 and {limit}")
         sid = _submission_id(request)
+        if self.backend.settings.api_reads_need_token:
+            caller = self.caller(request)
+            status = await self.backend.store.get(sid, history=False)
+            if status is not None and not access.may_stop(caller, status.owner):
+                raise ApiError(403, f"{caller.name!r} may not read the logs of this job: only its owner "
+                                    f"{status.owner!r} or an admin may")
         try:
-            cluster, text = await self.backend.logs(sid)
+            cluster, text, truncated = await self.backend.logs(sid, int(tail) if tail else limit)
         except LogsUnavailable as exc:
             raise ApiError(409, str(exc)) from None
         except RayError as exc:
@@ -314,7 +332,7 @@ class HttpServer:
             raise ApiError(502, f"cluster {status.cluster if status else None} did not give the logs: {exc}") from None
         except LookupError:
             raise ApiError(404, f"no job {sid!r}") from None
-        return _json({"submission_id": sid, "cluster": cluster, "logs": text})
+        return _json({"submission_id": sid, "cluster": cluster, "logs": text, "truncated": truncated})
 
     async def stop_job(self, request: web.Request) -> web.Response:
         _params(request, ())
@@ -349,6 +367,16 @@ class HttpServer:
         ended = self._ended
         if ended is None or ended.done():
             raise ApiError(503, "the daemon is stopping")
+        if not self.slots.take():
+            raise ApiError(503, f"{self.slots.limit} event streams are open, the most this service serves "
+                                "(max_event_streams); try again later", {"Retry-After": "10"})
+        try:
+            return await self._stream(request, pattern, ended, frame)
+        finally:
+            self.slots.give_back()
+
+    async def _stream(self, request: web.Request, pattern: str, ended: asyncio.Future[None],
+                      frame: Callable[[Mapping[str, Any]], bytes]) -> web.StreamResponse:
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         stream = self.backend.hub.subscribe(pattern)

@@ -16,7 +16,7 @@ from producers.wire import CLUSTER_EVENTS, JOB_EVENTS
 
 from ..settings import Settings
 from .hub import EventHub
-from .store import StatusStore
+from .store import ForeignOwner, StatusStore
 
 log = structlog.get_logger("rmcs.status")
 
@@ -55,6 +55,10 @@ class StatusConsumer:
             elif key.startswith("cluster."):
                 await self.store.set_cluster_health(str(event.get("cluster")), str(event.get("health")),
                                                     str(event.get("ts")), event.get("message"))
+        except ForeignOwner as exc:  # e.g. a REJECTED for someone else's job: neither stored nor streamed
+            log.warning("event for another owner's job dropped", error=str(exc), routing_key=key)
+            await message.ack()
+            return
         except (TypeError, ValueError, OverflowError) as exc:  # a foreign event of the wrong shape
             log.warning("malformed event dropped", error=str(exc), routing_key=key)
             await message.ack()

@@ -55,7 +55,7 @@ SCHEMAS: dict[str, Any] = {
         "message": _STR_OR_NULL,
     }),
     "Job": _object({
-        "submission_id": {"type": "string", "pattern": SUBMISSION_ID_PATTERN},
+        "submission_id": {"type": "string", "pattern": SUBMISSION_ID_PATTERN, "minLength": 1, "maxLength": 128},
         "job_id": _STR_OR_NULL,
         "owner": {"type": ["string", "null"], "description": (
             "the broker user that submitted it (the message's user_id, else the daemon's default_owner); "
@@ -84,7 +84,9 @@ SCHEMAS: dict[str, Any] = {
     "Logs": _object({
         "submission_id": _STR,
         "cluster": _STR,
-        "logs": {"type": "string", "description": "the job's driver logs, as Ray gives them"},
+        "logs": {"type": "string", "description": "the job's driver logs, as Ray gives them: their last "
+                                                  "`tail` characters at most"},
+        "truncated": {"type": "boolean", "description": "the log is longer: only its end is here"},
     }),
     "StopRequest": _object({"reason": {"type": "string", "minLength": 1, "maxLength": 1024}},
                            optional=("reason",)),
@@ -144,7 +146,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _SID_PARAM = {"name": "submission_id", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": SUBMISSION_ID_PATTERN}}
+              "schema": {"type": "string", "pattern": SUBMISSION_ID_PATTERN, "minLength": 1, "maxLength": 128}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -176,11 +178,17 @@ _INTERNAL = _error("unexpected failure; the body never carries details")
 _BAD = _error("a query parameter, the submission id or the body is not valid; `error` says which")
 
 
+_LIMITED = _error("too many requests from this client (api_rate_limit); `Retry-After` says when to ask again")
+_NO_TOKEN = _error("reads need a token (api_reads_need_token) and the request has no valid "
+                   "`Authorization: Bearer` token")
+
+
 def _op(summary: str, responses: dict[str, Any], *, op_id: str, tag: str,
         parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
         description: str | None = None, security: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    guarded = {} if tag == "health" and op_id in ("healthz", "readyz") else {"401": _NO_TOKEN, "429": _LIMITED}
     op: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": [tag],
-                          "responses": {**responses, "500": _INTERNAL}}
+                          "responses": {**guarded, **responses, "500": _INTERNAL}}
     if description:
         op["description"] = description
     if parameters:
@@ -215,9 +223,12 @@ PATHS: dict[str, Any] = {
         "200": _json("Logs", "the logs"),
         "400": _BAD,
         "404": _error("no job with this id"),
+        "403": _error("reads need a token and the caller is neither the job's owner nor an admin"),
         "409": _error("the job has no logs to give: not dispatched yet, or deleted from its cluster"),
         "502": _error("its cluster did not answer or refused"),
-    }, op_id="getJobLogs", tag="jobs", parameters=[_SID_PARAM])},
+    }, op_id="getJobLogs", tag="jobs", parameters=[_SID_PARAM, _query(
+        "tail", {"type": "integer", "minimum": 1},
+        "at most this many characters, the end of the log (default and most: the max_log_bytes setting)")])},
     "/api/v1/jobs/{submission_id}/stop": {"post": _op("stop a job", {
         "202": _json("StopAnswer", "taken: outcome cancelled, stopping or recorded"),
         "400": _BAD,
@@ -246,7 +257,7 @@ PATHS: dict[str, Any] = {
             "ends when the daemon stops."),
             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
         "400": _BAD,
-        "503": _error("the daemon is stopping"),
+        "503": _error("the daemon is stopping, or max_event_streams streams are open (`Retry-After`)"),
     }, op_id="streamEvents", tag="events", parameters=[
         _query("pattern", {"type": "string", "default": "#", "minLength": 1, "maxLength": 255},
                "AMQP topic pattern on the routing key (`*` one word, `#` any words), e.g. `job.#`, "
@@ -274,10 +285,17 @@ _DOCUMENT: dict[str, Any] = {
     "paths": PATHS,
     "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {
         "type": "http", "scheme": "bearer",
-        "description": "a token of the daemon's api_tokens_file; needed for POST when tokens are configured"}}},
+        "description": "a token of the daemon's api_tokens_file; needed for POST when tokens are configured, "
+                       "and for every request but /healthz and /readyz with api_reads_need_token"}}},
 }
 
 
-def document() -> dict[str, Any]:
-    """A fresh copy of the document (callers may add `servers`)."""
-    return copy.deepcopy(_DOCUMENT)
+def document(max_log_bytes: int | None = None) -> dict[str, Any]:
+    """A fresh copy of the document (callers may add `servers`), with the service's own bound on
+    a log's `tail` when given."""
+    doc = copy.deepcopy(_DOCUMENT)
+    if max_log_bytes is not None:
+        for param in doc["paths"]["/api/v1/jobs/{submission_id}/logs"]["get"]["parameters"]:
+            if param["name"] == "tail":
+                param["schema"]["maximum"] = max_log_bytes
+    return doc

@@ -14,6 +14,10 @@ RANK = {"ACCEPTED": 1, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 
 STATES = frozenset(RANK)
 
 
+class ForeignOwner(Exception):
+    """An event whose owner is not the owner recorded for its job: not applied."""
+
+
 class BadQuery(ValueError):
     """A list query that cannot be answered; the message says which parameter is wrong."""
 

@@ -33,11 +33,13 @@ from .api import HttpServer, LogsUnavailable, StopTimeout
 from .consumer import StatusConsumer
 from .dashboard import Dashboard
 from .hub import EventHub
+from .logtail import log_tail
 from .store import CLUSTERS_REPORT, METRICS_REPORT, SqliteStatusStore, StatusStore
 
 log = structlog.get_logger("rmcs.status")
 
 STOP_ANSWER_TIMEOUT_S = 10.0
+LOG_FETCHES = 4  # logs read from clusters at once; more wait their turn (each holds up to 6 x max_log_bytes)
 
 
 def reports_fresh_for(settings: Settings) -> float:
@@ -64,6 +66,7 @@ class StatusService:
         self._reply_queue: aio_pika.abc.AbstractQueue | None = None
         self._answers: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
         self._dashboards: dict[str, RayDashboard] = {}
+        self._log_fetches = asyncio.Semaphore(LOG_FETCHES)
 
     async def start(self) -> None:
         await self.store.open()
@@ -119,8 +122,9 @@ class StatusService:
         return self.metrics.render(await self.store.counts_by_state(), len(self.hub),
                                    scheduler[0] if scheduler is not None else None)
 
-    async def logs(self, submission_id: str) -> tuple[str, str]:
-        """The job's cluster and its logs, from that cluster."""
+    async def logs(self, submission_id: str, tail: int) -> tuple[str, str, bool]:
+        """The job's cluster, the last `tail` characters of its log from that cluster, and
+        whether the log was longer. A few fetches at a time (LOG_FETCHES), each in bounded memory."""
         status = await self.store.get(submission_id, history=False)
         if status is None:
             raise LookupError(f"no job {submission_id!r}")
@@ -136,7 +140,9 @@ class StatusService:
         if dashboard is None:
             dashboard = self._dashboards[cluster] = RayDashboard(config, self.settings.dispatch_timeout_s)
         ray_id = submission_id if status.attempt == 1 else f"{submission_id}~{status.attempt}"
-        return cluster, await dashboard.logs(ray_id)
+        async with self._log_fetches:
+            text, truncated = await log_tail(dashboard, ray_id, tail)
+        return cluster, text, truncated
 
     async def request_stop(self, submission_id: str, reason: str | None, caller: Caller) -> Mapping[str, Any]:
         """Ask the scheduler over the broker, as `control.stop` with this service's reply queue,

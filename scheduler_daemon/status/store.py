@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import orjson
 
 from ..dbthread import DbThread
-from .records import (RANK, STATES, BadQuery, JobStatus, ListQuery, Page, Transition,  # noqa: F401
+from .records import (RANK, STATES, BadQuery, ForeignOwner, JobStatus, ListQuery, Page, Transition,  # noqa: F401
                       decode_cursor, encode_cursor, now_minus, _norm)
 
 T = TypeVar("T")
@@ -63,6 +63,17 @@ class StatusStore(abc.ABC):
 
     @abc.abstractmethod
     async def mark_deleted(self, submission_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def postpone_deletion(self, submission_id: str, until: str) -> None:
+        """A deletion failed: `due_for_deletion` passes over the job until `until`, so jobs
+        that cannot be deleted never hold back the others."""
+
+    @abc.abstractmethod
+    async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
+        """Forget at most `limit` final jobs that are off their cluster (deleted there, or never
+        dispatched): those last updated before `before`, then the oldest beyond the newest
+        `keep` jobs. Returns how many were forgotten."""
 
     @abc.abstractmethod
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
@@ -172,9 +183,20 @@ class SqliteStatusStore(StatusStore):
         owner = _opt_text(event.get("owner"))
 
         def _apply(db: sqlite3.Connection) -> bool:
+            # A write first: it takes the write lock, waiting for it (a read first would make the
+            # write fail at once when the other process wrote meanwhile). Undone if refused.
             db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
                        (sid, state, attempt, cluster, ts, message))
-            row = db.execute("SELECT rank, attempt, final FROM jobs WHERE submission_id = ?", (sid,)).fetchone()
+            row = db.execute("SELECT rank, attempt, final, owner, state, cluster FROM jobs WHERE submission_id = ?",
+                             (sid,)).fetchone()
+            if row is not None and row[3] is not None and owner is not None and row[3] != owner:
+                if row[4] != "REJECTED" or row[5] is not None:
+                    raise ForeignOwner(f"event of {owner!r} for {sid!r}, a job of {row[3]!r}")
+                # A message refused at intake holds no id: the job that really has it replaces it.
+                for table in ("jobs", "transitions", "job_tags"):
+                    db.execute(f"DELETE FROM {table} WHERE submission_id = ?", (sid,))
+                db.execute("INSERT INTO transitions VALUES (?,?,?,?,?,?)", (sid, state, attempt, cluster, ts, message))
+                row = None
             rank = RANK[state]
             if row is None:
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
@@ -189,7 +211,7 @@ class SqliteStatusStore(StatusStore):
                 db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                 changed = True
             else:
-                cur_rank, cur_attempt, cur_final = row
+                cur_rank, cur_attempt, cur_final = row[:3]
                 newer = (attempt, rank) > (cur_attempt, cur_rank)
                 if newer and not cur_final:
                     db.execute(
@@ -264,10 +286,35 @@ class SqliteStatusStore(StatusStore):
             _status(r, ()) for r in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE final = 0")])
 
     async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
+        now = _now()
         return await self._run(lambda db: [
             _status(r, ()) for r in db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE final = 1 AND deleted = 0 AND cluster IS NOT NULL"
-                " AND updated < ? LIMIT ?", (_norm(before), limit))])
+                " AND updated < ? AND (retry_delete_at IS NULL OR retry_delete_at < ?) ORDER BY updated LIMIT ?",
+                (_norm(before), now, limit))])
+
+    async def postpone_deletion(self, submission_id: str, until: str) -> None:
+        await self._run(lambda db: db.execute("UPDATE jobs SET retry_delete_at = ? WHERE submission_id = ?",
+                                              (_norm(until), submission_id)))
+
+    async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
+        gone = "final = 1 AND (deleted = 1 OR cluster IS NULL)"
+
+        def _prune(db: sqlite3.Connection) -> int:
+            db.execute("UPDATE jobs SET seq = seq WHERE 0")  # the write lock first (see apply)
+            sids = [r[0] for r in db.execute(
+                f"SELECT submission_id FROM jobs WHERE {gone} AND updated < ? ORDER BY seq LIMIT ?",
+                (_norm(before), limit))]
+            excess = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] - len(sids) - keep
+            if excess > 0 and len(sids) < limit:
+                sids += [r[0] for r in db.execute(
+                    f"SELECT submission_id FROM jobs WHERE {gone} AND updated >= ? ORDER BY seq LIMIT ?",
+                    (_norm(before), min(excess, limit - len(sids))))]
+            for table in ("jobs", "transitions", "job_tags"):
+                db.executemany(f"DELETE FROM {table} WHERE submission_id = ?", [(sid,) for sid in sids])
+            return len(sids)
+
+        return await self._run(_prune)
 
     async def mark_deleted(self, submission_id: str) -> None:
         await self._run(lambda db: db.execute("UPDATE jobs SET deleted = 1 WHERE submission_id = ?",
@@ -346,6 +393,8 @@ def _setup(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
     if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
         db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
+    if "retry_delete_at" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN retry_delete_at TEXT")  # a store from before retention retries
     db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
     db.execute("CREATE INDEX IF NOT EXISTS transitions_state ON transitions (state, ts)")
     db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (final, updated)")
