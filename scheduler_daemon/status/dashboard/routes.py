@@ -40,6 +40,9 @@ def live_frame(event: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(slim) + b"\n\n"
 
 
+LOG_TAIL_CHARS = 64 * 1024  # what the job page asks of a log: its end, enough for LOG_TAIL_LINES
+
+
 def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -144,7 +147,7 @@ class Dashboard:
 
     async def _logs(self, sid: str) -> tuple[str | None, str | None]:
         try:
-            _, text = await asyncio.wait_for(self.backend.logs(sid), LOG_TIMEOUT_S)
+            _, text, _ = await asyncio.wait_for(self.backend.logs(sid, LOG_TAIL_CHARS), LOG_TIMEOUT_S)
         except LogsUnavailable as exc:
             return None, str(exc)
         except (RayError, asyncio.TimeoutError) as exc:
