@@ -78,7 +78,7 @@ class Settings:
     # "off", not started by the daemon (run `rmcs-status` yourself).
     status_service: str = "process"
     # The status process's CPU priority (nice): it serves people, the scheduler dispatches, and on
-    # a busy host the kernel gives the scheduler the CPU first (bench/status_load.py).
+    # a busy host the kernel gives the scheduler the CPU first (bench/api_load.py).
     status_service_nice: int = 10
     # The status service's HTTP API (docs/security.md): TLS (a PEM certificate chain and its key),
     # a token for reads too (logs: the job's owner or an admin), the most of a log one answer
