@@ -84,7 +84,8 @@ async def main() -> None:
             print(f"bare loop (consume, POST, ack), n={a.n}: {summary(await bare(fleet, a.n))}")
         with tempfile.TemporaryDirectory() as tmp:
             extra = {} if a.probe_process_from is None else {"probe_process_from": a.probe_process_from}
-            s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5, **extra)
+            s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5, status_service="process",
+                              **extra)  # the status service in its own process, as by default
             async with running_daemon(s, fleet.configs()):
                 await asyncio.sleep(1.5)  # first probes
                 conn = await aio_pika.connect(s.amqp_url)
