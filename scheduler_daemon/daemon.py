@@ -36,6 +36,7 @@ from .status.service import StatusService
 from .status.store import SqliteStatusStore, StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
+from .timeouts import RunTimeouts
 from .upkeep import Upkeep
 
 log = structlog.get_logger("rmcs.daemon")
@@ -69,6 +70,7 @@ class Daemon:
                             on_event=self.metrics.event)
         self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
         self.follower = Follower(settings, self.book, self.prober, self._wake)
+        self.timeouts = RunTimeouts(self.book, self.prober, self.work)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
@@ -124,6 +126,7 @@ class Daemon:
         self._own(self.prober.run(self.stopping), "prober")
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
+        self._own(every("run-timeouts", self.settings.track_interval_s, self.timeouts.check, self.stopping), "run-timeouts")
         self._own(every("maintenance", MAINTENANCE_INTERVAL_S, self._maintain, self.stopping), "maintenance")
         self._own(every("report", REPORT_INTERVAL_S, self.upkeep.report, self.stopping), "report")
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size,

@@ -19,7 +19,7 @@ from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import Settings
 from .tasks import pause
-from .tracking import Tracked, one_by_one, transitions
+from .tracking import Tracked, one_by_one, stop_message, transitions
 
 log = structlog.get_logger("rmcs.following")
 
@@ -149,11 +149,12 @@ class Follower:
                 else:
                     ledger.finished(job.ray_submission_id, now, t.node_id, job.ray_resources,
                                     was_running=t.seen_running or t.state == JobState.RUNNING)
+        message = stop_message(t, new, message, max(now, time.time()))
         retry = new in (JobState.FAILED, JobState.LOST) and job.attempt <= job.max_retries
         final = new in TERMINAL and not retry
         if retry:
             message = f"{message or new.value.lower()}; retrying (attempt {job.attempt + 1} of {job.max_retries + 1})"
-        t = await self.book.record(t.moved(new, final=final), published=False)
+        t = await self.book.record(t.moved(new, final=final, at=time.time()), published=False)
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=t.cluster):
             log.info("job state", state=new.value, message=message, attempt=job.attempt)
             if retry:
