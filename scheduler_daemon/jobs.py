@@ -20,7 +20,8 @@ from producers.job import FIELDS
 from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
                               MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
 # The wire's names, re-exported: the daemon's modules take them from here.
-from producers.wire import ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, TERMINAL, JobState  # noqa: F401
+from producers.wire import (ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, RELEASED_HEADER,  # noqa: F401
+                           TERMINAL, JobState)
 
 from .formats import translate
 from .invalid import InvalidJob, parse_priority  # noqa: F401  (re-exported)

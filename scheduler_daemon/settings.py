@@ -127,6 +127,7 @@ class Settings:
     max_job_resources: Mapping[str, float] = field(default_factory=dict)
     state_dir: str = "var/rmcs"
     journal_retention_s: float = 7 * 86400.0
+    max_waiting_jobs: int = 100_000  # jobs stored waiting for dependencies (depends_on); more are rejected
     ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     failover: bool = False
@@ -155,6 +156,7 @@ class Settings:
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
         _check(self.probe_process_from >= 0, "probe_process_from", "must be >= 0")
+        _check(self.max_waiting_jobs >= 0, "max_waiting_jobs", "must be >= 0")
         _check(self.down_after_failures >= 1, "down_after_failures", "must be >= 1")
         _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
@@ -183,7 +185,6 @@ class Settings:
         _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
                "must be a list of user names")
         return self
-
 
     def amqp_connect_kwargs(self) -> dict[str, Any]:
         """TLS keyword arguments for aio_pika.connect / connect_robust: the one way the daemon,

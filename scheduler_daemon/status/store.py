@@ -153,6 +153,8 @@ class SqliteStatusStore(StatusStore):
         priority = event.get("priority") if isinstance(event.get("priority"), int) else None
         job_id = _opt_text(event.get("job_id"))
         owner = _opt_text(event.get("owner"))
+        deps = event.get("depends_on")
+        depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
 
         def _apply(db: sqlite3.Connection) -> bool:
             db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
@@ -163,12 +165,12 @@ class SqliteStatusStore(StatusStore):
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
                 db.execute(
                     "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                    " priority, tags, metadata, resources, created, updated, owner)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " priority, tags, metadata, resources, created, updated, owner, depends_on)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (sid, job_id, state, rank, cluster, attempt, int(final), message,
                      priority, orjson.dumps(tags).decode(),
                      orjson.dumps(event.get("metadata") or {}).decode(),
-                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner))
+                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner, depends_on))
                 db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                 changed = True
             else:
@@ -273,15 +275,15 @@ class SqliteStatusStore(StatusStore):
 
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
-            " resources, created, updated, deleted, owner")
+            " resources, created, updated, deleted, owner, depends_on")
 
 
 def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
     (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
-     created, updated, deleted, owner) = row
+     created, updated, deleted, owner, depends_on) = row
     return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
                      tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
-                     created, updated, bool(deleted), steps, owner)
+                     created, updated, bool(deleted), steps, owner, tuple(orjson.loads(depends_on or "[]")))
 
 
 def _opt_text(value: Any) -> str | None:
@@ -299,3 +301,5 @@ def _setup(db: sqlite3.Connection) -> None:
     if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
         db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
     db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
+    if "depends_on" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN depends_on TEXT")  # a store from before depends_on
