@@ -75,7 +75,7 @@ class Daemon:
                                      status=self.store, intake=lambda: self.intake)
         self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
         self.follower = Follower(settings, self.book, self.prober, self._wake)
-        self.timeouts = RunTimeouts(self.book, self.prober, self.work)
+        self.timeouts = RunTimeouts(self.book, self.prober, self.work, settings.autoscale_timeout_s)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,

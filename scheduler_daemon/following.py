@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 import structlog
 
+from .autoscaling import is_virtual
 from .book import JobBook
 from .clusters import HealthState
 from .events import PublishAborted
@@ -142,13 +143,17 @@ class Follower:
         now = ray_time if ray_time is not None else time.time()
         if ledger is not None:
             if new == JobState.RUNNING:
-                ledger.started(job.ray_submission_id, now)
+                # After a launch, Ray's start_time (its submission) comes before the node: only a
+                # snapshot taken after the job was seen running shows it on its node.
+                ledger.started(job.ray_submission_id, time.time() if is_virtual(t.node_id) else now)
             elif new in TERMINAL:
                 if new == JobState.LOST:
                     ledger.forget(job.ray_submission_id)
                 else:
+                    snapshot = self.prober.clusters[t.cluster].snapshot
                     ledger.finished(job.ray_submission_id, now, t.node_id, job.ray_resources,
-                                    was_running=t.seen_running or t.state == JobState.RUNNING)
+                                    was_running=t.seen_running or t.state == JobState.RUNNING,
+                                    snapshot_time=snapshot.time if snapshot is not None else None)
         message = stop_message(t, new, message, max(now, time.time()))
         retry = new in (JobState.FAILED, JobState.LOST) and job.attempt <= job.max_retries
         final = new in TERMINAL and not retry

@@ -15,6 +15,7 @@ from typing import Any, Callable, Coroutine
 import structlog
 
 from .admission import Held, Window
+from .autoscaling import is_virtual, type_of
 from .book import JobBook
 from .dispatch import Outcome, dispatch
 from .events import PublishAborted
@@ -218,7 +219,8 @@ class Scheduler:
         # Journaled before the ack: from here a crash loses nothing, and the events (ACCEPTED,
         # DISPATCHED) are published again at restart until they are confirmed.
         t = await self.book.record(Tracked(job, cluster, node_id, JobState.DISPATCHED), published=False)
-        self.book.send(job, JobState.DISPATCHED, cluster, None)
+        later = f"fits after scale-up on {type_of(node_id)}" if is_virtual(node_id) else None
+        self.book.send(job, JobState.DISPATCHED, cluster, later)
         await self.intake.ack(held.delivery)
         self.window.remove(job.submission_id)
         self.book.confirm_later(t)

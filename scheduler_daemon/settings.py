@@ -20,16 +20,15 @@ import yaml
 from producers import tls
 from producers.schema import MAX_MESSAGE_BYTES, RESOURCE_NAME
 
+from .clusterfields import ConfigError, normalize_runtime_env as _normalize_runtime_env, path_list as _path_list
+from .nodetypes import Autoscaling, AutoscalingError, parse_autoscaling
+
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # ${NAME}: an environment variable; ${file:/path}: the contents of a file (trailing newline dropped).
 _SECRET_REF = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*))\}")
 _MAX_SECRET_FILE = 65_536
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 USER_NAME = re.compile(r"^[^\x00-\x1f\x7f,\s][^\x00-\x1f\x7f,]{0,254}$")  # a broker or API user name
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key."""
 
 
 class Secret:
@@ -73,6 +72,7 @@ class ClusterConfig:
     # Per-cluster entrypoint allow-lists (producers/schema.entrypoint_refusal); empty admits all.
     allowed_script_dirs: tuple[str, ...] = ()
     allowed_interpreters: tuple[str, ...] = ()
+    autoscaling: Autoscaling | None = None  # node types it may grow by (docs/scheduling.md)
 
     def revealed_headers(self) -> dict[str, str]:
         """The dashboard headers as sent: secrets revealed (for the request alone, never a log)."""
@@ -128,6 +128,7 @@ class Settings:
     state_dir: str = "var/rmcs"
     journal_retention_s: float = 7 * 86400.0
     max_waiting_jobs: int = 100_000  # jobs stored waiting for dependencies (depends_on); more are rejected
+    autoscale_timeout_s: float = 300.0  # a job sent to a node yet to launch, not RUNNING by then, goes elsewhere
     ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     failover: bool = False
@@ -151,7 +152,8 @@ class Settings:
         _check(1 <= self.max_priority <= 255, "max_priority", "must be between 1 and 255")
         _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
         for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
-                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "leader_tick_s", "journal_retention_s", "ray_job_retention_s"):
+                     "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "leader_tick_s", "journal_retention_s", "ray_job_retention_s",
+                     "autoscale_timeout_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
@@ -314,43 +316,8 @@ def _expand_secrets(value: str, key: str, environ: Mapping[str, str]) -> Secret:
     return Secret(expanded)
 
 
-def _normalize_runtime_env(raw: Any, key: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key} must be a mapping")
-    env = dict(raw)
-    env_vars = env.get("env_vars")
-    if isinstance(env_vars, list):
-        # Seed 000 writes env_vars as a list of "NAME=value" strings; Ray wants a mapping.
-        mapped: dict[str, str] = {}
-        for item in env_vars:
-            if not isinstance(item, str) or "=" not in item:
-                raise ConfigError(f"{key}.env_vars: {item!r} is not NAME=value")
-            name, _, value = item.partition("=")
-            mapped[name] = value
-        env["env_vars"] = mapped
-    elif env_vars is not None:
-        if not isinstance(env_vars, Mapping) or not all(isinstance(v, str) for v in env_vars.values()):
-            raise ConfigError(f"{key}.env_vars must map names to strings")
-        env["env_vars"] = {str(k): v for k, v in env_vars.items()}
-    return env
-
-
 _CLUSTER_KEYS = {"head_address", "dashboard_url", "runtime_env", "prefer", "weight", "tags", "headers", "ca_file",
-                 "allowed_script_dirs", "allowed_interpreters"}
-
-
-def _path_list(raw: Any, key: str, *, dirs: bool) -> tuple[str, ...]:
-    raw = raw or []
-    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
-        raise ConfigError(f"{key} must be a list of strings")
-    for p in raw:
-        if dirs and (not p.startswith("/") or ".." in p.split("/")):
-            raise ConfigError(f"{key}: {p!r} must be an absolute directory without '..'")
-        if any(c.isspace() for c in p):
-            raise ConfigError(f"{key}: {p!r} contains white space")
-    return tuple(p.rstrip("/") or "/" for p in raw) if dirs else tuple(raw)
+                 "allowed_script_dirs", "allowed_interpreters", "autoscaling"}
 
 
 def load_clusters(path: str | os.PathLike[str],
@@ -409,6 +376,10 @@ def load_clusters(path: str | os.PathLike[str],
             raise ConfigError(f"{key}.ca_file needs an https:// dashboard_url")
         if ca_file and not os.access(ca_file, os.R_OK):
             raise ConfigError(f"{key}.ca_file: cannot read {ca_file}")
+        try:
+            scaling = parse_autoscaling(raw.get("autoscaling"), f"{key}.autoscaling")
+        except AutoscalingError as exc:
+            raise ConfigError(str(exc)) from None
         out.append(ClusterConfig(
             name=name,
             dashboard_url=url.rstrip("/"),
@@ -421,5 +392,6 @@ def load_clusters(path: str | os.PathLike[str],
             ca_file=ca_file,
             allowed_script_dirs=_path_list(raw.get("allowed_script_dirs"), f"{key}.allowed_script_dirs", dirs=True),
             allowed_interpreters=_path_list(raw.get("allowed_interpreters"), f"{key}.allowed_interpreters", dirs=False),
+            autoscaling=scaling,
         ))
     return tuple(out)
