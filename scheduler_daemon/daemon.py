@@ -27,6 +27,7 @@ from .following import Follower
 from .intake import Intake
 from .journal import Journal
 from .leadership import Leadership
+from .logtails import LogKeeper
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
 from .probing import ClusterState, Prober
@@ -74,7 +75,8 @@ class Daemon:
         self.dependents = Dependents(settings, store=self.waiting, book=self.book, window=self.window,
                                      status=self.store, intake=lambda: self.intake)
         self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
-        self.follower = Follower(settings, self.book, self.prober, self._wake)
+        self.log_keeper = LogKeeper(settings, self.prober, self.store)
+        self.follower = Follower(settings, self.book, self.prober, self._wake, on_end=self.log_keeper.ended)
         self.timeouts = RunTimeouts(self.book, self.prober, self.work, settings.autoscale_timeout_s)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
@@ -135,6 +137,7 @@ class Daemon:
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
         self._own(self.dependents.run(self.stopping), "dependents")
+        self._own(self.log_keeper.run(self.stopping), "log-tails")
         self._own(every("run-timeouts", self.settings.track_interval_s, self.timeouts.check, self.stopping), "run-timeouts")
         self._own(every("maintenance", MAINTENANCE_INTERVAL_S, self._maintain, self.stopping), "maintenance")
         self._own(every("report", REPORT_INTERVAL_S, self.upkeep.report, self.stopping), "report")

@@ -35,8 +35,10 @@ def gone(state: ClusterState, lost_after_s: float) -> bool:
 
 
 class Follower:
-    def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None],
+                 on_end: Callable[[Tracked], None] = lambda t: None) -> None:
         self.settings = settings
+        self._on_end = on_end  # a dispatched attempt ended on its cluster (its log tail is kept)
         self.book = book
         self.prober = prober
         self._wake = wake
@@ -170,5 +172,7 @@ class Follower:
                 self.book.confirm_later(t)
         self._missing.pop(job.submission_id, None)
         if new in TERMINAL:
+            if new in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
+                self._on_end(t)
             self._wake()
         return t

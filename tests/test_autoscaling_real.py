@@ -1,7 +1,8 @@
 """Autoscaling-aware placement on a real local Ray cluster that grows with Ray's own autoscaler
 and its fake multi-node provider (tests/rayscale.py), with the real RabbitMQ: a job that fits
 only a node type not yet running is dispatched, Ray starts the node, and the job SUCCEEDS;
-with room for one node, two such jobs launch one node, not two."""
+with room for one node, two such jobs launch one node, not two; after the node is removed,
+rmcs still answers for the job's logs (the tail it kept)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import asyncio
 import os
 from typing import Any, Iterator
 
+import aiohttp
 import pytest
 
 from rayscale import ScalingHead
 from scheduler_daemon.localray import HeadSpec
 from scheduler_daemon.nodetypes import parse_autoscaling
-from scheduler_daemon.rayapi import RayDashboard
+from scheduler_daemon.rayapi import RayDashboard, RayError
 from scheduler_daemon.settings import ClusterConfig
 from support import Events, make_settings, publish, running_daemon, sid
 
@@ -66,6 +68,20 @@ async def watch_nodes(seen: dict[str, Any], stop: asyncio.Event) -> None:
         await dash.close()
 
 
+async def wait_scaled_down(timeout: float) -> None:
+    dash = RayDashboard(config(), 5)
+    try:
+        for _ in range(int(timeout)):
+            status = (await dash.cluster_status())["data"]["clusterStatus"]
+            report = status.get("autoscalerReport") or {}
+            if not (report.get("activeNodes") or {}).get("gpuworker") and not report.get("pendingNodes"):
+                return
+            await asyncio.sleep(1.0)
+    finally:
+        await dash.close()
+    raise AssertionError(f"the gpuworker node was not removed within {timeout} s")
+
+
 async def test_jobs_for_a_node_type_not_running_start_one_node_and_succeed(tmp_path, scaling_head) -> None:
     s = make_settings(tmp_path)
     seen: dict[str, Any] = {}
@@ -81,6 +97,21 @@ async def test_jobs_for_a_node_type_not_running_start_one_node_and_succeed(tmp_p
             assert [ev.states(x)[-1] for x in (a, b)] == ["SUCCEEDED", "SUCCEEDED"], (ev.states(a), ev.states(b))
             first = next(e for e in ev.of(a) if e["state"] == "DISPATCHED")
             assert first["message"] == "fits after scale-up on gpuworker"
+            # Scale-down: once the idle node is removed (idle_timeout_minutes 0.2), Ray no longer has
+            # the logs; rmcs answers from the tail it kept when the job ended.
+            await wait_scaled_down(120)
+            with pytest.raises(RayError):
+                dash = RayDashboard(config(), 10)
+                try:
+                    await dash.logs(a)
+                finally:
+                    await dash.close()
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{s.http_addr}/api/v1/jobs/{a}/logs") as resp:
+                    body = await resp.json()
+            assert resp.status == 200, body
+            assert body["logs"].startswith("[rmcs: ascluster no longer has this job's logs")
+            assert f"Running entrypoint for job {a}: /bin/sleep 3" in body["logs"]
     finally:
         stop.set()
         await watcher

@@ -70,6 +70,16 @@ class JobStatus:
 
 
 @dataclass(frozen=True)
+class LogTail:
+    """The end of a job's logs as kept when its attempt `attempt` ended on `cluster`."""
+
+    attempt: int
+    cluster: str
+    text: str
+    cut: bool  # only the end of longer logs
+
+
+@dataclass(frozen=True)
 class Page:
     jobs: list[JobStatus]
     next_cursor: str | None

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import orjson
 
 from ..dbthread import DbThread
-from .records import (RANK, STATES, BadQuery, JobStatus, ListQuery, Page, Transition,  # noqa: F401
+from .records import (RANK, STATES, BadQuery, JobStatus, ListQuery, LogTail, Page, Transition,  # noqa: F401
                       decode_cursor, encode_cursor, now_minus, _norm)
 
 T = TypeVar("T")
@@ -73,6 +73,17 @@ class StatusStore(abc.ABC):
     async def report(self, name: str) -> tuple[bytes, float] | None:
         """The latest report `name` and when it was written (Unix time), or None."""
 
+    @abc.abstractmethod
+    async def put_log_tail(self, submission_id: str, attempt: int, cluster: str, tail: str, cut: bool) -> None:
+        """The end of a job's logs, kept when it ended (scheduler_daemon/logtails.py)."""
+
+    @abc.abstractmethod
+    async def log_tail(self, submission_id: str) -> LogTail | None: ...
+
+    @abc.abstractmethod
+    async def prune_log_tails(self, before: float) -> int:
+        """Forget the tails kept before `before` (Unix time); how many."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -116,6 +127,14 @@ CREATE TABLE IF NOT EXISTS clusters (
     health TEXT NOT NULL,
     ts TEXT NOT NULL,
     message TEXT
+);
+CREATE TABLE IF NOT EXISTS log_tails (
+    submission_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    tail TEXT NOT NULL,
+    cut INTEGER NOT NULL,
+    kept REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reports (
     name TEXT PRIMARY KEY,
@@ -265,6 +284,22 @@ class SqliteStatusStore(StatusStore):
         written = time.time()
         await self._run(lambda db: db.execute("INSERT OR REPLACE INTO reports VALUES (?,?,?)",
                                               (name, body, written)))
+
+    async def put_log_tail(self, submission_id: str, attempt: int, cluster: str, tail: str, cut: bool) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO log_tails VALUES (?,?,?,?,?,?) ON CONFLICT (submission_id) DO UPDATE SET"
+            " attempt = excluded.attempt, cluster = excluded.cluster, tail = excluded.tail, cut = excluded.cut,"
+            " kept = excluded.kept WHERE excluded.attempt >= log_tails.attempt",
+            (submission_id, attempt, cluster, tail, int(cut), time.time())))
+
+    async def log_tail(self, submission_id: str) -> LogTail | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT attempt, cluster, tail, cut FROM log_tails WHERE submission_id = ?", (submission_id,)).fetchone(),
+            read=True)
+        return LogTail(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    async def prune_log_tails(self, before: float) -> int:
+        return await self._run(lambda db: db.execute("DELETE FROM log_tails WHERE kept < ?", (before,)).rowcount)
 
     async def report(self, name: str) -> tuple[bytes, float] | None:
         def _read(db: sqlite3.Connection) -> tuple[bytes, float] | None:
