@@ -102,3 +102,13 @@ def test_n_jobs_never_ask_for_more_launches_than_the_room() -> None:
             assert isinstance(decision, NoFit) and not decision.infeasible
             assert "busy" in decision.explanation
     assert sorted(placed) == ["+gpuworker#0", "+gpuworker#1"]
+
+
+def test_cluster_summary_lists_nodes_yet_to_launch_apart() -> None:
+    scaling = parse_autoscaling(GPU_TYPE, "k")
+    view = _view("auto", (HEAD, *virtual_nodes(scaling, {}, [])), autoscaling=scaling)
+    summary = view.summary()
+    assert [n["node_id"] for n in summary["nodes"]] == ["head"]
+    assert summary["total"] == {"CPU": 2.0}  # what exists, not what may launch
+    assert [n["node_id"] for n in summary["to_launch"]] == ["+gpuworker#0", "+gpuworker#1"]
+    assert "to_launch" not in _view("fixed", (HEAD,)).summary()
