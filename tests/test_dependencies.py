@@ -4,6 +4,7 @@ real-Ray DAG is in test_dependencies_real.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -148,3 +149,35 @@ def test_cli_submit_after_and_run_timeout() -> None:
     body, sid_, _ = cli_job(build_parser().parse_args(
         ["submit", "--after", "a1", "--after", "a2", "--run-timeout", "30", "--submission-id", "z", "--", "/bin/true"]))
     assert body["depends_on"] == ["a1", "a2"] and body["run_timeout_s"] == 30.0 and sid_ == "z"
+
+
+async def test_a_waiting_job_survives_failover(tmp_path) -> None:
+    """Two daemons of a failover pair share the state dir: the standby takes over the waiting job
+    of the leader that stopped, and runs it once its dependency has SUCCEEDED."""
+    from scheduler_daemon.broker import declare
+    from scheduler_daemon.daemon import Daemon
+    from support import delete_topology
+
+    s = make_settings(tmp_path, failover=True)
+    await declare(s)
+    async with fake_fleet(1, name="dagfo") as fleet, Events(s) as ev:
+        first, second = Daemon(s, fleet.configs()), Daemon(s, fleet.configs())
+        standby = None
+        try:
+            await first.start()
+            standby = asyncio.create_task(second.start())
+            a, d = sid("a"), sid("d")
+            await publish(s, _job(a, "/bin/sleep 3"))
+            await publish(s, _job(d, after=[a]))
+            await ev.wait_for(lambda: "WAITING" in ev.states(d) and "RUNNING" in ev.states(a), 15, "D waiting")
+            await first.stop()
+            await asyncio.wait_for(standby, 30)
+            await ev.wait_final([a, d], 30)
+            assert ev.states(d)[-1] == "SUCCEEDED"
+            assert fleet[0].stats()["submissions"] == 2
+        finally:
+            if standby is not None and not standby.done():
+                standby.cancel()
+            await first.stop()
+            await second.stop()
+            await delete_topology(s)
