@@ -41,6 +41,9 @@ from scheduler_daemon.settings import ClusterConfig
 from support import AMQP_URL, delete_topology, make_settings
 
 
+SETTINGS: dict[str, int] = {}  # daemon settings from the command line (--log-tail-bytes)
+
+
 def bodies(n: int, prefix: str) -> list[bytes]:
     return [orjson.dumps({"submission_id": f"{prefix}-{i}", "entrypoint": "/bin/sleep 0.2"}) for i in range(n)]
 
@@ -95,7 +98,7 @@ async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[Cluster
     with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
         # The status service in its own process, as the daemon runs by default.
         s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5,
-                          status_service="process")
+                          status_service="process", **SETTINGS)
         await declare(s)
         daemon: Daemon | None = None
         try:
@@ -138,6 +141,8 @@ def change(rate: float, against: float) -> str:
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=10_000)
+    p.add_argument("--log-tail-bytes", type=int, default=None,
+                   help="the daemon's log_tail_bytes (default: its own, 65536; 0: keep no log tails)")
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--window", type=int, default=64, help="daemon window_size = the bare loop's prefetch")
     p.add_argument("--probe-clusters", type=int, default=0, help="also run with this many clusters probed")
@@ -151,6 +156,8 @@ async def main() -> None:
     p.add_argument("--history", type=int, default=0,
                    help="past jobs each simulated cluster lists from the start (Ray keeps every job)")
     a = p.parse_args()
+    if a.log_tail_bytes is not None:
+        SETTINGS["log_tail_bytes"] = a.log_tail_bytes
     quiet_logs()
     print(f"machine: {machine()}")
     print(f"{a.jobs} jobs, {a.clusters} simulated clusters with room, window/prefetch {a.window}, "

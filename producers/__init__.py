@@ -23,6 +23,7 @@ from .client import (
     wait_for_all_jobs,
 )
 from .config import ProducerConfig, load_config
+from .pipeline import submit_pipeline
 from .wire import RAY_STATUS, ray_status
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "get_job_info",
     "stop_job",
     "wait_for_all_jobs",
+    "submit_pipeline",
     "graceful_shutdown_on_keyboard_interrupt",
     "shutdown_scheduler_environment",
     "ProducerConfig",

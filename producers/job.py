@@ -8,12 +8,13 @@ import math
 import uuid
 from typing import Any, Mapping
 
-from .schema import (check_entrypoint, check_metadata, check_priority, check_resources, check_strings,
-                     check_submission_id)
+from .schema import (check_depends_on, check_entrypoint, check_metadata, check_priority, check_resources,
+                     check_seconds, check_strings, check_submission_id)
 
 # The contract's body fields, the parameters of build_job.
 FIELDS = ("entrypoint", "submission_id", "job_id", "runtime_env", "metadata", "preferred_cluster",
-          "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s")
+          "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s",
+          "depends_on", "run_timeout_s")
 
 
 def finite(value: Any) -> bool:
@@ -23,7 +24,7 @@ def finite(value: Any) -> bool:
 def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, metadata: Any = None,
               submission_id: Any = None, preferred_cluster: Any = None, resource_requirements: Any = None,
               tags: Any = None, *, priority: Any = None, max_retries: Any = None, cluster_tags: Any = None,
-              queue_timeout_s: Any = None) -> tuple[dict[str, Any], int | None]:
+              queue_timeout_s: Any = None, depends_on: Any = None, run_timeout_s: Any = None) -> tuple[dict[str, Any], int | None]:
     """The contract's job body and the AMQP priority. ValueError for anything invalid."""
     check_entrypoint(entrypoint)
     sid = check_submission_id(submission_id) if submission_id is not None else f"sub_{uuid.uuid4().hex}"
@@ -61,4 +62,9 @@ def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, meta
         if not finite(queue_timeout_s) or queue_timeout_s <= 0:
             raise ValueError("queue_timeout_s must be a finite number > 0")
         body["queue_timeout_s"] = queue_timeout_s
+    if depends_on:
+        body["depends_on"] = check_depends_on(depends_on, sid)
+    if run_timeout_s is not None:
+        check_seconds(run_timeout_s, "run_timeout_s")
+        body["run_timeout_s"] = run_timeout_s
     return body, amqp_priority

@@ -50,6 +50,28 @@ def check_submission_id(sid: Any) -> str:
     return sid
 
 
+MAX_DEPENDS_ON = 64
+
+
+def check_depends_on(raw: Any, submission_id: Any = None) -> list[str]:
+    """`depends_on`: up to MAX_DEPENDS_ON submission ids, none of them the job's own."""
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        raise ValueError("depends_on must be a list of submission ids")
+    if len(raw) > MAX_DEPENDS_ON:
+        raise ValueError(f"depends_on: at most {MAX_DEPENDS_ON} submission ids, got {len(raw)}")
+    ids = [check_submission_id(dep) for dep in raw]
+    if submission_id is not None and submission_id in ids:
+        raise ValueError(f"depends_on: the job {submission_id!r} cannot depend on itself")
+    return list(dict.fromkeys(ids))
+
+
+def check_seconds(raw: Any, name: str) -> float:
+    """A duration: a finite number > 0."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0:
+        raise ValueError(f"{name} must be a finite number > 0")
+    return float(raw)
+
+
 def check_priority(raw: Any, where: str = "priority") -> int:
     """0..9, or HIGH (9), NORMAL (5), LOW (1) in any case; the AMQP priority."""
     if isinstance(raw, str) and raw.upper() in PRIORITY_NAMES:

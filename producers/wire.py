@@ -11,6 +11,7 @@ from typing import Any
 
 class JobState(str, enum.Enum):
     ACCEPTED = "ACCEPTED"
+    WAITING = "WAITING"  # held outside the window until its dependencies have SUCCEEDED
     DISPATCHED = "DISPATCHED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -32,7 +33,7 @@ RAY_STATES = {"PENDING": JobState.DISPATCHED, "RUNNING": JobState.RUNNING,
 
 # An rmcs state -> the Ray-style status the producer helper reports (seed 000's API).
 RAY_STATUS = {
-    "ACCEPTED": "PENDING", "DISPATCHED": "PENDING", "RETRYING": "PENDING",
+    "ACCEPTED": "PENDING", "WAITING": "PENDING", "DISPATCHED": "PENDING", "RETRYING": "PENDING",
     "RUNNING": "RUNNING",
     "SUCCEEDED": "SUCCEEDED",
     "FAILED": "FAILED", "LOST": "FAILED", "REJECTED": "FAILED", "EXPIRED": "FAILED",
@@ -73,6 +74,9 @@ def job_event_key(state: str, cluster: str | None) -> str:
 REASON_HEADER = "x-rmcs-reason"    # on a dead-lettered job: why the daemon refused it
 ATTEMPT_HEADER = "x-rmcs-attempt"  # on a retry the daemon publishes
 OWNER_HEADER = "x-rmcs-owner"      # on retries the daemon publishes; trusted only from the daemon's user
+# On a waiting job the daemon puts back in the intake queue once its dependencies have SUCCEEDED;
+# trusted only from the daemon's user.
+RELEASED_HEADER = "x-rmcs-released"
 # On a stop request the status service relays for an API caller; trusted only from the daemon's user.
 CALLER_HEADER = "x-rmcs-caller"
 CALLER_ADMIN_HEADER = "x-rmcs-caller-admin"

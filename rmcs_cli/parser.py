@@ -171,6 +171,10 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
                    help="further attempts after a failure or a lost cluster (default 0)")
     p.add_argument("--queue-timeout", type=_positive_float, metavar="SECONDS",
                    help="expire the job if it is not dispatched within this time")
+    p.add_argument("--after", action="append", default=[], metavar="ID",
+                   help="run only after the job ID has SUCCEEDED (repeatable; depends_on)")
+    p.add_argument("--run-timeout", type=_positive_float, metavar="SECONDS",
+                   help="stop the job once it has been RUNNING this long (run_timeout_s)")
     p.add_argument("--runtime-env", metavar="JSON",
                    help="Ray runtime environment as JSON, or @FILE (JSON or YAML)")
     p.add_argument("--metadata", type=_key_value, action="append", default=[], metavar="K=V",

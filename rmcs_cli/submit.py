@@ -79,6 +79,10 @@ def _fields(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
         fields["max_retries"] = args.max_retries
     if args.queue_timeout is not None:
         fields["queue_timeout_s"] = args.queue_timeout
+    if args.after:
+        fields["depends_on"] = [*(body.get("depends_on") or []), *args.after]
+    if args.run_timeout is not None:
+        fields["run_timeout_s"] = args.run_timeout
     if args.runtime_env is not None:
         fields["runtime_env"] = _runtime_env(args.runtime_env)
     if args.metadata:

@@ -63,6 +63,7 @@ async def cmd_show(ctx: Ctx) -> int:
         ("priority", "-" if job.get("priority") is None else job["priority"]),
         ("resources", ", ".join(f"{k}={num(v)}" for k, v in res.items()) or "-"),
         ("tags", ", ".join(job.get("tags") or []) or "-"),
+        ("depends on", ", ".join(job.get("depends_on") or []) or "-"),
         ("metadata", ", ".join(f"{k}={v}" for k, v in (job.get("metadata") or {}).items()) or "-"),
         ("created", short_ts(job.get("created"))),
         ("updated", short_ts(job.get("updated"))),

@@ -29,6 +29,7 @@ class Facts:
     cancellation: tuple[str, str | None] | None = None  # (reason, requester) of a recorded stop
     held: bool = False                         # the window holds a job with this id
     held_delivery_live: bool = False           # ... and the message that brought it is still live
+    released: bool = False                     # a waiting job the daemon put back once its dependencies were met
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,11 @@ class Decision:
 def admit(job: Job, facts: Facts) -> Decision:
     retry_or_redelivery = facts.redelivered or job.attempt > 1
     if facts.known_attempt is not None and facts.known_attempt >= job.attempt:
-        if retry_or_redelivery:
+        if retry_or_redelivery or facts.released:
             return Decision(Verdict.ALREADY_DISPATCHED)
         return Decision(Verdict.DUPLICATE,
                         f"duplicate submission_id {job.submission_id!r}: a job with this id was already accepted")
-    if facts.ended is not None and facts.redelivered:
+    if facts.ended is not None and (facts.redelivered or facts.released):
         state, reason = facts.ended
         return Decision(Verdict.ALREADY_ENDED, reason, state=state)
     foreign = False

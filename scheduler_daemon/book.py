@@ -23,13 +23,15 @@ RetryPublisher = Callable[[Job, int], Awaitable[None]]
 
 class JobBook:
     def __init__(self, journal: Journal, publisher: EventPublisher, work: Work,
-                 publish_retry: RetryPublisher, on_event: Callable[[str], None] = lambda state: None) -> None:
+                 publish_retry: RetryPublisher, on_event: Callable[[str], None] = lambda state: None,
+                 on_final: Callable[[str], None] = lambda submission_id: None) -> None:
         self.journal = journal
         self.publisher = publisher
         self.tracked: dict[str, Tracked] = {}
         self._work = work
         self._publish_retry = publish_retry
         self._on_event = on_event
+        self._on_final = on_final  # a job's last event: its waiters (depends_on) are looked at
         self._sent: dict[str, list[asyncio.Future[None]]] = {}  # per job: events not known confirmed
 
     def __len__(self) -> int:
@@ -51,6 +53,8 @@ class JobBook:
         confirmed = self.publisher.send(JobEvent.of(job, state, cluster, message, final))
         self._sent.setdefault(job.submission_id, []).append(confirmed)
         self._on_event(state.value)
+        if final:
+            self._on_final(job.submission_id)
         return confirmed
 
     async def emit(self, job: Job, state: JobState, cluster: str | None, message: str | None = None,

@@ -19,6 +19,8 @@ import yaml
 
 from producers import tls
 
+from .nodetypes import Autoscaling, AutoscalingError, parse_autoscaling
+
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # ${NAME}: an environment variable; ${file:/path}: the contents of a file (trailing newline dropped).
 _SECRET_REF = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*))\}")
@@ -74,6 +76,7 @@ class ClusterConfig:
     # (glob patterns) a job may set. None: the defaults of lockdown.py.
     allowed_runtime_env: tuple[str, ...] | None = None
     allowed_env_vars: tuple[str, ...] | None = None
+    autoscaling: Autoscaling | None = None  # node types it may grow by (docs/scheduling.md)
 
     def revealed_headers(self) -> dict[str, str]:
         """The dashboard headers as sent: secrets revealed (for the request alone, never a log)."""
@@ -155,7 +158,7 @@ def _normalize_runtime_env(raw: Any, key: str) -> dict[str, Any]:
 
 
 _CLUSTER_KEYS = {"head_address", "dashboard_url", "runtime_env", "prefer", "weight", "tags", "headers", "ca_file",
-                 "allowed_script_dirs", "allowed_interpreters", "allowed_runtime_env", "allowed_env_vars"}
+                 "allowed_script_dirs", "allowed_interpreters", "allowed_runtime_env", "allowed_env_vars", "autoscaling"}
 
 
 def _path_list(raw: Any, key: str, *, dirs: bool) -> tuple[str, ...]:
@@ -235,6 +238,10 @@ def load_clusters(path: str | os.PathLike[str],
             raise ConfigError(f"{key}.ca_file needs an https:// dashboard_url")
         if ca_file and not os.access(ca_file, os.R_OK):
             raise ConfigError(f"{key}.ca_file: cannot read {ca_file}")
+        try:
+            scaling = parse_autoscaling(raw.get("autoscaling"), f"{key}.autoscaling")
+        except AutoscalingError as exc:
+            raise ConfigError(str(exc)) from None
         out.append(ClusterConfig(
             name=name,
             dashboard_url=url.rstrip("/"),
@@ -249,5 +256,6 @@ def load_clusters(path: str | os.PathLike[str],
             allowed_interpreters=_path_list(raw.get("allowed_interpreters"), f"{key}.allowed_interpreters", dirs=False),
             allowed_runtime_env=_names(raw.get("allowed_runtime_env"), f"{key}.allowed_runtime_env"),
             allowed_env_vars=_names(raw.get("allowed_env_vars"), f"{key}.allowed_env_vars"),
+            autoscaling=scaling,
         ))
     return tuple(out)

@@ -14,6 +14,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .nodetypes import type_key
 from .settings import ClusterConfig
 
 # Resources that are bookkeeping, not capacity a job asks for.
@@ -46,10 +47,34 @@ class Node:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One probe's picture: Ray's snapshot time (its clock, seconds) and the nodes."""
+    """One probe's picture: Ray's snapshot time (its clock, seconds) and the nodes; for an
+    autoscaling cluster, its nodes of each type up or coming (`autoscaling.scaling_counts`)."""
 
     time: float
     nodes: tuple[Node, ...]
+    scaling: Mapping[str, int] = field(default_factory=dict)
+
+
+def scaling_counts(report: Any) -> dict[str, int]:
+    """Nodes of each type (by `type_key`) up, pending or being launched, from
+    `autoscalerReport` of Ray's cluster_status."""
+    counts: dict[str, int] = {}
+    if not isinstance(report, Mapping):
+        return counts
+
+    def add(name: Any, n: Any = 1) -> None:
+        if isinstance(name, str) and isinstance(n, int):
+            counts[type_key(name)] = counts.get(type_key(name), 0) + n
+
+    for key in ("activeNodes", "idleNodes", "pendingLaunches"):
+        value = report.get(key)
+        if isinstance(value, Mapping):
+            for name, n in value.items():
+                add(name, n)
+    for entry in report.get("pendingNodes") or []:
+        if isinstance(entry, (list, tuple)) and len(entry) >= 2:
+            add(entry[1])
+    return counts
 
 
 class ProbeError(Exception):
@@ -74,7 +99,8 @@ def parse_cluster_status(body: Any) -> Snapshot:
                 total[name] = t
                 used[name] = u
             nodes.append(Node(str(node_id), total, used))
-        return Snapshot(time=float(status.get("time") or 0.0), nodes=tuple(nodes))
+        return Snapshot(time=float(status.get("time") or 0.0), nodes=tuple(nodes),
+                        scaling=scaling_counts(status.get("autoscalerReport")))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ProbeError(f"unexpected cluster_status answer: {type(exc).__name__}: {exc}") from None
 
@@ -145,6 +171,10 @@ class Ledger:
         if self.on_change is not None:
             self.on_change()
 
+    def touch(self) -> None:
+        """Something the views are made from, besides the ledger, changed."""
+        self._bump()
+
     def reserve(self, ray_id: str, node_id: str, resources: Mapping[str, float]) -> None:
         self.entries[(ray_id, False)] = LedgerEntry(ray_id, node_id, resources, release=False)
         self._bump()
@@ -156,16 +186,19 @@ class Ledger:
             self._bump()
 
     def finished(self, ray_id: str, at: float, node_id: str | None = None,
-                 resources: Mapping[str, float] | None = None, was_running: bool = True) -> None:
+                 resources: Mapping[str, float] | None = None, was_running: bool = True,
+                 snapshot_time: float | None = None) -> None:
         """A job ended at `at`: drop its reservation; if Ray counted it as using resources,
-        add them back until a snapshot after `at` shows them free."""
+        add them back until a snapshot after `at` shows them free (not when the last snapshot,
+        taken at `snapshot_time`, is already after it: it shows them free, and a job may have
+        been placed there since)."""
         self._bump()
         if self.entries.pop((ray_id, False), None) is not None:
             # Still reserved: no snapshot has been seen to count the job (prune drops the
             # reservation once one does), so dropping the reservation is all it takes. A
             # release would cancel another job's usage in the snapshot and overcommit.
             return
-        if was_running and node_id is not None and resources:
+        if was_running and node_id is not None and resources and (snapshot_time is None or snapshot_time < at):
             self.entries[(ray_id, True)] = LedgerEntry(ray_id, node_id, resources, release=True, visible_after=at)
 
     def forget(self, ray_id: str) -> None:
@@ -181,12 +214,26 @@ class Ledger:
                 del self.entries[key]
                 self._bump()
 
-    def adjust(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
-        """Nodes with this ledger applied: reservations used, releases freed."""
+    def reserved_on(self, prefix: str) -> dict[str, dict[str, float]]:
+        """Resources reserved (not yet released) per node whose id starts with `prefix`."""
+        out: dict[str, dict[str, float]] = {}
+        for entry in self.entries.values():
+            if not entry.release and entry.node_id.startswith(prefix):
+                d = out.setdefault(entry.node_id, {})
+                for res, amount in entry.resources.items():
+                    d[res] = d.get(res, 0.0) + amount
+        return out
+
+    def adjust(self, nodes: tuple[Node, ...], remap: Mapping[str, str] | None = None) -> tuple[Node, ...]:
+        """Nodes with this ledger applied: reservations used, releases freed. `remap`: node ids
+        whose entries count on another node (a launch that landed on a node now up)."""
         delta: dict[str, dict[str, float]] = {}
         for entry in self.entries.values():
+            if entry.release and entry.node_id.startswith("+"):
+                continue  # ended after a launch: Ray's node it ran on is not known here
             sign = -1.0 if entry.release else 1.0
-            d = delta.setdefault(entry.node_id, {})
+            node_id = remap.get(entry.node_id, entry.node_id) if remap else entry.node_id
+            d = delta.setdefault(node_id, {})
             for res, amount in entry.resources.items():
                 name = ray_name(res)
                 d[name] = d.get(name, 0.0) + sign * amount
@@ -223,7 +270,8 @@ class ClusterView:
     def summary(self) -> dict[str, Any]:
         total: dict[str, float] = {}
         free: dict[str, float] = {}
-        for node in self.nodes:
+        up = [n for n in self.nodes if not n.node_id.startswith("+")]  # "+": yet to launch (autoscaling)
+        for node in up:
             for name, amount in node.total.items():
                 total[name] = total.get(name, 0.0) + amount
                 free[name] = free.get(name, 0.0) + node.free(name)
@@ -235,7 +283,13 @@ class ClusterView:
             "total": total,
             "available": free,
             "nodes": [{"node_id": n.node_id, "total": dict(n.total),
-                       "available": {k: n.free(k) for k in n.total}} for n in self.nodes],
+                       "available": {k: n.free(k) for k in n.total}} for n in up],
+            # Autoscaling: the nodes rmcs may still have launched ("+<type>#<n>"), those with a
+            # launch counted for rmcs's jobs not available.
+            **({"to_launch": [{"node_id": n.node_id, "total": dict(n.total),
+                               "available": {k: n.free(k) for k in n.total}}
+                              for n in self.nodes if n.node_id.startswith("+")]}
+               if len(up) < len(self.nodes) else {}),
             "last_probe": self.last_probe,
             "latency_s": self.latency_s,
             "error": self.error,

@@ -24,6 +24,7 @@ from producers.wire import STOP_ANSWER_KEY, STOP_KEY
 
 from .access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, broker_caller, may_stop, refusal
 from .book import JobBook
+from .dependents import Dependents
 from .jobs import JobState
 from .leadership import leader_queue
 from .permissions import reply_queues
@@ -48,9 +49,10 @@ def request_caller(message: AbstractIncomingMessage, daemon_user: str | None, se
 
 
 class Control:
-    def __init__(self, settings: Settings, *, scheduler: Scheduler, book: JobBook, prober: Prober,
-                 store: StatusStore, daemon_user: str | None) -> None:
+    def __init__(self, settings: Settings, *, scheduler: Scheduler, book: JobBook, dependents: Dependents,
+                 prober: Prober, store: StatusStore, daemon_user: str | None) -> None:
         self.settings = settings
+        self.dependents = dependents
         self.scheduler = scheduler
         self.book = book
         self.prober = prober
@@ -154,6 +156,12 @@ class Control:
                 return StopAnswer(submission_id, "stopping", "being dispatched; it is stopped on its cluster next")
             await self.scheduler.finish_held(held, JobState.CANCELLED, reason)
             return StopAnswer(submission_id, "cancelled", "cancelled before dispatch; it never reaches a cluster")
+        waiting = await self.dependents.store.get(submission_id)
+        if waiting is not None:
+            if (refused := self._refused(submission_id, caller, waiting.owner)) is not None:
+                return refused
+            await self.dependents.end(waiting, JobState.CANCELLED, reason)
+            return StopAnswer(submission_id, "cancelled", "cancelled while waiting for its dependencies")
         t = self.book.get(submission_id)
         known = t or await self.book.journal.get(submission_id)
         if known is not None and (refused := self._refused(submission_id, caller, known.job.owner)):

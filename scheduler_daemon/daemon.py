@@ -19,6 +19,7 @@ from .access import check_exposure, load_api_tokens
 from .admission import Window
 from .book import JobBook
 from .control import Control
+from .dependents import Dependents
 from .events import EventPublisher, PublishAborted
 from .amqp_wire import AmqpWire
 from .following import Follower
@@ -26,6 +27,7 @@ from .health_events import HealthEvents
 from .intake import Intake
 from .journal import Journal
 from .leadership import Leadership
+from .logtails import LogKeeper
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
 from .probing import Prober
@@ -36,7 +38,9 @@ from .status.service import StatusService
 from .status.store import SqliteStatusStore, StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
+from .timeouts import RunTimeouts
 from .upkeep import Upkeep
+from .waiting import WaitingStore
 
 log = structlog.get_logger("rmcs.daemon")
 
@@ -66,18 +70,24 @@ class Daemon:
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(AmqpWire(lambda: self.intake.events_exchange), self._closing)
         self.book = JobBook(self.journal, self.publisher, self.work, self.intake.publish_retry,
-                            on_event=self.metrics.event)
+                            on_event=self.metrics.event, on_final=lambda sid: self.dependents.nudge(sid))
+        self.waiting = WaitingStore(f"{settings.state_dir}/waiting.db", exclusive=not settings.failover)
+        self.dependents = Dependents(settings, store=self.waiting, book=self.book, window=self.window,
+                                     status=self.store, intake=lambda: self.intake)
         self.health = HealthEvents(self.publisher, self.work)
         self.prober = Prober(settings, clusters, self.health.changed, self._on_probed, on_view=self.placer.update)
-        self.follower = Follower(settings, self.book, self.prober, self._wake)
+        self.log_keeper = LogKeeper(settings, self.prober, self.store)
+        self.follower = Follower(settings, self.book, self.prober, self._wake, on_end=self.log_keeper.ended)
+        self.timeouts = RunTimeouts(self.book, self.prober, self.work, settings.autoscale_timeout_s)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
                                    observe_dispatch=self.metrics.dispatch_latency, clock=clock)
         self.receiver = Receiver(settings, window=self.window, book=self.book, publisher=self.publisher,
                                  intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock,
-                                 store=self.store)
-        self.control = Control(settings, scheduler=self.scheduler, book=self.book, prober=self.prober,
+                                 dependents=self.dependents, store=self.store)
+        self.control = Control(settings, scheduler=self.scheduler, book=self.book, dependents=self.dependents,
+                               prober=self.prober,
                                store=self.store, daemon_user=self.intake.user)
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
                              publisher=self.publisher, render_metrics=self._render_metrics,
@@ -113,6 +123,7 @@ class Daemon:
             if not await self.leadership.acquired(self.stopping):
                 return
         await self.journal.open()
+        await self.waiting.open()
         await self.store.open()
         loaded = await self.book.load()
         if loaded:
@@ -125,6 +136,9 @@ class Daemon:
         self._own(self.prober.run(self.stopping), "prober")
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
+        self._own(self.dependents.run(self.stopping), "dependents")
+        self._own(self.log_keeper.run(self.stopping), "log-tails")
+        self._own(every("run-timeouts", self.settings.track_interval_s, self.timeouts.check, self.stopping), "run-timeouts")
         self._own(every("maintenance", MAINTENANCE_INTERVAL_S, self._maintain, self.stopping), "maintenance")
         self._own(every("report", REPORT_INTERVAL_S, self.upkeep.report, self.stopping), "report")
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size,
@@ -205,6 +219,7 @@ class Daemon:
         # Held jobs that were never dispatched go back to the queue when the channel closes.
         await _step("broker", self.intake.close(), 10)
         await _step("journal", self.journal.close(), 5)
+        await _step("waiting store", self.waiting.close(), 5)
         await _step("status store", self.store.close(), 5)
         self.scheduler.close()
         self.stopped.set()

@@ -48,13 +48,14 @@ class JobEvent:
     reply_to: str | None = None
     owner: str | None = None
     ts: str = field(default_factory=now_rfc3339)
+    depends_on: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, job: Job, state: JobState, cluster: str | None, message: str | None = None,
            final: bool = False) -> "JobEvent":
         return cls(state, job.submission_id, job.job_id, cluster, job.attempt, message, final,
                    job.tags, dict(job.metadata), job.priority, dict(job.resources),
-                   job.correlation_id, job.reply_to, job.owner)
+                   job.correlation_id, job.reply_to, job.owner, depends_on=job.depends_on)
 
     @property
     def routing_key(self) -> str:
@@ -78,6 +79,7 @@ class JobEvent:
             "correlation_id": self.correlation_id,
             "reply_to": self.reply_to,
             "owner": self.owner,
+            **({"depends_on": list(self.depends_on)} if self.depends_on else {}),
         }
 
 

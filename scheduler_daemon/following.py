@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 import structlog
 
+from .autoscaling import is_virtual
 from .book import JobBook
 from .clusters import HealthState
 from .events import PublishAborted
@@ -19,7 +20,7 @@ from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import Settings
 from .tasks import pause
-from .tracking import Tracked, one_by_one, transitions
+from .tracking import Tracked, one_by_one, stop_message, transitions
 
 log = structlog.get_logger("rmcs.following")
 
@@ -34,8 +35,10 @@ def gone(state: ClusterState, lost_after_s: float) -> bool:
 
 
 class Follower:
-    def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None],
+                 on_end: Callable[[Tracked], None] = lambda t: None) -> None:
         self.settings = settings
+        self._on_end = on_end  # a dispatched attempt ended on its cluster (its log tail is kept)
         self.book = book
         self.prober = prober
         self._wake = wake
@@ -142,18 +145,23 @@ class Follower:
         now = ray_time if ray_time is not None else time.time()
         if ledger is not None:
             if new == JobState.RUNNING:
-                ledger.started(job.ray_submission_id, now)
+                # After a launch, Ray's start_time (its submission) comes before the node: only a
+                # snapshot taken after the job was seen running shows it on its node.
+                ledger.started(job.ray_submission_id, time.time() if is_virtual(t.node_id) else now)
             elif new in TERMINAL:
                 if new == JobState.LOST:
                     ledger.forget(job.ray_submission_id)
                 else:
+                    snapshot = self.prober.clusters[t.cluster].snapshot
                     ledger.finished(job.ray_submission_id, now, t.node_id, job.ray_resources,
-                                    was_running=t.seen_running or t.state == JobState.RUNNING)
+                                    was_running=t.seen_running or t.state == JobState.RUNNING,
+                                    snapshot_time=snapshot.time if snapshot is not None else None)
+        message = stop_message(t, new, message, max(now, time.time()))
         retry = new in (JobState.FAILED, JobState.LOST) and job.attempt <= job.max_retries
         final = new in TERMINAL and not retry
         if retry:
             message = f"{message or new.value.lower()}; retrying (attempt {job.attempt + 1} of {job.max_retries + 1})"
-        t = await self.book.record(t.moved(new, final=final), published=False)
+        t = await self.book.record(t.moved(new, final=final, at=time.time()), published=False)
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=t.cluster):
             log.info("job state", state=new.value, message=message, attempt=job.attempt)
             if retry:
@@ -164,5 +172,7 @@ class Follower:
                 self.book.confirm_later(t)
         self._missing.pop(job.submission_id, None)
         if new in TERMINAL:
+            if new in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
+                self._on_end(t)
             self._wake()
         return t

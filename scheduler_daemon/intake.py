@@ -26,7 +26,7 @@ from producers.config import broker_user
 
 from .broker import Topology, declare_topology
 from .events import publish_confirmed
-from .jobs import ATTEMPT_HEADER, OWNER_HEADER, REASON_HEADER, Job, MessageMeta
+from .jobs import ATTEMPT_HEADER, OWNER_HEADER, REASON_HEADER, RELEASED_HEADER, Job, MessageMeta
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
@@ -158,8 +158,9 @@ class Intake:
         await self._publish_topology.dlx.publish(copy, routing_key="")
         return await self.ack(message)
 
-    async def publish_retry(self, job: Job, next_attempt: int) -> None:
-        """Put a job back in the intake queue for another attempt (confirmed)."""
+    async def publish_retry(self, job: Job, next_attempt: int, *, released: bool = False) -> None:
+        """Put a job back in the intake queue for another attempt (confirmed); `released`: a
+        waiting job whose dependencies are met (the same attempt)."""
         data = orjson.loads(job.body) if job.body else {}
         data["submission_id"] = job.submission_id
         if "entrypoint" in data:  # native format; the seed formats carry their own job name
@@ -175,7 +176,8 @@ class Intake:
                 correlation_id=job.correlation_id,
                 reply_to=job.reply_to,
                 user_id=self.user,
-                headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {})},
+                headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {}),
+                         **({RELEASED_HEADER: 1} if released else {})},
             ),
             self.settings.intake_routing_key,
             self._closed,

@@ -20,7 +20,8 @@ from producers.job import FIELDS
 from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
                               MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
 # The wire's names, re-exported: the daemon's modules take them from here.
-from producers.wire import ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, TERMINAL, JobState  # noqa: F401
+from producers.wire import (ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, RELEASED_HEADER,  # noqa: F401
+                           TERMINAL, JobState)
 
 from .formats import translate
 from .invalid import InvalidJob, parse_priority  # noqa: F401  (re-exported)
@@ -50,6 +51,10 @@ class Job:
     body: bytes = b""
     # The broker user that submitted it (docs/security.md); None for a job journaled before owners.
     owner: str | None = None
+    # Submission ids that must all have SUCCEEDED before this job is placed (docs/scheduling.md).
+    depends_on: tuple[str, ...] = ()
+    # Stop the job once it has been RUNNING this long.
+    run_timeout_s: float | None = None
 
     @cached_property
     def command(self) -> Command:
@@ -189,6 +194,12 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
             raise InvalidJob("queue_timeout_s must be a finite number > 0")
         timeout = float(timeout)
+    try:
+        depends_on = tuple(schema.check_depends_on(data["depends_on"], sid)) if data.get("depends_on") else ()
+        run_timeout = data.get("run_timeout_s")
+        run_timeout = None if run_timeout is None else schema.check_seconds(run_timeout, "run_timeout_s")
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InvalidJob(f"unknown field {unknown[0]!r}")
@@ -210,6 +221,8 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         reply_to=meta.reply_to,
         body=body,
         owner=meta.owner,
+        depends_on=depends_on,
+        run_timeout_s=run_timeout,
     )
 
 

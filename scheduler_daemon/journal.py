@@ -60,18 +60,19 @@ class Lookup:
     cancellation: tuple[str, str | None] | None  # (reason, requester)
 
 
-def _job_to_json(job: Job) -> str:
+def job_to_json(job: Job) -> str:
     data = asdict(job)
     data["body"] = job.body.decode("utf-8", errors="replace")
     data["cluster_tags"] = sorted(job.cluster_tags)
     return orjson.dumps(data).decode()
 
 
-def _job_from_json(text: str) -> Job:
+def job_from_json(text: str) -> Job:
     data: dict[str, Any] = orjson.loads(text)
     data["body"] = data["body"].encode()
     data["cluster_tags"] = frozenset(data["cluster_tags"])
     data["tags"] = tuple(data["tags"])
+    data["depends_on"] = tuple(data.get("depends_on", ()))
     return Job(**data)
 
 
@@ -143,7 +144,7 @@ class Journal:
         if cached is not None and cached[0] is t.job:
             job_json = cached[1]
         else:
-            job_json = _job_to_json(t.job)
+            job_json = job_to_json(t.job)
         if t.final and t.published:
             self._job_json.pop(t.job.submission_id, None)
         else:
@@ -151,13 +152,15 @@ class Journal:
 
         def _write(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO tracked VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (submission_id) DO UPDATE SET"
+                "INSERT INTO tracked (submission_id, attempt, cluster, node_id, state, published, final,"
+                " seen_running, job, updated, running_since) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (submission_id) DO UPDATE SET"
                 " attempt = excluded.attempt, cluster = excluded.cluster, node_id = excluded.node_id,"
                 " state = excluded.state, published = excluded.published, final = excluded.final,"
-                " seen_running = excluded.seen_running, job = excluded.job, updated = excluded.updated"
+                " seen_running = excluded.seen_running, job = excluded.job, updated = excluded.updated,"
+                " running_since = excluded.running_since"
                 " WHERE excluded.attempt >= tracked.attempt",
                 (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
-                 int(t.published), int(t.final), int(t.seen_running), job_json, time.time()),
+                 int(t.published), int(t.final), int(t.seen_running), job_json, time.time(), t.running_since),
             )
 
         await self._db.run(_write)
@@ -244,9 +247,11 @@ def _setup(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
     if "requester" not in {row[1] for row in db.execute("PRAGMA table_info(cancellations)")}:
         db.execute("ALTER TABLE cancellations ADD COLUMN requester TEXT")  # a journal from before owners
+    if "running_since" not in {row[1] for row in db.execute("PRAGMA table_info(tracked)")}:
+        db.execute("ALTER TABLE tracked ADD COLUMN running_since REAL")  # a journal from before run_timeout_s
 
 
 def _row(row: tuple[Any, ...]) -> Tracked:
-    sid, attempt, cluster, node_id, state, published, final, seen_running, job, _ = row
-    return Tracked(_job_from_json(job), cluster, node_id, JobState(state), bool(published),
-                   bool(final), bool(seen_running))
+    sid, attempt, cluster, node_id, state, published, final, seen_running, job, _, running_since = row
+    return Tracked(job_from_json(job), cluster, node_id, JobState(state), bool(published),
+                   bool(final), bool(seen_running), running_since)

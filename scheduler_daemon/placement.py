@@ -10,6 +10,9 @@ Rules:
   A job that needs no GPU avoids GPU nodes while other nodes fit.
 - A job that fits no node of any configured cluster even when idle, or that no cluster's
   allow-list admits, is infeasible.
+- Nodes yet to launch (an autoscaling cluster's room, `autoscaling`) count only when no node
+  that exists fits now: a cluster that fits only on one "fits after scale-up on <type>", and is
+  chosen only when no cluster fits now.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping
 
 from . import lockdown
+from .autoscaling import is_virtual, type_of
 from .clusters import ClusterView, HealthState, Node, ray_name
 from .jobs import Job
 
@@ -78,7 +82,8 @@ def _cluster_factor(view: ClusterView) -> float:
 
 # What one cluster can do for one shape of job (its resources), before the job's own
 # exclusions: (kind, score or 0, spares GPUs, node id, note). Kinds, in the order checked:
-# "never" probed, too "small" even idle, its "health" rules it out, "busy", "fits".
+# "never" probed, too "small" even idle, its "health" rules it out, "busy", "fits", and
+# "scaleup" (fits only a node yet to launch).
 Verdict = tuple[str, float, bool, str, str]
 
 EXPLAIN_EACH_UP_TO = 12  # clusters; beyond that the explanation groups them
@@ -90,10 +95,13 @@ def _verdict(view: ClusterView, need: Mapping[str, float], strategy: str) -> Ver
         return ("never", 0.0, False, "", f"{name}: never probed ({view.health.value})")
     # The best node that fits now (one that fits now fits idle too); ties go to the node id.
     best: tuple[bool, float, str] | None = None
+    later: tuple[bool, float, str] | None = None  # the best node yet to launch
     for n in view.nodes:
         if _short(need, n, idle=False) is None:
             key = (not _wastes_gpu(need, n), _node_term(need, n, strategy), n.node_id)
-            if best is None or key > best:
+            if is_virtual(n.node_id):
+                later = key if later is None or key > later else later
+            elif best is None or key > best:
                 best = key
     if best is None:
         idle_reasons = [_short(need, n, idle=True) for n in view.nodes]
@@ -101,6 +109,10 @@ def _verdict(view: ClusterView, need: Mapping[str, float], strategy: str) -> Ver
             return ("small", 0.0, False, "", f"{name}: too small even idle ({idle_reasons[0]})")
     if view.health not in (HealthState.UP, HealthState.DEGRADED):
         return ("health", 0.0, False, "", f"{name}: {view.health.value}")
+    if best is None and later is not None:
+        spares_gpus, term, node_id = later
+        score = _cluster_factor(view) * (0.1 + term)
+        return ("scaleup", score, spares_gpus, node_id, f"{name}: fits after scale-up on {type_of(node_id)}")
     if best is None:
         return ("busy", 0.0, False, "", f"{name}: busy ({_short(need, view.nodes[0], idle=False)})")
     spares_gpus, term, node_id = best
@@ -163,7 +175,7 @@ class _Shape:
 
 
 # Verdict kinds and how an explanation names them; the grouped explanation keeps this order.
-_KINDS = {"fits": "fits", "busy": "busy", "health": "not up", "never": "never probed", "small": "too small"}
+_KINDS = {"fits": "fits", "scaleup": "fits after scale-up", "busy": "busy", "health": "not up", "never": "never probed", "small": "too small"}
 MAX_SHAPES = 256  # shapes of job remembered at once (the least recently used goes first)
 
 
@@ -244,7 +256,7 @@ class Placer:
             if old is not None and old[0] != verdict[0]:
                 shape.kinds[old[0]].discard(name)
             kind, score, spares_gpus = verdict[0], verdict[1], verdict[2]
-            if kind == "fits":
+            if kind in ("fits", "scaleup"):
                 shape.kinds[kind].add(name, (not spares_gpus, -score, -self._rank[name]))
             elif old is None or old[0] != kind:
                 shape.kinds[kind].add(name, self._order[name])
@@ -261,7 +273,7 @@ class Placer:
                 refusal = lockdown.refusal(job.command, job.runtime_env, config)
                 if refusal is not None:
                     refused[name] = f"{name}: {refusal}"
-        excluded = [n for n in exclude if n in verdicts and n not in refused and verdicts[n][0] in ("fits", "busy")]
+        excluded = [n for n in exclude if n in verdicts and n not in refused and verdicts[n][0] in ("fits", "scaleup", "busy")]
         counts = {kind: len(ranked) for kind, ranked in shape.kinds.items()}
         for name in itertools.chain(refused, excluded):
             counts[verdicts[name][0]] -= 1
@@ -274,6 +286,12 @@ class Placer:
         else:
             best = shape.kinds["fits"].first(1, skip)
             chosen = best[0] if best else None
+        if chosen is None:  # capacity that exists first; then capacity yet to launch
+            later = shape.kinds["scaleup"].first(1, skip)
+            if preferred in verdicts and preferred not in skip and verdicts[preferred][0] == "scaleup":
+                chosen = preferred
+            elif later:
+                chosen = later[0]
 
         if len(self._views) <= EXPLAIN_EACH_UP_TO:
             explained = self._each(shape, refused, skip)
@@ -287,8 +305,10 @@ class Placer:
                 why = f"chose preferred {chosen}"
             else:
                 why = f"chose {chosen}" + (f" (fell back from preferred {preferred})" if preferred else "")
+            if is_virtual(node_id):
+                why += f", fits after scale-up on {type_of(node_id)}"
             return Placement(chosen, node_id, score, why + "; " + explained)
-        ever_possible = counts["fits"] + counts["busy"] + counts["health"] + len(excluded) > 0
+        ever_possible = counts["fits"] + counts["scaleup"] + counts["busy"] + counts["health"] + len(excluded) > 0
         infeasible = not ever_possible and not counts["never"]
         if infeasible and refused:
             head = "infeasible: no configured cluster both admits its entrypoint and has a node it fits even when idle"
@@ -305,7 +325,7 @@ class Placer:
         if verdict is None:
             missing = shape.tags - self._views[name].config.tags
             return f"{name}: lacks tags {','.join(sorted(missing))}"
-        if verdict[0] in ("fits", "busy") and name in skip:
+        if verdict[0] in ("fits", "scaleup", "busy") and name in skip:
             return f"{name}: excluded after a failed dispatch"
         return verdict[4]
 

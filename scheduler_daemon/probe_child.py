@@ -15,6 +15,7 @@ its standard output: the results gathered over FLUSH_S, each
 
 `nodes` is `[[node_id, {total}, {used}], ...]` when they differ from the last result sent for
 that cluster, and null when they do not; a failed probe has an `error` and no snapshot time.
+An autoscaling cluster's result has a sixth item, its nodes of each type up or coming.
 The child ends when its standard input closes, so it never outlives the daemon.
 """
 
@@ -84,24 +85,26 @@ def encode(name: str, snapshot: Snapshot | None, error: str | None, latency: flo
     """One result; the nodes only if they changed since the last one sent for `name`."""
     if snapshot is None:
         return [name, latency, error, None, None]
+    scaling = [dict(snapshot.scaling)] if snapshot.scaling else []
     if last.get(name) == snapshot.nodes:
-        return [name, latency, None, snapshot.time, None]
+        return [name, latency, None, snapshot.time, None, *scaling]
     last[name] = snapshot.nodes
     nodes = [[n.node_id, n.total, n.used] for n in snapshot.nodes]
-    return [name, latency, None, snapshot.time, nodes]
+    return [name, latency, None, snapshot.time, nodes, *scaling]
 
 
 def decode(item: Sequence[Any], previous: Snapshot | None) -> Result:
     """A result as the prober takes it; unchanged nodes are `previous`'s own (the same objects,
     so nothing downstream sees a change)."""
-    name, latency, error, when, nodes = item
+    name, latency, error, when, nodes, *rest = item
     if when is None:
         return name, None, error, latency
+    scaling = rest[0] if rest else {}
     if nodes is None:
         if previous is None:
             raise ValueError(f"{name}: unchanged nodes, but none were sent before")
-        return name, Snapshot(when, previous.nodes), None, latency
-    return name, Snapshot(when, tuple(Node(n[0], n[1], n[2]) for n in nodes)), None, latency
+        return name, Snapshot(when, previous.nodes, scaling), None, latency
+    return name, Snapshot(when, tuple(Node(n[0], n[1], n[2]) for n in nodes), scaling), None, latency
 
 
 TIMED_OUT = "probe timed out"  # what `expire` cancels a probe with

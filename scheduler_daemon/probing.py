@@ -18,7 +18,8 @@ import orjson
 import structlog
 
 from . import probe_child
-from .clusters import ClusterView, Health, HealthState, Ledger, Snapshot
+from .autoscaling import VIRTUAL, expand
+from .clusters import ClusterView, Health, HealthState, Ledger, Node, Snapshot
 from .probe_child import fetch
 from .rayapi import RayDashboard
 from .settings import ClusterConfig, Settings
@@ -43,16 +44,29 @@ class ClusterState:
     error: str | None = None
     probe_task: asyncio.Task[None] | None = None
     probes: int = 0
+    # Autoscaling: node types whose last launch for rmcs never came (offered as busy meanwhile).
+    held_back: frozenset[str] = frozenset()
     _view: tuple[Snapshot | None, tuple[object, ...], ClusterView] | None = field(default=None, repr=False)
+
+    def hold_back(self, types: frozenset[str]) -> None:
+        if types != self.held_back:
+            self.held_back = types
+            self.ledger.touch()  # the view changes: placement judges this cluster again
 
     def view(self) -> ClusterView:
         """The current view; the same object until a probe, the health or the ledger changes
         (placement asks for every cluster's view once per job, so this is the hot path)."""
-        key = (self.ledger.version, self.health.state, self.last_probe, self.latency_s, self.error)
+        key = (self.ledger.version, self.health.state, self.last_probe, self.latency_s, self.error, self.held_back)
         cached = self._view
         if cached is not None and cached[0] is self.snapshot and cached[1] == key:
             return cached[2]
-        nodes = self.ledger.adjust(self.snapshot.nodes) if self.snapshot else ()
+        nodes: tuple[Node, ...] = ()
+        if self.snapshot is not None:
+            nodes, remap = self.snapshot.nodes, None
+            if self.config.autoscaling is not None:  # with the nodes yet to launch
+                nodes, remap = expand(nodes, self.config.autoscaling, self.snapshot.scaling,
+                                      self.ledger.reserved_on(VIRTUAL), self.held_back)
+            nodes = self.ledger.adjust(nodes, remap)
         view = ClusterView(self.config, self.health.state, nodes, self.last_probe, self.latency_s, self.error)
         self._view = (self.snapshot, key, view)
         return view
@@ -136,7 +150,8 @@ class Prober:
                latency: float) -> HealthState | None:
         """Take one probe's outcome (a snapshot, or why there is none); the new health if it changed."""
         if snapshot is not None:
-            if state.snapshot is None or state.snapshot.nodes != snapshot.nodes:
+            if state.snapshot is None or state.snapshot.nodes != snapshot.nodes \
+                    or state.snapshot.scaling != snapshot.scaling:
                 self._changed.add(state.config.name)
             state.snapshot = snapshot
             state.ledger.prune(snapshot.time, self.settings.snapshot_margin_s)

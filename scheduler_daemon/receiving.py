@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from .admission import Held, Window
 from .admit import Facts, Verdict, admit
 from .book import JobBook
+from .dependents import Dependents, is_release
 from .events import EventPublisher, JobEvent
 from .intake import Intake, message_meta
 from .jobs import InvalidJob, JobState, parse_job
@@ -28,8 +29,9 @@ log = structlog.get_logger("rmcs.intake")
 class Receiver:
     def __init__(self, settings: Settings, *, window: Window, book: JobBook, publisher: EventPublisher,
                  intake: Callable[[], Intake], stopping: asyncio.Event, wake: Callable[[], None],
-                 clock: Callable[[], float], store: StatusStore | None = None) -> None:
+                 clock: Callable[[], float], dependents: Dependents, store: StatusStore | None = None) -> None:
         self.settings = settings
+        self.dependents = dependents
         self.store = store
         self.window = window
         self.book = book
@@ -58,7 +60,9 @@ class Receiver:
             record = await self.book.journal.lookup(job.submission_id)
             known = self.book.get(job.submission_id) or record.tracked
             existing = self.window.get(job.submission_id)
+            released = is_release(message, intake.user)
             decision = admit(job, Facts(
+                released=released,
                 redelivered=bool(message.redelivered),
                 known_attempt=known.job.attempt if known is not None else None,
                 ended=record.ended, cancellation=record.cancellation,
@@ -100,13 +104,15 @@ class Receiver:
                 log.info("held job redelivered after a reconnect; keeping the new delivery")
                 existing.delivery = message
                 return
+            if await self.dependents.take(job, message, released=released):
+                return  # it waits for its dependencies, outside the window (or ended)
             held = Held(job, message, self.clock())
             if decision.verify_everywhere:
                 # It may already be on a cluster (crash between dispatch and journal):
                 # look everywhere before dispatching again.
                 held.verify_on = VERIFY_ALL
             self.window.add(held)
-            if held.verify_on is None:
+            if held.verify_on is None and not released:  # a released job was ACCEPTED before it waited
                 # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
                 self.book.send(job, JobState.ACCEPTED, None)
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),

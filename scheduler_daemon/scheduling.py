@@ -15,6 +15,7 @@ from typing import Any, Callable, Coroutine
 import structlog
 
 from .admission import Held, Window
+from .autoscaling import is_virtual, type_of
 from .book import JobBook
 from .dispatch import Outcome, dispatch, not_ours
 from .events import PublishAborted

@@ -63,6 +63,9 @@ class Settings:
     max_job_resources: Mapping[str, float] = field(default_factory=dict)
     state_dir: str = "var/rmcs"
     journal_retention_s: float = 7 * 86400.0
+    max_waiting_jobs: int = 100_000  # jobs stored waiting for dependencies (depends_on); more are rejected
+    log_tail_bytes: int = 65_536  # the end of each job's logs kept when it ends (0: none), docs/scheduling.md
+    autoscale_timeout_s: float = 300.0  # a job sent to a node yet to launch, not RUNNING by then, goes elsewhere
     ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     failover: bool = False
@@ -102,11 +105,13 @@ class Settings:
         _check(1 <= self.window_size <= 10_000, "window_size", "must be between 1 and 10000")
         for name in ("probe_interval_s", "probe_timeout_s", "track_interval_s", "dispatch_timeout_s",
                      "degraded_latency_s", "lost_after_s", "shutdown_grace_s", "leader_tick_s", "journal_retention_s", "ray_job_retention_s",
-                     "status_retention_s"):
+                     "status_retention_s", "autoscale_timeout_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, name, "must be a positive number")
         _check(self.snapshot_margin_s >= 0, "snapshot_margin_s", "must be >= 0")
         _check(self.probe_process_from >= 0, "probe_process_from", "must be >= 0")
+        _check(self.max_waiting_jobs >= 0, "max_waiting_jobs", "must be >= 0")
+        _check(0 <= self.log_tail_bytes <= 16 * 1024 * 1024, "log_tail_bytes", "must be between 0 and 16 MiB")
         _check(self.down_after_failures >= 1, "down_after_failures", "must be >= 1")
         _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
@@ -145,7 +150,6 @@ class Settings:
         _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
                "must be a list of user names")
         return self
-
 
     def amqp_connect_kwargs(self) -> dict[str, Any]:
         """TLS keyword arguments for aio_pika.connect / connect_robust: the one way the daemon,

@@ -23,9 +23,12 @@ class Tracked:
     published: bool = False
     final: bool = False
     seen_running: bool = False
+    # Unix time the daemon first saw it RUNNING: its run_timeout_s counts from here (journaled).
+    running_since: float | None = None
 
-    def moved(self, state: JobState, *, final: bool = False) -> "Tracked":
-        return replace(self, state=state, published=False, final=final,
+    def moved(self, state: JobState, *, final: bool = False, at: float | None = None) -> "Tracked":
+        since = at if self.running_since is None and state == JobState.RUNNING else self.running_since
+        return replace(self, state=state, published=False, final=final, running_since=since,
                        seen_running=self.seen_running or state == JobState.RUNNING)
 
 
@@ -89,3 +92,18 @@ def transitions(tracked: Iterable[Tracked], ray_jobs: Iterable[Mapping[str, Any]
             changes.append(Change(t, JobState.RUNNING, "started and finished between two looks", started))
         changes.append(Change(t, new, message, ended if new in TERMINAL else started))
     return changes
+
+
+def overdue(t: Tracked, now: float) -> bool:
+    """Whether a running job has used up its run_timeout_s by `now` (unix time)."""
+    limit = t.job.run_timeout_s
+    return (limit is not None and not t.final and t.state == JobState.RUNNING
+            and t.running_since is not None and now - t.running_since >= limit)
+
+
+def stop_message(t: Tracked, new: JobState, message: str | None, now: float) -> str | None:
+    """The message of a job's end: a STOPPED that came after its run_timeout_s says so. Decided
+    from the journaled start alone, so it holds after a restart or on the other daemon of a pair."""
+    if new == JobState.STOPPED and overdue(t, now):
+        return f"stopped by rmcs: it ran longer than its run_timeout_s={t.job.run_timeout_s:g}"
+    return message

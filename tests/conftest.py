@@ -15,9 +15,11 @@ from scheduler_daemon.settings import ClusterConfig
 # Every port pinned. RMCS_TEST_SLOT (0-4) moves them all, so that two checkouts can run their
 # suites side by side on one machine.
 SLOT = int(os.environ.get("RMCS_TEST_SLOT", "0"))
-CPU = HeadSpec("cpu_cluster", dashboard_port=28265 + 10 * SLOT, port_base=21000 + 2000 * SLOT, num_cpus=2,
+# Slot 3's GPU head takes worker ports 28100-28299, where the dashboards of that slot would be.
+DASHBOARD = 28265 + 10 * SLOT if SLOT != 3 else 20265
+CPU = HeadSpec("cpu_cluster", dashboard_port=DASHBOARD, port_base=21000 + 2000 * SLOT, num_cpus=2,
                temp_root=f"/tmp/rmcs-t{SLOT or ''}")
-GPU = HeadSpec("gpu_cluster", dashboard_port=28266 + 10 * SLOT, port_base=22000 + 2000 * SLOT, num_cpus=2,
+GPU = HeadSpec("gpu_cluster", dashboard_port=DASHBOARD + 1, port_base=22000 + 2000 * SLOT, num_cpus=2,
                num_gpus=2, temp_root=f"/tmp/rmcs-t{SLOT or ''}")
 
 

@@ -26,6 +26,7 @@ RUNS = {
     "probe_fanout": (["--clusters", "20", "--rounds", "2"], ["later rounds: median"]),
     "broker_events": (["--seconds", "0.5"], ["bound on dispatch from the event path alone"]),
     "backlog_memory": (["--depths", "100,300"], ["RSS with 300 waiting is"]),
+    "waiting_memory": (["--depths", "10,50"], ["RSS with 50 waiting is"]),
     "placement_quality": (["--jobs-fraction", "0.1", "--png", "{tmp}/plot.png"],
                           ["target: mixed makespan", "target: fragmentation makespan"]),
 }

@@ -329,6 +329,25 @@ async def test_jobs_in_sequence_with_dependencies(rig: Rig) -> None:
     assert chain[0].ended_at <= chain[1].submitted_at and chain[1].ended_at <= chain[2].submitted_at
 
 
+async def test_pipeline_helper_submits_a_dag_in_one_call(rig: Rig) -> None:
+    """depends_on through the helper: `submit_pipeline` sends every stage at once, dependents
+    first would be fine too; the daemon holds each until its dependencies SUCCEEDED."""
+    def workflow() -> dict[str, str]:
+        ids = producers.submit_pipeline({
+            "prep": {"entrypoint": "python /path/to/preprocess.py", "tags": ["pipe"]},
+            "train": {"entrypoint": "python /path/to/train.py", "after": ["prep"]},
+            "report": {"entrypoint": "python /path/to/report.py", "after": ["train"], "run_timeout_s": 60},
+        })
+        producers.wait_for_all_jobs(list(ids.values()))
+        return ids
+
+    ids = await call(workflow)
+    prep, train, report = (rig.ray_job(ids[n])[1] for n in ("prep", "train", "report"))
+    assert prep.ended_at <= train.submitted_at and train.ended_at <= report.submitted_at
+    info = await call(producers.get_job_info, ids["report"])
+    assert info is not None and "WAITING" in str(info)
+
+
 async def test_failing_job_makes_wait_raise(rig: Rig) -> None:
     good = await call(producers.submit_job, "python /path/to/train.py")
     bad = await call(producers.submit_job, "python /path/to/fail_job.py", tags=["doomed"])

@@ -21,7 +21,7 @@ GPU_SCALAR_RESOURCES = ("nvidia.com/gpu",)
 ACCELERATOR_PREFIX = "accelerator_type:"
 ACCELERATOR_REQUEST = 0.001
 # Native fields neither dialect can state; a dialect job may carry them alongside its own fields.
-PASSTHROUGH = ("submission_id", "preferred_cluster", "queue_timeout_s")
+PASSTHROUGH = ("submission_id", "preferred_cluster", "queue_timeout_s", "depends_on", "run_timeout_s")
 
 _QUANTITY = re.compile(r"^\+?((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _SUFFIX = {None: 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,

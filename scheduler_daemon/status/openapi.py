@@ -60,6 +60,8 @@ SCHEMAS: dict[str, Any] = {
         "owner": {"type": ["string", "null"], "description": (
             "the broker user that submitted it (the message's user_id, else the daemon's default_owner); "
             "null for a job recorded before owners")},
+        "depends_on": {"type": "array", "items": _STR,
+                       "description": "runs only after each of these SUCCEEDED (WAITING until then)"},
         "state": _STATE,
         "cluster": {"type": ["string", "null"], "description": "placed cluster, null before placement"},
         "attempt": {"type": "integer", "minimum": 1},

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # Order of states within one attempt; a later attempt always wins over an earlier one.
-RANK = {"ACCEPTED": 1, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
+RANK = {"ACCEPTED": 1, "WAITING": 1.5, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
         "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5}
 STATES = frozenset(RANK)
 
@@ -49,12 +49,14 @@ class JobStatus:
     deleted_from_cluster: bool = False
     transitions: tuple[Transition, ...] = field(default_factory=tuple)
     owner: str | None = None  # the broker user that submitted it (docs/security.md)
+    depends_on: tuple[str, ...] = ()  # run only after each of these SUCCEEDED
 
     def to_json(self) -> dict[str, Any]:
         return {
             "submission_id": self.submission_id,
             "job_id": self.job_id,
             "owner": self.owner,
+            "depends_on": list(self.depends_on),
             "state": self.state,
             "cluster": self.cluster,
             "attempt": self.attempt,
@@ -69,6 +71,16 @@ class JobStatus:
             "deleted_from_cluster": self.deleted_from_cluster,
             "transitions": [t.__dict__ for t in self.transitions],
         }
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """The end of a job's logs as kept when its attempt `attempt` ended on `cluster`."""
+
+    attempt: int
+    cluster: str
+    text: str
+    cut: bool  # only the end of longer logs
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from producers.wire import STOP_KEY
 
 from ..access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, load_api_tokens
 from ..metrics import ServiceMetrics
-from ..rayapi import RayDashboard
+from ..rayapi import RayDashboard, RayError
 from ..settings import ClusterConfig, Settings
 from .api import HttpServer, LogsUnavailable, StopTimeout
 from .consumer import StatusConsumer
@@ -131,6 +131,10 @@ class StatusService:
         cluster = status.cluster
         if cluster is None:
             raise LogsUnavailable(f"job {submission_id!r} has not been dispatched to a cluster")
+        if status.deleted_from_cluster or cluster not in self.configs:
+            kept = await self._kept_logs(submission_id)
+            if kept is not None:
+                return kept
         if status.deleted_from_cluster:
             raise LogsUnavailable(f"job {submission_id!r} was deleted from {cluster} after its retention")
         config = self.configs.get(cluster)
@@ -140,9 +144,26 @@ class StatusService:
         if dashboard is None:
             dashboard = self._dashboards[cluster] = RayDashboard(config, self.settings.dispatch_timeout_s)
         ray_id = submission_id if status.attempt == 1 else f"{submission_id}~{status.attempt}"
-        async with self._log_fetches:
-            text, truncated = await log_tail(dashboard, ray_id, tail)
-        return cluster, text, truncated
+        try:
+            async with self._log_fetches:
+                text, truncated = await log_tail(dashboard, ray_id, tail)
+            return cluster, text, truncated
+        except RayError:
+            kept = await self._kept_logs(submission_id, tail)
+            if kept is None:
+                raise
+            return kept
+
+    async def _kept_logs(self, submission_id: str, tail: int) -> tuple[str, str, bool] | None:
+        """The log tail kept when the job ended (scheduler_daemon/logtails.py), with a first line
+        saying so: the cluster no longer has the logs (its node removed, the job deleted)."""
+        kept = await self.store.log_tail(submission_id)
+        if kept is None:
+            return None
+        what = "the end of its logs" if kept.cut else "its logs"
+        note = f"[rmcs: {kept.cluster} no longer has this job's logs; {what}, kept when attempt {kept.attempt} ended]\n"
+        text = kept.text[-tail:] if tail else kept.text
+        return kept.cluster, note + text, kept.cut or len(kept.text) > len(text)
 
     async def request_stop(self, submission_id: str, reason: str | None, caller: Caller) -> Mapping[str, Any]:
         """Ask the scheduler over the broker, as `control.stop` with this service's reply queue,

@@ -10,7 +10,6 @@ the job's current state backwards.
 
 from __future__ import annotations
 
-import abc
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any, Callable, Mapping, TypeVar
 import orjson
 
 from ..dbthread import DbThread
-from .records import (RANK, STATES, BadQuery, ForeignOwner, JobStatus, ListQuery, Page, Transition,  # noqa: F401
+from .storebase import StatusStore  # noqa: F401 (the interface, re-exported)
+from .records import (RANK, STATES, BadQuery, ForeignOwner, JobStatus, ListQuery, LogTail, Page, Transition,  # noqa: F401
                       decode_cursor, encode_cursor, now_minus, _norm)
 
 T = TypeVar("T")
@@ -29,70 +29,6 @@ T = TypeVar("T")
 CLUSTERS_REPORT = "clusters"
 METRICS_REPORT = "metrics"
 SCHEDULER_REPORT = "scheduler"
-
-
-class StatusStore(abc.ABC):
-    """What the status cache needs of a database."""
-
-    @abc.abstractmethod
-    async def open(self) -> None: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    async def apply(self, event: Mapping[str, Any]) -> bool:
-        """Record one job event; True if it changed the job's current state."""
-
-    @abc.abstractmethod
-    async def get(self, submission_id: str, *, history: bool = True) -> JobStatus | None: ...
-
-    @abc.abstractmethod
-    async def list(self, query: ListQuery) -> Page: ...
-
-    @abc.abstractmethod
-    async def counts_by_state(self) -> dict[str, int]: ...
-
-    @abc.abstractmethod
-    async def open_jobs(self) -> list[JobStatus]:
-        """Jobs whose current state is not final: what a reconcile looks at."""
-
-    @abc.abstractmethod
-    async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
-        """Final jobs last updated before `before`, still on their cluster."""
-
-    @abc.abstractmethod
-    async def mark_deleted(self, submission_id: str) -> None: ...
-
-    @abc.abstractmethod
-    async def postpone_deletion(self, submission_id: str, until: str) -> None:
-        """A deletion failed: `due_for_deletion` passes over the job until `until`, so jobs
-        that cannot be deleted never hold back the others."""
-
-    @abc.abstractmethod
-    async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
-        """Forget at most `limit` final jobs that are off their cluster (deleted there, or never
-        dispatched): those last updated before `before`, then the oldest beyond the newest
-        `keep` jobs. Returns how many were forgotten."""
-
-    @abc.abstractmethod
-    async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
-
-    @abc.abstractmethod
-    async def cluster_history(self, per_cluster: int = 20) -> dict[str, list[dict[str, Any]]]:
-        """Each cluster's latest health changes, newest first."""
-
-    @abc.abstractmethod
-    async def activity(self, since: str) -> dict[str, int]:
-        """Since an RFC 3339 time: jobs dispatched (`dispatched`) and jobs that ended (`finished`)."""
-
-    @abc.abstractmethod
-    async def put_report(self, name: str, body: bytes) -> None:
-        """The scheduler's latest report `name` (its clusters, its metrics), replacing the last."""
-
-    @abc.abstractmethod
-    async def report(self, name: str) -> tuple[bytes, float] | None:
-        """The latest report `name` and when it was written (Unix time), or None."""
 
 
 _SCHEMA = """
@@ -145,6 +81,14 @@ CREATE TABLE IF NOT EXISTS cluster_health (
     message TEXT,
     PRIMARY KEY (cluster, ts, health)
 );
+CREATE TABLE IF NOT EXISTS log_tails (
+    submission_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    tail TEXT NOT NULL,
+    cut INTEGER NOT NULL,
+    kept REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reports (
     name TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -181,6 +125,8 @@ class SqliteStatusStore(StatusStore):
         priority = event.get("priority") if isinstance(event.get("priority"), int) else None
         job_id = _opt_text(event.get("job_id"))
         owner = _opt_text(event.get("owner"))
+        deps = event.get("depends_on")
+        depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
 
         def _apply(db: sqlite3.Connection) -> bool:
             # A write first: it takes the write lock, waiting for it (a read first would make the
@@ -202,12 +148,12 @@ class SqliteStatusStore(StatusStore):
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
                 db.execute(
                     "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                    " priority, tags, metadata, resources, created, updated, owner)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " priority, tags, metadata, resources, created, updated, owner, depends_on)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (sid, job_id, state, rank, cluster, attempt, int(final), message,
                      priority, orjson.dumps(tags).decode(),
                      orjson.dumps(event.get("metadata") or {}).decode(),
-                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner))
+                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner, depends_on))
                 db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                 changed = True
             else:
@@ -357,6 +303,22 @@ class SqliteStatusStore(StatusStore):
         await self._run(lambda db: db.execute("INSERT OR REPLACE INTO reports VALUES (?,?,?)",
                                               (name, body, written)))
 
+    async def put_log_tail(self, submission_id: str, attempt: int, cluster: str, tail: str, cut: bool) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO log_tails VALUES (?,?,?,?,?,?) ON CONFLICT (submission_id) DO UPDATE SET"
+            " attempt = excluded.attempt, cluster = excluded.cluster, tail = excluded.tail, cut = excluded.cut,"
+            " kept = excluded.kept WHERE excluded.attempt >= log_tails.attempt",
+            (submission_id, attempt, cluster, tail, int(cut), time.time())))
+
+    async def log_tail(self, submission_id: str) -> LogTail | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT attempt, cluster, tail, cut FROM log_tails WHERE submission_id = ?", (submission_id,)).fetchone(),
+            read=True)
+        return LogTail(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    async def prune_log_tails(self, before: float) -> int:
+        return await self._run(lambda db: db.execute("DELETE FROM log_tails WHERE kept < ?", (before,)).rowcount)
+
     async def report(self, name: str) -> tuple[bytes, float] | None:
         def _read(db: sqlite3.Connection) -> tuple[bytes, float] | None:
             row = db.execute("SELECT body, written FROM reports WHERE name = ?", (name,)).fetchone()
@@ -368,15 +330,15 @@ class SqliteStatusStore(StatusStore):
 HEALTH_KEPT = 100  # health changes kept per cluster
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
-            " resources, created, updated, deleted, owner")
+            " resources, created, updated, deleted, owner, depends_on")
 
 
 def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
     (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
-     created, updated, deleted, owner) = row
+     created, updated, deleted, owner, depends_on) = row
     return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
                      tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
-                     created, updated, bool(deleted), steps, owner)
+                     created, updated, bool(deleted), steps, owner, tuple(orjson.loads(depends_on or "[]")))
 
 
 def _opt_text(value: Any) -> str | None:
@@ -398,3 +360,5 @@ def _setup(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
     db.execute("CREATE INDEX IF NOT EXISTS transitions_state ON transitions (state, ts)")
     db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (final, updated)")
+    if "depends_on" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN depends_on TEXT")  # a store from before depends_on
