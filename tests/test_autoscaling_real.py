@@ -96,7 +96,7 @@ async def test_jobs_for_a_node_type_not_running_start_one_node_and_succeed(tmp_p
             await ev.wait_final([a, b], 180)
             assert [ev.states(x)[-1] for x in (a, b)] == ["SUCCEEDED", "SUCCEEDED"], (ev.states(a), ev.states(b))
             first = next(e for e in ev.of(a) if e["state"] == "DISPATCHED")
-            assert first["message"] == "fits after scale-up on gpuworker"
+            assert "fits after scale-up on gpuworker" in first["message"]
             # Scale-down: once the idle node is removed (idle_timeout_minutes 0.2), Ray no longer has
             # the logs; rmcs answers from the tail it kept when the job ended.
             await wait_scaled_down(120)
