@@ -24,7 +24,6 @@ from .events import ClusterEvent, EventPublisher, PublishAborted
 from .amqp_wire import AmqpWire
 from .following import Follower
 from .intake import Intake
-from .journal import Journal
 from .leadership import Leadership
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
@@ -33,7 +32,9 @@ from .receiving import Receiver
 from .scheduling import Scheduler
 from .settings import ClusterConfig, Settings
 from .status.service import StatusService
-from .status.store import SqliteStatusStore, StatusStore
+from .state import journal_for
+from .status.backend import status_store
+from .status.store import StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
 from .upkeep import Upkeep
@@ -60,8 +61,8 @@ class Daemon:
         self.work = Work(quiet=(PublishAborted,))
         self.metrics = SchedulerMetrics()
         self.window = Window(settings.window_size)
-        self.journal = Journal(f"{settings.state_dir}/daemon.db", exclusive=not settings.failover)
-        self.store: StatusStore = SqliteStatusStore(f"{settings.state_dir}/status.db")
+        self.journal = journal_for(settings)
+        self.store: StatusStore = status_store(settings)
         self.placer = Placer(settings.placement_strategy)
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(AmqpWire(lambda: self.intake.events_exchange), self._closing)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import orjson
-
 from .dbthread import DbThread
 from .jobs import Job, JobState
+from .journal_base import EMPTY as _EMPTY, JournalStore, Lookup, job_from_json, job_to_json
 from .tracking import Tracked
+
+__all__ = ["IdFilter", "Journal", "Lookup"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracked (
@@ -50,29 +50,7 @@ CREATE TABLE IF NOT EXISTS cancellations (
 """
 
 
-@dataclass(frozen=True)
-class Lookup:
-    """All the journal knows of one submission id: its dispatch record, its end before
-    dispatch (state, reason), and a stop recorded before it arrived."""
-
-    tracked: Tracked | None
-    ended: tuple[str, str] | None
-    cancellation: tuple[str, str | None] | None  # (reason, requester)
-
-
-def _job_to_json(job: Job) -> str:
-    data = asdict(job)
-    data["body"] = job.body.decode("utf-8", errors="replace")
-    data["cluster_tags"] = sorted(job.cluster_tags)
-    return orjson.dumps(data).decode()
-
-
-def _job_from_json(text: str) -> Job:
-    data: dict[str, Any] = orjson.loads(text)
-    data["body"] = data["body"].encode()
-    data["cluster_tags"] = frozenset(data["cluster_tags"])
-    data["tags"] = tuple(data["tags"])
-    return Job(**data)
+_job_to_json, _job_from_json = job_to_json, job_from_json
 
 
 class IdFilter:
@@ -102,12 +80,11 @@ class IdFilter:
         return all(self._bits[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(item))
 
 
-_EMPTY = Lookup(None, None, None)
 _ALL_IDS = ("SELECT submission_id FROM tracked UNION SELECT submission_id FROM ended"
             " UNION SELECT submission_id FROM cancellations")
 
 
-class Journal:
+class Journal(JournalStore):
     """`exclusive`: this process is the journal's only writer, so it may keep a filter of the
     ids in it (not with a failover pair, whose other daemon writes to the same file)."""
 

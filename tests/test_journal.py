@@ -6,13 +6,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from builders import job
+from pgkit import pg_url  # noqa: F401  (fixture)
 from scheduler_daemon.jobs import Job, JobState
 from scheduler_daemon.journal import Journal, Lookup, Tracked
+from scheduler_daemon.pgjournal import PgJournal
 
 
-async def test_journal_round_trip(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "state" / "journal.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_journal(request: Any, tmp_path: Path) -> Any:
+    """Each test runs on both journals: SQLite (one host) and PostgreSQL (shared)."""
+    if request.param == "sqlite":
+        return lambda: Journal(tmp_path / "state" / "journal.sqlite")
+    url = request.getfixturevalue("pg_url")
+    return lambda: PgJournal(url)
+
+
+async def test_journal_round_trip(make_journal: Any) -> None:
+    journal = make_journal()
     await journal.open()
     try:
         full = Job(submission_id="s1", job_id="j1", entrypoint="python /opt/x.py", runtime_env={"pip": ["a"]},
@@ -52,7 +65,7 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         await journal.close()
 
     # Survives a restart.
-    again = Journal(tmp_path / "state" / "journal.sqlite")
+    again = make_journal()
     await again.open()
     try:
         assert await again.get("s1") == t1b
@@ -60,10 +73,10 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         await again.close()
 
 
-async def test_journal_never_writes_over_a_later_attempt(tmp_path: Any) -> None:
+async def test_journal_never_writes_over_a_later_attempt(make_journal: Any) -> None:
     """Closing attempt 1 (final, published) can finish after attempt 2 was dispatched:
     the journal keeps attempt 2's record."""
-    journal = Journal(tmp_path / "journal.sqlite")
+    journal = make_journal()
     await journal.open()
     try:
         first = job("r1")

@@ -32,7 +32,8 @@ from ..settings import ClusterConfig, Settings
 from .api import HttpServer, LogsUnavailable, StopTimeout
 from .consumer import StatusConsumer
 from .hub import EventHub
-from .store import CLUSTERS_REPORT, METRICS_REPORT, SqliteStatusStore, StatusStore
+from .backend import status_store
+from .store import CLUSTERS_REPORT, METRICS_REPORT, StatusStore
 
 log = structlog.get_logger("rmcs.status")
 
@@ -50,7 +51,7 @@ class StatusService:
         self.tokens = load_api_tokens(settings.api_tokens_file)
         self.configs = {c.name: c for c in clusters}
         self.stopping = asyncio.Event()
-        self.store: StatusStore = SqliteStatusStore(f"{settings.state_dir}/status.db")
+        self.store: StatusStore = status_store(settings)
         self.hub = EventHub()
         self.consumer = StatusConsumer(settings, self.store, self.hub)
         self.http = HttpServer(self)

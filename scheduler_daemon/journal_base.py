@@ -1,0 +1,77 @@
+"""What the job book needs of a journal, whatever keeps it: `journal.Journal` (SQLite, one
+host) or `pgjournal.PgJournal` (PostgreSQL, shared by daemons on several hosts)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from .jobs import Job
+from .tracking import Tracked
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """All the journal knows of one submission id: its dispatch record, its end before
+    dispatch (state, reason), and a stop recorded before it arrived."""
+
+    tracked: Tracked | None
+    ended: tuple[str, str] | None
+    cancellation: tuple[str, str | None] | None  # (reason, requester)
+
+
+EMPTY = Lookup(None, None, None)
+
+
+def job_to_json(job: Job) -> str:
+    data = asdict(job)
+    data["body"] = job.body.decode("utf-8", errors="replace")
+    data["cluster_tags"] = sorted(job.cluster_tags)
+    return orjson.dumps(data).decode()
+
+
+def job_from_json(text: str) -> Job:
+    data: dict[str, Any] = orjson.loads(text)
+    data["body"] = data["body"].encode()
+    data["cluster_tags"] = frozenset(data["cluster_tags"])
+    data["tags"] = tuple(data["tags"])
+    return Job(**data)
+
+
+class JournalStore(abc.ABC):
+    """The durable record of every dispatched job (see `journal`). With fencing (`epoch` set by
+    the leadership), every write carries the leader's epoch and a stale one is refused."""
+
+    epoch: int | None = None
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def record(self, t: Tracked) -> None:
+        """Write a job's record; never over a later attempt's."""
+
+    @abc.abstractmethod
+    async def get(self, submission_id: str) -> Tracked | None: ...
+
+    @abc.abstractmethod
+    async def lookup(self, submission_id: str) -> Lookup: ...
+
+    @abc.abstractmethod
+    async def open_jobs(self) -> list[Tracked]:
+        """Jobs still to follow, or whose last event was not confirmed."""
+
+    @abc.abstractmethod
+    async def cancel(self, submission_id: str, reason: str, requester: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def end(self, submission_id: str, state: str, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    async def prune(self, before: float) -> int: ...

@@ -1,0 +1,141 @@
+"""The journal in PostgreSQL (`state_url: postgresql://...`), shared by the daemons of a
+failover group on several hosts. Same records and rules as the SQLite journal (`journal`);
+every write goes through group commit and, once this daemon leads, carries its epoch
+(`pgbase.Fenced` for a stale one)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+
+from .jobs import JobState
+from .journal_base import JournalStore, Lookup, job_from_json, job_to_json
+from .pgbase import GroupCommit, Stmt, connect, migrate
+from .tracking import Tracked
+
+MIGRATIONS = (
+    """
+    CREATE TABLE rmcs_tracked (
+        submission_id TEXT PRIMARY KEY,
+        attempt INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        published BOOLEAN NOT NULL,
+        final BOOLEAN NOT NULL,
+        seen_running BOOLEAN NOT NULL,
+        job TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL,
+        epoch BIGINT
+    );
+    CREATE INDEX rmcs_tracked_open ON rmcs_tracked (submission_id) WHERE NOT final OR NOT published;
+    CREATE TABLE rmcs_ended (
+        submission_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE rmcs_cancellations (
+        submission_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        requester TEXT
+    );
+    """,
+)
+
+_UPSERT = (
+    "INSERT INTO rmcs_tracked VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (submission_id) DO UPDATE SET"
+    " attempt = excluded.attempt, cluster = excluded.cluster, node_id = excluded.node_id,"
+    " state = excluded.state, published = excluded.published, final = excluded.final,"
+    " seen_running = excluded.seen_running, job = excluded.job, updated = excluded.updated,"
+    " epoch = excluded.epoch WHERE excluded.attempt >= rmcs_tracked.attempt")
+_COLUMNS = "submission_id, attempt, cluster, node_id, state, published, final, seen_running, job"
+
+
+class PgJournal(JournalStore):
+    def __init__(self, dsn: str, *, pool: asyncpg.Pool | None = None) -> None:
+        self.dsn = dsn
+        self.pool = pool
+        self._own_pool = pool is None
+        self._writes: GroupCommit | None = None
+        self._job_json: dict[str, tuple[Any, str]] = {}
+        self.epoch: int | None = None
+
+    async def open(self) -> None:
+        if self.pool is None:
+            self.pool = await connect(self.dsn)
+        await migrate(self.pool, "journal", MIGRATIONS)
+        self._writes = GroupCommit(self.pool, lambda: self.epoch)
+
+    async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.flush()
+        if self.pool is not None and self._own_pool:
+            await self.pool.close()
+            self.pool = None
+
+    def _write(self, *stmts: Stmt) -> Any:
+        assert self._writes is not None, "journal not open"
+        return self._writes.run(list(stmts))
+
+    async def record(self, t: Tracked) -> None:
+        sid = t.job.submission_id
+        cached = self._job_json.get(sid)
+        job_json = cached[1] if cached is not None and cached[0] is t.job else job_to_json(t.job)
+        if t.final and t.published:
+            self._job_json.pop(sid, None)
+        else:
+            self._job_json[sid] = (t.job, job_json)
+        await self._write(Stmt(_UPSERT, (sid, t.job.attempt, t.cluster, t.node_id, t.state.value, t.published,
+                                         t.final, t.seen_running, job_json, time.time(), self.epoch)))
+
+    async def get(self, submission_id: str) -> Tracked | None:
+        assert self.pool is not None
+        row = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM rmcs_tracked WHERE submission_id = $1",
+                                       submission_id)
+        return _row(row) if row is not None else None
+
+    async def lookup(self, submission_id: str) -> Lookup:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT (SELECT row({_COLUMNS}) FROM rmcs_tracked WHERE submission_id = $1) AS t,"
+                " (SELECT row(state, reason) FROM rmcs_ended WHERE submission_id = $1) AS e,"
+                " (SELECT row(reason, requester) FROM rmcs_cancellations WHERE submission_id = $1) AS c",
+                submission_id)
+        t, e, c = row["t"], row["e"], row["c"]
+        return Lookup(_row(t) if t is not None else None, (e[0], e[1]) if e is not None else None,
+                      (c[0], c[1]) if c is not None else None)
+
+    async def open_jobs(self) -> list[Tracked]:
+        assert self.pool is not None
+        rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM rmcs_tracked WHERE NOT final OR NOT published")
+        return [_row(r) for r in rows]
+
+    async def cancel(self, submission_id: str, reason: str, requester: str | None = None) -> None:
+        await self._write(Stmt(
+            "INSERT INTO rmcs_cancellations VALUES ($1,$2,$3,$4) ON CONFLICT (submission_id) DO UPDATE SET"
+            " reason = excluded.reason, ts = excluded.ts, requester = excluded.requester",
+            (submission_id, reason, time.time(), requester)))
+
+    async def end(self, submission_id: str, state: str, reason: str) -> None:
+        await self._write(Stmt(
+            "INSERT INTO rmcs_ended VALUES ($1,$2,$3,$4) ON CONFLICT (submission_id) DO UPDATE SET"
+            " state = excluded.state, reason = excluded.reason, ts = excluded.ts",
+            (submission_id, state, reason, time.time())))
+
+    async def prune(self, before: float) -> int:
+        status = await self._write(
+            Stmt("DELETE FROM rmcs_cancellations WHERE ts < $1", (before,)),
+            Stmt("DELETE FROM rmcs_ended WHERE ts < $1", (before,)),
+            Stmt("DELETE FROM rmcs_tracked WHERE final AND published AND updated < $1", (before,)))
+        return int(str(status).rsplit(" ", 1)[-1] or 0)
+
+
+def _row(row: Any) -> Tracked:
+    sid, attempt, cluster, node_id, state, published, final, seen_running, job = tuple(row)
+    return Tracked(job_from_json(job), cluster, node_id, JobState(state), bool(published), bool(final),
+                   bool(seen_running))
