@@ -24,7 +24,6 @@ from .events import ClusterEvent, EventPublisher, PublishAborted
 from .amqp_wire import AmqpWire
 from .following import Follower
 from .intake import Intake
-from .leadership import Leadership
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
 from .probing import ClusterState, Prober
@@ -32,7 +31,7 @@ from .receiving import Receiver
 from .scheduling import Scheduler
 from .settings import ClusterConfig, Settings
 from .status.service import StatusService
-from .state import journal_for
+from .state import journal_for, leadership_for
 from .status.backend import status_store
 from .status.store import StatusStore
 from .supervisor import ServiceProcess
@@ -81,7 +80,8 @@ class Daemon:
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
                              publisher=self.publisher, render_metrics=self._render_metrics,
                              is_held=lambda sid: self.window.get(sid) is not None)
-        self.leadership = Leadership(settings) if settings.failover else None
+        self.leadership = leadership_for(settings)
+        self.journal.on_fenced = self._fenced
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None
         self._health_pending: dict[str, ClusterEvent] = {}
@@ -110,8 +110,11 @@ class Daemon:
             assert self.intake.connection is not None
             await self.leadership.join(self.intake.connection)
             self._own(self.leadership.run(self.stopping, self.stopping.set), "leadership")
+            if self.settings.shared_state:  # the standby's API answers from the shared history
+                await self._start_status_service()
             if not await self.leadership.acquired(self.stopping):
                 return
+            self.journal.epoch = self.leadership.epoch  # every write that matters carries it
         await self.journal.open()
         await self.store.open()
         loaded = await self.book.load()
@@ -121,7 +124,8 @@ class Daemon:
         await self.control.start(self.intake.connection)
         self.work.spawn(self.book.republish_unconfirmed(), "republish")
         self.work.spawn(self.upkeep.reconcile(), "reconcile")
-        await self._start_status_service()
+        if self.leadership is None or not self.settings.shared_state:
+            await self._start_status_service()
         self._own(self.prober.run(self.stopping), "prober")
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
@@ -205,6 +209,8 @@ class Daemon:
         await _step("broker", self.intake.close(), 10)
         await _step("journal", self.journal.close(), 5)
         await _step("status store", self.store.close(), 5)
+        if self.leadership is not None:
+            await _step("leadership", self.leadership.close(), 5)
         self.scheduler.close()
         self.stopped.set()
         log.info("daemon stopped")
@@ -212,7 +218,15 @@ class Daemon:
     # ---- callbacks -------------------------------------------------------------------
 
     async def _on_message(self, message: Any) -> None:
+        if self.lost_leadership:
+            self.stopping.set()  # the receiver puts the message back
         await self.receiver.on_message(message)
+
+    def _fenced(self, exc: Exception) -> None:
+        """The store refused a write: another daemon leads now. Step down at once."""
+        if self.leadership is not None:
+            self.leadership.step_down(str(exc))
+        self.stopping.set()
 
     def _wake(self) -> None:
         self.scheduler.wake()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -46,6 +46,7 @@ class JournalStore(abc.ABC):
     the leadership), every write carries the leader's epoch and a stale one is refused."""
 
     epoch: int | None = None
+    on_fenced: Callable[[Exception], None] = staticmethod(lambda exc: None)  # type: ignore[assignment]
 
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -48,8 +48,12 @@ class Fenced(Exception):
         self.current = current
 
 
-async def connect(dsn: str, *, max_size: int = 8) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30)
+async def connect(dsn: str, *, max_size: int = 8, idle_in_transaction_s: float = 5.0) -> asyncpg.Pool:
+    """A pool whose sessions the server ends when one sits in a transaction for
+    `idle_in_transaction_s`: a daemon frozen (SIGSTOP) in the middle of a fenced write then
+    releases the leader row, and the takeover does not wait for it to thaw."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30, server_settings={
+        "idle_in_transaction_session_timeout": str(max(100, int(idle_in_transaction_s * 1000)))})
     assert pool is not None
     return pool
 

@@ -12,7 +12,7 @@ import asyncpg
 
 from .jobs import JobState
 from .journal_base import JournalStore, Lookup, job_from_json, job_to_json
-from .pgbase import GroupCommit, Stmt, connect, migrate
+from .pgbase import LEADER_TABLE, Fenced, GroupCommit, Stmt, connect, migrate
 from .tracking import Tracked
 
 MIGRATIONS = (
@@ -56,8 +56,9 @@ _COLUMNS = "submission_id, attempt, cluster, node_id, state, published, final, s
 
 
 class PgJournal(JournalStore):
-    def __init__(self, dsn: str, *, pool: asyncpg.Pool | None = None) -> None:
+    def __init__(self, dsn: str, *, pool: asyncpg.Pool | None = None, idle_in_transaction_s: float = 5.0) -> None:
         self.dsn = dsn
+        self._idle_s = idle_in_transaction_s
         self.pool = pool
         self._own_pool = pool is None
         self._writes: GroupCommit | None = None
@@ -66,7 +67,8 @@ class PgJournal(JournalStore):
 
     async def open(self) -> None:
         if self.pool is None:
-            self.pool = await connect(self.dsn)
+            self.pool = await connect(self.dsn, idle_in_transaction_s=self._idle_s)
+        await migrate(self.pool, "leader", (LEADER_TABLE,))  # what fenced writes check
         await migrate(self.pool, "journal", MIGRATIONS)
         self._writes = GroupCommit(self.pool, lambda: self.epoch)
 
@@ -77,9 +79,13 @@ class PgJournal(JournalStore):
             await self.pool.close()
             self.pool = None
 
-    def _write(self, *stmts: Stmt) -> Any:
+    async def _write(self, *stmts: Stmt) -> Any:
         assert self._writes is not None, "journal not open"
-        return self._writes.run(list(stmts))
+        try:
+            return await self._writes.run(list(stmts))
+        except Fenced as exc:
+            self.on_fenced(exc)
+            raise
 
     async def record(self, t: Tracked) -> None:
         sid = t.job.submission_id
