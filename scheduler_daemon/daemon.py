@@ -37,6 +37,7 @@ from .status.store import StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
 from .upkeep import Upkeep
+from .zombies import stop_lost_attempts
 
 log = structlog.get_logger("rmcs.daemon")
 
@@ -149,6 +150,7 @@ class Daemon:
         if self.leadership is not None:
             await self.upkeep.follow_journal()
         await self.upkeep.delete_expired_ray_jobs()
+        await stop_lost_attempts(self.journal, self.prober)
         self.queue_depth = await self.intake.queue_depth()
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:

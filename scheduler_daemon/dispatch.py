@@ -15,6 +15,7 @@ from .jobs import Job, merge_runtime_env
 from .rayapi import RayAmbiguous, RayDashboard, RayRejected, RayUnreachable
 from .settings import ClusterConfig
 
+GATEWAY_ERRORS = frozenset({502, 503, 504})
 _STANDARD = {"CPU": "entrypoint_num_cpus", "GPU": "entrypoint_num_gpus", "memory": "entrypoint_memory"}
 
 
@@ -48,7 +49,7 @@ class Outcome(str, enum.Enum):
     UNREACHABLE = "unreachable"    # never reached Ray: safe to go elsewhere
     AMBIGUOUS = "ambiguous"        # may have reached Ray: look there before going elsewhere
     REFUSED = "refused"            # Ray said no to this job (4xx): try other clusters
-    CLUSTER_ERROR = "cluster_error"  # Ray failed (5xx): try later or elsewhere
+    CLUSTER_ERROR = "cluster_error"  # Ray failed (500): look there by id, then try later or elsewhere
 
 
 @dataclass(frozen=True)
@@ -67,5 +68,7 @@ async def dispatch(job: Job, cluster: ClusterConfig, dashboard: RayDashboard) ->
     except RayAmbiguous as exc:
         return Result(Outcome.AMBIGUOUS, str(exc))
     except RayRejected as exc:
+        if exc.status in GATEWAY_ERRORS:  # a proxy's answer: Ray may be creating the job still
+            return Result(Outcome.AMBIGUOUS, exc.message)
         outcome = Outcome.REFUSED if 400 <= exc.status < 500 else Outcome.CLUSTER_ERROR
         return Result(outcome, exc.message)

@@ -41,6 +41,18 @@ CREATE TABLE IF NOT EXISTS ended (
     reason TEXT NOT NULL,
     ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intents (
+    submission_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lost_attempts (
+    ray_id TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL,
+    submission_id TEXT NOT NULL,
+    ts REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cancellations (
     submission_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -81,7 +93,7 @@ class IdFilter:
 
 
 _ALL_IDS = ("SELECT submission_id FROM tracked UNION SELECT submission_id FROM ended"
-            " UNION SELECT submission_id FROM cancellations")
+            " UNION SELECT submission_id FROM cancellations UNION SELECT submission_id FROM intents")
 
 
 class Journal(JournalStore):
@@ -136,6 +148,8 @@ class Journal(JournalStore):
                 (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
                  int(t.published), int(t.final), int(t.seen_running), job_json, time.time()),
             )
+            db.execute("DELETE FROM intents WHERE submission_id = ? AND attempt <= ?",
+                       (t.job.submission_id, t.job.attempt))
 
         await self._db.run(_write)
 
@@ -157,8 +171,10 @@ class Journal(JournalStore):
             ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
             cancel = db.execute("SELECT reason, requester FROM cancellations WHERE submission_id = ?",
                                 (submission_id,)).fetchone()
+            intent = db.execute("SELECT cluster, attempt FROM intents WHERE submission_id = ?",
+                                (submission_id,)).fetchone()
             return Lookup(_row(row) if row else None, (ended[0], ended[1]) if ended else None,
-                          (cancel[0], cancel[1]) if cancel else None)
+                          (cancel[0], cancel[1]) if cancel else None, (intent[0], intent[1]) if intent else None)
 
         return await self._db.run(_read, read=True)
 
@@ -185,6 +201,22 @@ class Journal(JournalStore):
         await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
                                               (submission_id, state, reason, time.time())))
 
+    async def intend(self, job: Job, cluster: str) -> None:
+        self._saw(job.submission_id)
+        await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO intents VALUES (?,?,?,?)",
+                                              (job.submission_id, job.attempt, cluster, time.time())))
+
+    async def remember_lost(self, ray_id: str, cluster: str, submission_id: str) -> None:
+        await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO lost_attempts VALUES (?,?,?,?)",
+                                              (ray_id, cluster, submission_id, time.time())))
+
+    async def lost_attempts(self) -> list[tuple[str, str]]:
+        return await self._db.run(lambda db: [(r[0], r[1]) for r in db.execute(
+            "SELECT ray_id, cluster FROM lost_attempts ORDER BY ts")], read=True)
+
+    async def forget_lost(self, ray_id: str) -> None:
+        await self._db.run(lambda db: db.execute("DELETE FROM lost_attempts WHERE ray_id = ?", (ray_id,)))
+
     async def prune(self, before: float) -> int:
         """Forget jobs that ended, and whose end was published, before `before` (unix time),
         and cancellations recorded before it."""
@@ -192,6 +224,8 @@ class Journal(JournalStore):
             cur = db.execute("DELETE FROM tracked WHERE final = 1 AND published = 1 AND updated < ?", (before,))
             db.execute("DELETE FROM cancellations WHERE ts < ?", (before,))
             db.execute("DELETE FROM ended WHERE ts < ?", (before,))
+            db.execute("DELETE FROM intents WHERE ts < ?", (before,))
+            db.execute("DELETE FROM lost_attempts WHERE ts < ?", (before,))
             return cur.rowcount
 
         removed = await self._db.run(_delete)

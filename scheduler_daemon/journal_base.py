@@ -21,6 +21,7 @@ class Lookup:
     tracked: Tracked | None
     ended: tuple[str, str] | None
     cancellation: tuple[str, str | None] | None  # (reason, requester)
+    intent: tuple[str, int] | None = None  # (cluster, attempt): sent there, or about to be, not journaled
 
 
 EMPTY = Lookup(None, None, None)
@@ -76,3 +77,21 @@ class JournalStore(abc.ABC):
 
     @abc.abstractmethod
     async def prune(self, before: float) -> int: ...
+
+    # ---- write-ahead dispatch (scheduling.py) and LOST attempts (zombies.py) ----------------
+
+    @abc.abstractmethod
+    async def intend(self, job: Job, cluster: str) -> None:
+        """Before the POST: this attempt goes to `cluster`. The job's next record clears it; until
+        then a redelivered copy is looked for on that cluster (and only there) before anywhere else."""
+
+    @abc.abstractmethod
+    async def remember_lost(self, ray_id: str, cluster: str, submission_id: str) -> None:
+        """An attempt declared LOST: stopped on its cluster when the cluster comes back."""
+
+    @abc.abstractmethod
+    async def lost_attempts(self) -> list[tuple[str, str]]:
+        """(Ray submission id, cluster) of each LOST attempt not yet stopped."""
+
+    @abc.abstractmethod
+    async def forget_lost(self, ray_id: str) -> None: ...

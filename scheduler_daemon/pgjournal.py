@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from .jobs import JobState
+from .jobs import Job, JobState
 from .journal_base import JournalStore, Lookup, job_from_json, job_to_json
 from .pgbase import LEADER_TABLE, Fenced, GroupCommit, Stmt, connect, migrate
 from .tracking import Tracked
@@ -42,6 +42,21 @@ MIGRATIONS = (
         reason TEXT NOT NULL,
         ts DOUBLE PRECISION NOT NULL,
         requester TEXT
+    );
+    """,
+    """
+    CREATE TABLE rmcs_intents (
+        submission_id TEXT PRIMARY KEY,
+        attempt INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        epoch BIGINT
+    );
+    CREATE TABLE rmcs_lost_attempts (
+        ray_id TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        submission_id TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL
     );
     """,
 )
@@ -96,7 +111,9 @@ class PgJournal(JournalStore):
         else:
             self._job_json[sid] = (t.job, job_json)
         await self._write(Stmt(_UPSERT, (sid, t.job.attempt, t.cluster, t.node_id, t.state.value, t.published,
-                                         t.final, t.seen_running, job_json, time.time(), self.epoch)))
+                                         t.final, t.seen_running, job_json, time.time(), self.epoch)),
+                          Stmt("DELETE FROM rmcs_intents WHERE submission_id = $1 AND attempt <= $2",
+                               (sid, t.job.attempt)))
 
     async def get(self, submission_id: str) -> Tracked | None:
         assert self.pool is not None
@@ -110,11 +127,12 @@ class PgJournal(JournalStore):
             row = await conn.fetchrow(
                 f"SELECT (SELECT row({_COLUMNS}) FROM rmcs_tracked WHERE submission_id = $1) AS t,"
                 " (SELECT row(state, reason) FROM rmcs_ended WHERE submission_id = $1) AS e,"
-                " (SELECT row(reason, requester) FROM rmcs_cancellations WHERE submission_id = $1) AS c",
+                " (SELECT row(reason, requester) FROM rmcs_cancellations WHERE submission_id = $1) AS c,"
+                " (SELECT row(cluster, attempt) FROM rmcs_intents WHERE submission_id = $1) AS i",
                 submission_id)
-        t, e, c = row["t"], row["e"], row["c"]
+        t, e, c, i = row["t"], row["e"], row["c"], row["i"]
         return Lookup(_row(t) if t is not None else None, (e[0], e[1]) if e is not None else None,
-                      (c[0], c[1]) if c is not None else None)
+                      (c[0], c[1]) if c is not None else None, (i[0], i[1]) if i is not None else None)
 
     async def open_jobs(self) -> list[Tracked]:
         assert self.pool is not None
@@ -133,10 +151,29 @@ class PgJournal(JournalStore):
             " state = excluded.state, reason = excluded.reason, ts = excluded.ts",
             (submission_id, state, reason, time.time())))
 
+    async def intend(self, job: Job, cluster: str) -> None:
+        await self._write(Stmt(
+            "INSERT INTO rmcs_intents VALUES ($1,$2,$3,$4,$5) ON CONFLICT (submission_id) DO UPDATE SET"
+            " attempt = excluded.attempt, cluster = excluded.cluster, ts = excluded.ts, epoch = excluded.epoch",
+            (job.submission_id, job.attempt, cluster, time.time(), self.epoch)))
+
+    async def remember_lost(self, ray_id: str, cluster: str, submission_id: str) -> None:
+        await self._write(Stmt("INSERT INTO rmcs_lost_attempts VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+                               (ray_id, cluster, submission_id, time.time())))
+
+    async def lost_attempts(self) -> list[tuple[str, str]]:
+        assert self.pool is not None
+        return [(r[0], r[1]) for r in await self.pool.fetch("SELECT ray_id, cluster FROM rmcs_lost_attempts ORDER BY ts")]
+
+    async def forget_lost(self, ray_id: str) -> None:
+        await self._write(Stmt("DELETE FROM rmcs_lost_attempts WHERE ray_id = $1", (ray_id,)))
+
     async def prune(self, before: float) -> int:
         status = await self._write(
             Stmt("DELETE FROM rmcs_cancellations WHERE ts < $1", (before,)),
             Stmt("DELETE FROM rmcs_ended WHERE ts < $1", (before,)),
+            Stmt("DELETE FROM rmcs_intents WHERE ts < $1", (before,)),
+            Stmt("DELETE FROM rmcs_lost_attempts WHERE ts < $1", (before,)),
             Stmt("DELETE FROM rmcs_tracked WHERE final AND published AND updated < $1", (before,)))
         return int(str(status).rsplit(" ", 1)[-1] or 0)
 

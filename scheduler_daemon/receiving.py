@@ -18,7 +18,6 @@ from .book import JobBook
 from .events import EventPublisher, JobEvent
 from .intake import Intake, message_meta
 from .jobs import InvalidJob, JobState, parse_job
-from .scheduling import VERIFY_ALL
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
@@ -99,14 +98,15 @@ class Receiver:
                 existing.delivery = message
                 return
             held = Held(job, message, self.clock())
-            if decision.verify_everywhere:
-                # It may already be on a cluster (crash between dispatch and journal):
-                # look everywhere before dispatching again.
-                held.verify_on = VERIFY_ALL
+            if record.intent is not None and record.intent[1] == job.attempt:
+                # Sent to a cluster, or about to be, and not journaled (write-ahead dispatch): it is
+                # looked for there, and only there, before it may go anywhere.
+                held.verify_on = record.intent[0]
+            # Without an intent it was never sent: nothing is sent before its intent is journaled.
             self.window.add(held)
-            if held.verify_on is None:
-                # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
-                self.book.send(job, JobState.ACCEPTED, None)
+            # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
+            # (Consumers drop the duplicate ACCEPTED of a redelivered job.)
+            self.book.send(job, JobState.ACCEPTED, None)
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake()

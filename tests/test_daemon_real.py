@@ -285,7 +285,7 @@ async def test_jobs_followed_one_by_one_end_as_ray_says(tmp_path, ray_clusters, 
     """Tracking by `GET /api/jobs/<id>` (what the daemon does on a cluster whose job list is
     much longer than the jobs it follows there) against real Ray: the job list is never read,
     and a success and a failure are followed to their ends with Ray's messages."""
-    monkeypatch.setattr("scheduler_daemon.daemon.one_by_one", lambda followed, listed: True)
+    monkeypatch.setattr("scheduler_daemon.following.one_by_one", lambda followed, listed: True)
     s = make_settings(tmp_path)
     async with running_daemon(s, ray_clusters) as d, Events(s) as ev:
         listed = 0

@@ -88,3 +88,23 @@ async def test_journal_never_writes_over_a_later_attempt(make_journal: Any) -> N
         assert [t.job.attempt for t in await journal.open_jobs()] == [2]
     finally:
         await journal.close()
+
+
+async def test_an_intent_is_looked_up_until_the_job_is_journaled(make_journal: Any) -> None:
+    """Write-ahead dispatch: the intent names the cluster until the job's record replaces it;
+    a LOST attempt is kept until it has been stopped on its cluster."""
+    journal = make_journal()
+    await journal.open()
+    try:
+        j = job("w1")
+        await journal.intend(j, "c1")
+        assert (await journal.lookup("w1")).intent == ("c1", 1)
+        await journal.record(Tracked(j, "c1", "n", JobState.DISPATCHED))
+        assert (await journal.lookup("w1")).intent is None
+        await journal.remember_lost("w1", "c1", "w1")
+        await journal.remember_lost("w2~2", "c2", "w2")
+        assert await journal.lost_attempts() == [("w1", "c1"), ("w2~2", "c2")]
+        await journal.forget_lost("w1")
+        assert await journal.lost_attempts() == [("w2~2", "c2")]
+    finally:
+        await journal.close()
