@@ -33,6 +33,7 @@ demo: install
 test: install
 	$(BIN)/lint-imports --no-cache  # the layering in .importlinter
 	scripts/ensure-rabbitmq
+	scripts/ensure-postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

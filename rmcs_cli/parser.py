@@ -243,4 +243,10 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     command("declare", "declare the broker topology",
             "Declare the exchanges and queues of the wire contract (idempotent), so producers can\n"
             "publish before the daemon first runs.", "  rmcs declare\n  rmcs declare --config rmcs.yaml")
+    p = command("recover", "rebuild a lost journal from the clusters",
+                "Read every cluster's job list and journal each rmcs job that has not ended (its latest\n"
+                "attempt, with its owner and max_retries from Ray's job metadata), so the daemon follows it\n"
+                "to its end. Run it on the daemon's host with its settings, before the daemon starts.",
+                "  rmcs recover --clusters clusters.yaml --config rmcs.yaml")
+    p.add_argument("--clusters", default="clusters.yaml", metavar="YAML", help="the daemon's clusters file")
     return parser

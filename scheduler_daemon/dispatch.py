@@ -28,6 +28,9 @@ def submit_body(job: Job, cluster: ClusterConfig) -> dict[str, Any]:
             "rmcs_submission_id": job.submission_id,
             "rmcs_job_id": job.job_id,
             "rmcs_attempt": str(job.attempt),
+            # With these, `rmcs recover` rebuilds a lost journal from the clusters, owners intact.
+            "rmcs_owner": job.owner or "",
+            "rmcs_max_retries": str(job.max_retries),
         },
     }
     runtime_env = merge_runtime_env(cluster.runtime_env, job.runtime_env)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -21,7 +22,7 @@ from pgkit import pg_url  # noqa: F401  (fixture)
 from scheduler_daemon.broker import declare
 from scheduler_daemon.settings import ClusterConfig, Settings
 from support import AMQP_URL, Events, _free_port, assert_each_ran_once_on_ray, daemon_launcher, make_settings, \
-    publish_many, sid
+    publish_many, request_stop, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
@@ -109,5 +110,50 @@ async def test_a_frozen_leader_thawed_changes_nothing_and_steps_down(tmp_path: A
             assert epochs == {j: 2 for j in during}, epochs
         finally:
             await conn.close()
+    finally:
+        await pair.close()
+
+
+async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(tmp_path: Any, ray_clusters: Any,
+                                                                               pg_url: str) -> None:
+    """30 jobs; the leader SIGKILLed with jobs queued, dispatched and running. Each ends SUCCEEDED
+    exactly once (one Ray submission each); the standby's API, before and after, answers from the
+    shared history; the owner's stop of a job the dead leader dispatched stops it."""
+    base, hosts = two_hosts(tmp_path, pg_url)
+    await declare(base)
+    pair = Hosts(hosts, ray_clusters, tmp_path)
+    jobs = [sid("to") for _ in range(30)]
+    long_job = sid("to-long")
+    api_b = f"http://{hosts['b'].http_addr}/api/v1/jobs"
+    try:
+        await pair.launch("a")
+        await until_epoch(pg_url, 1)
+        await pair.launch("b")
+        async with Events(base, "job.#") as ev, aiohttp.ClientSession() as http:
+            await publish_many(base, [({"submission_id": long_job, "entrypoint": "/bin/sleep 120",
+                                        "resource_requirements": {"CPU": 0.5}}, 9)])
+            await ev.wait_for(lambda: "RUNNING" in ev.states(long_job), 90, "the long job running")
+            async with http.get(f"{api_b}/{long_job}") as resp:  # the standby answers from the shared history
+                assert resp.status == 200 and (await resp.json())["state"] == "RUNNING"
+            await publish_many(base, [({"submission_id": j, "entrypoint": "/bin/sleep 1",
+                                        "resource_requirements": {"CPU": 0.5}}, 0) for j in jobs])
+            await ev.wait_for(lambda: sum("RUNNING" in ev.states(j) for j in jobs) >= 3, 90, "jobs running")
+            pair.procs["a"].send_signal(signal.SIGKILL)
+            await asyncio.to_thread(pair.procs["a"].wait, 30)
+            left = {"queued": sum(not ev.states(j) or ev.states(j) == ["ACCEPTED"] for j in jobs),
+                    "running": sum(ev.states(j)[-1:] == ["RUNNING"] for j in jobs)}
+            await until_epoch(pg_url, 2)
+            await request_stop(base, long_job, "enough")  # as its owner (the default owner, both)
+            await ev.wait_final(jobs + [long_job], timeout=240)
+            assert ev.states(long_job)[-1] == "STOPPED"
+            finals = {j: {(e["state"], e["attempt"]) for e in ev.of(j) if e["final"]} for j in jobs}
+            assert all(f == {("SUCCEEDED", 1)} for f in finals.values()), finals
+            for j in jobs + [long_job]:
+                async with http.get(f"{api_b}/{j}") as resp:
+                    body = await resp.json()
+                    assert resp.status == 200 and body["final"], body
+                    assert [t["state"] for t in body["transitions"]][:2] == ["ACCEPTED", "DISPATCHED"], body
+        assert left["queued"] > 0 and left["running"] > 0, left
+        await assert_each_ran_once_on_ray(ray_clusters, jobs)
     finally:
         await pair.close()
