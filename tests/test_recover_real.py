@@ -3,6 +3,7 @@ owners and max_retries intact, and the daemon follows the recovered jobs to thei
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ async def test_recover_rebuilds_the_followed_jobs_with_owners_from_an_empty_jour
         clusters.write_text(yaml.safe_dump({"clusters": {c.name: {"dashboard_url": c.dashboard_url}
                                                          for c in ray_clusters}}))
         out, err = io.StringIO(), io.StringIO()
-        assert rmcs(["recover", "--config", str(config), "--clusters", str(clusters)], stdout=out, stderr=err) == 0, \
-            err.getvalue()
+        code = await asyncio.to_thread(rmcs, ["recover", "--config", str(config), "--clusters", str(clusters)],
+                                       stdout=out, stderr=err)
+        assert code == 0, err.getvalue()
         assert "recovered 2 job(s)" in out.getvalue()
         journal = Journal(f"{s.state_dir}/daemon.db")
         await journal.open()

@@ -114,6 +114,23 @@ async def test_a_frozen_leader_thawed_changes_nothing_and_steps_down(tmp_path: A
         await pair.close()
 
 
+async def api_job(http: aiohttp.ClientSession, url: str, until: Any = lambda body: True,
+                  timeout: float = 30.0) -> dict[str, Any]:
+    """GET a job from a daemon's API, once it serves it (and `until` holds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with http.get(url) as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    if until(body):
+                        return body
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"{url} not served"
+        await asyncio.sleep(0.2)
+
+
 async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(tmp_path: Any, ray_clusters: Any,
                                                                                pg_url: str) -> None:
     """30 jobs; the leader SIGKILLed with jobs queued, dispatched and running. Each ends SUCCEEDED
@@ -133,8 +150,8 @@ async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(t
             await publish_many(base, [({"submission_id": long_job, "entrypoint": "/bin/sleep 120",
                                         "resource_requirements": {"CPU": 0.5}}, 9)])
             await ev.wait_for(lambda: "RUNNING" in ev.states(long_job), 90, "the long job running")
-            async with http.get(f"{api_b}/{long_job}") as resp:  # the standby answers from the shared history
-                assert resp.status == 200 and (await resp.json())["state"] == "RUNNING"
+            standby_saw = await api_job(http, f"{api_b}/{long_job}")  # the standby answers from the shared history
+            assert standby_saw["state"] == "RUNNING", standby_saw
             await publish_many(base, [({"submission_id": j, "entrypoint": "/bin/sleep 1",
                                         "resource_requirements": {"CPU": 0.5}}, 0) for j in jobs])
             await ev.wait_for(lambda: sum("RUNNING" in ev.states(j) for j in jobs) >= 3, 90, "jobs running")
@@ -149,10 +166,8 @@ async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(t
             finals = {j: {(e["state"], e["attempt"]) for e in ev.of(j) if e["final"]} for j in jobs}
             assert all(f == {("SUCCEEDED", 1)} for f in finals.values()), finals
             for j in jobs + [long_job]:
-                async with http.get(f"{api_b}/{j}") as resp:
-                    body = await resp.json()
-                    assert resp.status == 200 and body["final"], body
-                    assert [t["state"] for t in body["transitions"]][:2] == ["ACCEPTED", "DISPATCHED"], body
+                body = await api_job(http, f"{api_b}/{j}", until=lambda b: b["final"])
+                assert [t["state"] for t in body["transitions"]][:2] == ["ACCEPTED", "DISPATCHED"], body
         assert left["queued"] > 0 and left["running"] > 0, left
         await assert_each_ran_once_on_ray(ray_clusters, jobs)
     finally:
