@@ -151,7 +151,9 @@ class Journal(JournalStore):
             db.execute("DELETE FROM intents WHERE submission_id = ? AND attempt <= ?",
                        (t.job.submission_id, t.job.attempt))
 
-        await self._db.run(_write)
+        # Durable (synchronous=FULL) where a message is acknowledged on it: the dispatch's record.
+        # Later records (states Ray tells again, confirms) need only survive a killed process.
+        await self._db.run(_write, durable=t.state == JobState.DISPATCHED and not t.published)
 
     async def get(self, submission_id: str) -> Tracked | None:
         def _read(db: sqlite3.Connection) -> Tracked | None:
@@ -215,7 +217,8 @@ class Journal(JournalStore):
             "SELECT ray_id, cluster FROM lost_attempts ORDER BY ts")], read=True)
 
     async def forget_lost(self, ray_id: str) -> None:
-        await self._db.run(lambda db: db.execute("DELETE FROM lost_attempts WHERE ray_id = ?", (ray_id,)))
+        await self._db.run(lambda db: db.execute("DELETE FROM lost_attempts WHERE ray_id = ?", (ray_id,)),
+                           durable=False)
 
     async def prune(self, before: float) -> int:
         """Forget jobs that ended, and whose end was published, before `before` (unix time),
@@ -228,7 +231,7 @@ class Journal(JournalStore):
             db.execute("DELETE FROM lost_attempts WHERE ts < ?", (before,))
             return cur.rowcount
 
-        removed = await self._db.run(_delete)
+        removed = await self._db.run(_delete, durable=False)
         if self._ids is not None and self._ids.count > self._ids.capacity:
             # Past its capacity the filter answers "maybe" more often: rebuilt for what is left,
             # with room to grow. (Pruned ids left in it cost nothing but a look-up if they come back.)

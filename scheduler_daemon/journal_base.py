@@ -78,6 +78,10 @@ class JournalStore(abc.ABC):
     @abc.abstractmethod
     async def prune(self, before: float) -> int: ...
 
+    async def fence(self) -> None:
+        """Raise (`pgbase.Fenced`) unless this daemon's epoch is still the leader's: checked before
+        a write outside the store that matters (a stop sent to Ray). Nothing to check by default."""
+
     # ---- write-ahead dispatch (scheduling.py) and LOST attempts (zombies.py) ----------------
 
     @abc.abstractmethod

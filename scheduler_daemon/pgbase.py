@@ -98,15 +98,17 @@ class GroupCommit:
     def __init__(self, pool: asyncpg.Pool, epoch: Any = lambda: None) -> None:
         self.pool = pool
         self._epoch = epoch
-        self._queued: list[tuple[list[Stmt], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[list[Stmt], asyncio.Future[Any], bool]] = []
         self._busy = False
         self._drainer: asyncio.Future[None] | None = None
         self.batches = 0
 
-    def run(self, stmts: list[Stmt]) -> "asyncio.Future[Any]":
-        """Queue `stmts` (one unit); the future gives the last statement's status once committed."""
+    def run(self, stmts: list[Stmt], *, durable: bool = True) -> "asyncio.Future[Any]":
+        """Queue `stmts` (one unit); the future gives the last statement's status once committed.
+        `durable=False`: a batch of such units alone does not wait for the WAL to reach the disk
+        (synchronous_commit off: lost only with the server's power, never half-applied)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((stmts, future))
+        self._queued.append((stmts, future, durable))
         if not self._busy:
             self._busy = True
             self._drainer = asyncio.ensure_future(self._drain())  # errors go to the futures
@@ -123,8 +125,8 @@ class GroupCommit:
                 batch, self._queued = self._queued, []
                 self.batches += 1
                 try:
-                    results = await self._commit([s for s, _ in batch])
-                    for (_, future), value in zip(batch, results):
+                    results = await self._commit([s for s, _, _ in batch], any(d for _, _, d in batch))
+                    for (_, future, _), value in zip(batch, results):
                         if not future.done():
                             future.set_result(value)
                 except Exception as exc:
@@ -132,9 +134,9 @@ class GroupCommit:
                         if not batch[0][1].done():
                             batch[0][1].set_exception(exc)
                         continue
-                    for stmts, future in batch:  # each alone: a failure stays its own
+                    for stmts, future, durable in batch:  # each alone: a failure stays its own
                         try:
-                            value = (await self._commit([stmts]))[0]
+                            value = (await self._commit([stmts], durable))[0]
                             if not future.done():
                                 future.set_result(value)
                         except Exception as one:
@@ -143,16 +145,30 @@ class GroupCommit:
         finally:
             self._busy = False
 
-    async def _commit(self, units: list[list[Stmt]]) -> list[Any]:
+    async def _commit(self, units: list[list[Stmt]], durable: bool) -> list[Any]:
+        epoch = self._epoch()
+        if durable and epoch is None and len(units) == 1 and len(units[0]) == 1 and not units[0][0].many:
+            # One statement, not fenced: its own transaction, one round trip (a dispatch's intent).
+            return [await self.pool.execute(units[0][0].sql, *units[0][0].args)]
         async with self.pool.acquire() as conn, conn.transaction():
-            await check_epoch(conn, self._epoch())
-            results = []
-            for stmts in units:
+            await check_epoch(conn, epoch)
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit TO off")
+            if len(units) == 1:
                 value = None
-                for s in stmts:
+                for s in units[0]:
                     if s.many:
                         await conn.executemany(s.sql, s.args)
                     else:
                         value = await conn.execute(s.sql, *s.args)
-                results.append(value)
-            return results
+                return [value]
+            # Many units: each statement text once, with every unit's arguments in one pipelined
+            # executemany, in the order the texts first came (a job's intent before the delete
+            # of it that its record carries; one job's records in the order they were written).
+            groups: dict[str, list[tuple[Any, ...]]] = {}
+            for stmts in units:
+                for s in stmts:
+                    groups.setdefault(s.sql, []).extend(s.args if s.many else [s.args])
+            for sql, args in groups.items():
+                await conn.executemany(sql, args)
+            return [None] * len(units)

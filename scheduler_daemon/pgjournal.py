@@ -11,7 +11,8 @@ from typing import Any
 import asyncpg
 
 from .jobs import Job, JobState
-from .journal_base import JournalStore, Lookup, job_from_json, job_to_json
+from .journal import IdFilter
+from .journal_base import EMPTY, JournalStore, Lookup, job_from_json, job_to_json
 from .pgbase import LEADER_TABLE, Fenced, GroupCommit, Stmt, connect, migrate
 from .tracking import Tracked
 
@@ -71,9 +72,14 @@ _COLUMNS = "submission_id, attempt, cluster, node_id, state, published, final, s
 
 
 class PgJournal(JournalStore):
-    def __init__(self, dsn: str, *, pool: asyncpg.Pool | None = None, idle_in_transaction_s: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, pool: asyncpg.Pool | None = None, idle_in_transaction_s: float = 5.0,
+                 exclusive: bool = False) -> None:
+        """`exclusive`: this daemon is the database's only writer (no failover group), so it may
+        keep a filter of the ids in it and spare a new id its trip to the database."""
         self.dsn = dsn
         self._idle_s = idle_in_transaction_s
+        self._exclusive = exclusive
+        self._ids: IdFilter | None = None
         self.pool = pool
         self._own_pool = pool is None
         self._writes: GroupCommit | None = None
@@ -86,6 +92,13 @@ class PgJournal(JournalStore):
         await migrate(self.pool, "leader", (LEADER_TABLE,))  # what fenced writes check
         await migrate(self.pool, "journal", MIGRATIONS)
         self._writes = GroupCommit(self.pool, lambda: self.epoch)
+        if self._exclusive:
+            ids = [r[0] for r in await self.pool.fetch(
+                "SELECT submission_id FROM rmcs_tracked UNION SELECT submission_id FROM rmcs_ended"
+                " UNION SELECT submission_id FROM rmcs_cancellations UNION SELECT submission_id FROM rmcs_intents")]
+            self._ids = IdFilter(2 * len(ids) + 100_000)
+            for sid in ids:
+                self._ids.add(sid)
 
     async def close(self) -> None:
         if self._writes is not None:
@@ -94,16 +107,17 @@ class PgJournal(JournalStore):
             await self.pool.close()
             self.pool = None
 
-    async def _write(self, *stmts: Stmt) -> Any:
+    async def _write(self, *stmts: Stmt, durable: bool = True) -> Any:
         assert self._writes is not None, "journal not open"
         try:
-            return await self._writes.run(list(stmts))
+            return await self._writes.run(list(stmts), durable=durable)
         except Fenced as exc:
             self.on_fenced(exc)
             raise
 
     async def record(self, t: Tracked) -> None:
         sid = t.job.submission_id
+        self._saw(sid)
         cached = self._job_json.get(sid)
         job_json = cached[1] if cached is not None and cached[0] is t.job else job_to_json(t.job)
         if t.final and t.published:
@@ -113,7 +127,8 @@ class PgJournal(JournalStore):
         await self._write(Stmt(_UPSERT, (sid, t.job.attempt, t.cluster, t.node_id, t.state.value, t.published,
                                          t.final, t.seen_running, job_json, time.time(), self.epoch)),
                           Stmt("DELETE FROM rmcs_intents WHERE submission_id = $1 AND attempt <= $2",
-                               (sid, t.job.attempt)))
+                               (sid, t.job.attempt)),
+                          durable=t.state == JobState.DISPATCHED and not t.published)  # as in journal.py
 
     async def get(self, submission_id: str) -> Tracked | None:
         assert self.pool is not None
@@ -121,8 +136,14 @@ class PgJournal(JournalStore):
                                        submission_id)
         return _row(row) if row is not None else None
 
+    def _saw(self, submission_id: str) -> None:
+        if self._ids is not None:
+            self._ids.add(submission_id)
+
     async def lookup(self, submission_id: str) -> Lookup:
         assert self.pool is not None
+        if self._ids is not None and submission_id not in self._ids:
+            return EMPTY
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"SELECT (SELECT row({_COLUMNS}) FROM rmcs_tracked WHERE submission_id = $1) AS t,"
@@ -140,18 +161,25 @@ class PgJournal(JournalStore):
         return [_row(r) for r in rows]
 
     async def cancel(self, submission_id: str, reason: str, requester: str | None = None) -> None:
+        self._saw(submission_id)
         await self._write(Stmt(
             "INSERT INTO rmcs_cancellations VALUES ($1,$2,$3,$4) ON CONFLICT (submission_id) DO UPDATE SET"
             " reason = excluded.reason, ts = excluded.ts, requester = excluded.requester",
             (submission_id, reason, time.time(), requester)))
 
     async def end(self, submission_id: str, state: str, reason: str) -> None:
+        self._saw(submission_id)
         await self._write(Stmt(
             "INSERT INTO rmcs_ended VALUES ($1,$2,$3,$4) ON CONFLICT (submission_id) DO UPDATE SET"
             " state = excluded.state, reason = excluded.reason, ts = excluded.ts",
             (submission_id, state, reason, time.time())))
 
+    async def fence(self) -> None:
+        if self.epoch is not None:
+            await self._write()  # an empty transaction, with the epoch checked
+
     async def intend(self, job: Job, cluster: str) -> None:
+        self._saw(job.submission_id)
         await self._write(Stmt(
             "INSERT INTO rmcs_intents VALUES ($1,$2,$3,$4,$5) ON CONFLICT (submission_id) DO UPDATE SET"
             " attempt = excluded.attempt, cluster = excluded.cluster, ts = excluded.ts, epoch = excluded.epoch",
@@ -166,7 +194,7 @@ class PgJournal(JournalStore):
         return [(r[0], r[1]) for r in await self.pool.fetch("SELECT ray_id, cluster FROM rmcs_lost_attempts ORDER BY ts")]
 
     async def forget_lost(self, ray_id: str) -> None:
-        await self._write(Stmt("DELETE FROM rmcs_lost_attempts WHERE ray_id = $1", (ray_id,)))
+        await self._write(Stmt("DELETE FROM rmcs_lost_attempts WHERE ray_id = $1", (ray_id,)), durable=False)
 
     async def prune(self, before: float) -> int:
         status = await self._write(
@@ -174,8 +202,9 @@ class PgJournal(JournalStore):
             Stmt("DELETE FROM rmcs_ended WHERE ts < $1", (before,)),
             Stmt("DELETE FROM rmcs_intents WHERE ts < $1", (before,)),
             Stmt("DELETE FROM rmcs_lost_attempts WHERE ts < $1", (before,)),
-            Stmt("DELETE FROM rmcs_tracked WHERE final AND published AND updated < $1", (before,)))
-        return int(str(status).rsplit(" ", 1)[-1] or 0)
+            Stmt("DELETE FROM rmcs_tracked WHERE final AND published AND updated < $1", (before,)), durable=False)
+        count = str(status).rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0  # (not told when batched with other writes)
 
 
 def _row(row: Any) -> Tracked:

@@ -15,7 +15,8 @@ from .settings import Settings
 def journal_for(settings: Settings) -> JournalStore:
     if settings.shared_state:
         # A session frozen inside a write is ended within a lease: it cannot hold off a takeover.
-        return PgJournal(settings.state_url, idle_in_transaction_s=2 * settings.leader_tick_s * 3)
+        return PgJournal(settings.state_url, idle_in_transaction_s=2 * settings.leader_tick_s * 3,
+                         exclusive=not settings.failover)
     return Journal(f"{settings.state_dir}/daemon.db", exclusive=not settings.failover)
 
 

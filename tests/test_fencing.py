@@ -59,6 +59,8 @@ async def test_a_standby_takes_over_only_after_the_lease_and_the_old_epoch_is_fe
         with pytest.raises(Fenced):
             await journal.record(t.moved(JobState.RUNNING))
         assert fenced and (await journal.get("f1")).state == JobState.DISPATCHED
+        with pytest.raises(Fenced):
+            await journal.fence()  # what a stop to Ray checks first
         journal.epoch = second.epoch
         await journal.record(t.moved(JobState.SUCCEEDED, final=True))
         assert (await journal.get("f1")).state == JobState.SUCCEEDED

@@ -202,3 +202,9 @@ class PgStatusStore(StatusStore):
     async def report(self, name: str) -> tuple[bytes, float] | None:
         row = await self._pool.fetchrow("SELECT body, written FROM status_reports WHERE name = $1", name)
         return None if row is None else (bytes(row[0]), float(row[1]))
+
+    async def leader(self) -> str | None:
+        try:
+            return await self._pool.fetchval("SELECT holder FROM rmcs_leader WHERE id = 1 AND expires > now()")
+        except asyncpg.UndefinedTableError:  # no failover group: no lease
+            return None

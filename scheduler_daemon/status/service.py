@@ -98,11 +98,19 @@ class StatusService:
     def broker_connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
 
-    async def readiness(self) -> dict[str, bool]:
+    async def role(self) -> str:
+        """"leader" or "standby": the role of the daemon this service serves (its parent, or its
+        own process inline). Without failover, or with it on one host, it serves the leader."""
+        if not (self.settings.failover and self.settings.shared_state):
+            return "leader"
+        daemon = os.getpid() if self.settings.status_service == "inline" else os.getppid()
+        return "leader" if await self.store.leader() == f"{socket.gethostname()}:{daemon}" else "standby"
+
+    async def readiness(self) -> dict[str, Any]:
         views = await self.clusters()
         report = await self.store.report(CLUSTERS_REPORT)
         fresh = report is not None and time.time() - report[1] < reports_fresh_for(self.settings)
-        return {"broker": self.broker_connected, "scheduler": fresh,
+        return {"role": await self.role(), "broker": self.broker_connected, "scheduler": fresh,
                 "clusters_probed": fresh and any(v.get("last_probe") is not None for v in views),
                 "stopping": self.stopping.is_set()}
 

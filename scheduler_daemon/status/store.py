@@ -73,6 +73,11 @@ class StatusStore(abc.ABC):
     async def report(self, name: str) -> tuple[bytes, float] | None:
         """The latest report `name` and when it was written (Unix time), or None."""
 
+    async def leader(self) -> str | None:
+        """The daemon that leads now (`host:pid`), where leadership is kept with the state; None
+        where it is not (SQLite: the status service runs beside the leader only)."""
+        return None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -131,6 +131,22 @@ async def api_job(http: aiohttp.ClientSession, url: str, until: Any = lambda bod
         await asyncio.sleep(0.2)
 
 
+async def ready(http: aiohttp.ClientSession, host: Settings, until: Any = lambda body: True,
+                timeout: float = 30.0) -> dict[str, Any]:
+    """A daemon's /readyz answer once it is ready (and `until` holds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with http.get(f"http://{host.http_addr}/readyz") as resp:
+                body = await resp.json()
+                if resp.status == 200 and until(body):
+                    return body
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"{host.http_addr} not ready"
+        await asyncio.sleep(0.2)
+
+
 async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(tmp_path: Any, ray_clusters: Any,
                                                                                pg_url: str) -> None:
     """30 jobs; the leader SIGKILLed with jobs queued, dispatched and running. Each ends SUCCEEDED
@@ -152,6 +168,8 @@ async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(t
             await ev.wait_for(lambda: "RUNNING" in ev.states(long_job), 90, "the long job running")
             standby_saw = await api_job(http, f"{api_b}/{long_job}")  # the standby answers from the shared history
             assert standby_saw["state"] == "RUNNING", standby_saw
+            assert (await ready(http, hosts["b"]))["role"] == "standby"
+            assert (await ready(http, hosts["a"]))["role"] == "leader"
             await publish_many(base, [({"submission_id": j, "entrypoint": "/bin/sleep 1",
                                         "resource_requirements": {"CPU": 0.5}}, 0) for j in jobs])
             await ev.wait_for(lambda: sum("RUNNING" in ev.states(j) for j in jobs) >= 3, 90, "jobs running")
@@ -160,6 +178,7 @@ async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(t
             left = {"queued": sum(not ev.states(j) or ev.states(j) == ["ACCEPTED"] for j in jobs),
                     "running": sum(ev.states(j)[-1:] == ["RUNNING"] for j in jobs)}
             await until_epoch(pg_url, 2)
+            assert (await ready(http, hosts["b"], lambda body: body["role"] == "leader"))["ready"]
             await request_stop(base, long_job, "enough")  # as its owner (the default owner, both)
             await ev.wait_final(jobs + [long_job], timeout=240)
             assert ev.states(long_job)[-1] == "STOPPED"
