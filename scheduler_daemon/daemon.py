@@ -131,7 +131,7 @@ class Daemon:
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
         self._own(every("maintenance", MAINTENANCE_INTERVAL_S, self._maintain, self.stopping), "maintenance")
-        self._own(every("report", REPORT_INTERVAL_S, self.upkeep.report, self.stopping), "report")
+        self._own(every("report", REPORT_INTERVAL_S, self._report, self.stopping), "report")
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size,
                  status_service=self.settings.status_service)
         if self.intake.user is None:
@@ -146,7 +146,13 @@ class Daemon:
             if self.leadership is None and not await self.service_process.wait_serving(SERVICE_START_S):
                 log.warning("status service not serving yet", http_addr=self.settings.http_addr)
 
+    async def _report(self) -> None:
+        if not self.lost_leadership:  # a deposed leader writes nothing to the shared state
+            await self.upkeep.report()
+
     async def _maintain(self) -> None:
+        if self.lost_leadership:
+            return
         if self.leadership is not None:
             await self.upkeep.follow_journal()
         await self.upkeep.delete_expired_ray_jobs()

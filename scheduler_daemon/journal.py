@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS lost_attempts (
     submission_id TEXT NOT NULL,
     ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cancellations (
     submission_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -112,10 +116,13 @@ class Journal(JournalStore):
 
     async def open(self) -> None:
         await self._db.open()
+        self.intents_trusted = await self._db.run(_mark_open)
         if self._exclusive:
             self._ids = await self._db.run(_id_filter, read=True)
 
     async def close(self) -> None:
+        if self._db.is_open:  # a clean stop: committed with FULL, after (and so with) every write before it
+            await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')"))
         await self._db.close()
 
     def _saw(self, submission_id: str) -> None:
@@ -205,8 +212,11 @@ class Journal(JournalStore):
 
     async def intend(self, job: Job, cluster: str) -> None:
         self._saw(job.submission_id)
+        # Not waiting for the disk (it is on the path of every dispatch): an intent survives a killed
+        # process; after an OS crash or a power loss `intents_trusted` is False (see `_mark_open`).
         await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO intents VALUES (?,?,?,?)",
-                                              (job.submission_id, job.attempt, cluster, time.time())))
+                                              (job.submission_id, job.attempt, cluster, time.time())),
+                           durable=False)
 
     async def remember_lost(self, ray_id: str, cluster: str, submission_id: str) -> None:
         await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO lost_attempts VALUES (?,?,?,?)",
@@ -252,6 +262,25 @@ def _id_filter(db: sqlite3.Connection) -> IdFilter:
     for (sid,) in db.execute(_ALL_IDS):
         found.add(sid)
     return found
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""  # unknown: intents are trusted only after a clean stop
+
+
+def _mark_open(db: sqlite3.Connection) -> bool:
+    """Whether every intent written before this start is in the file: a new journal; the last run
+    stopped cleanly; or it was killed but the machine has not restarted since (its writes were in
+    the OS's cache). Not a journal from before intents, nor one whose machine went down under it."""
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    boot = _boot_id()
+    new = not meta and db.execute("SELECT 1 FROM tracked LIMIT 1").fetchone() is None
+    trusted = new or meta.get("clean") == "1" or (boot != "" and meta.get("boot") == boot)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?), ('clean', '0')", (boot,))
+    return trusted
 
 
 def _setup(db: sqlite3.Connection) -> None:

@@ -47,6 +47,9 @@ class JournalStore(abc.ABC):
     the leadership), every write carries the leader's epoch and a stale one is refused."""
 
     epoch: int | None = None
+    # Whether a redelivered job without an intent was surely never sent (write-ahead dispatch); if
+    # not, it is looked for on every cluster first (intents from before a crash may be lost).
+    intents_trusted: bool = True
     on_fenced: Callable[[Exception], None] = staticmethod(lambda exc: None)  # type: ignore[assignment]
 
     @abc.abstractmethod

@@ -18,6 +18,7 @@ from .book import JobBook
 from .events import EventPublisher, JobEvent
 from .intake import Intake, message_meta
 from .jobs import InvalidJob, JobState, parse_job
+from .scheduling import VERIFY_ALL
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
@@ -102,11 +103,15 @@ class Receiver:
                 # Sent to a cluster, or about to be, and not journaled (write-ahead dispatch): it is
                 # looked for there, and only there, before it may go anywhere.
                 held.verify_on = record.intent[0]
-            # Without an intent it was never sent: nothing is sent before its intent is journaled.
+            elif message.redelivered and not self.book.journal.intents_trusted:
+                # Without an intent it was never sent (nothing is sent before its intent is journaled),
+                # unless intents were lost with the machine: then it is looked for everywhere first.
+                held.verify_on = VERIFY_ALL
             self.window.add(held)
-            # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
-            # (Consumers drop the duplicate ACCEPTED of a redelivered job.)
-            self.book.send(job, JobState.ACCEPTED, None)
+            if held.verify_on != VERIFY_ALL:
+                # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in
+                # order. (Consumers drop the duplicate ACCEPTED of a redelivered job.)
+                self.book.send(job, JobState.ACCEPTED, None)
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake()

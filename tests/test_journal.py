@@ -108,3 +108,43 @@ async def test_an_intent_is_looked_up_until_the_job_is_journaled(make_journal: A
         assert await journal.lost_attempts() == [("w2~2", "c2")]
     finally:
         await journal.close()
+
+
+async def test_intents_are_trusted_after_a_clean_stop_or_a_killed_process_not_after_a_reboot(tmp_path: Path) -> None:
+    """Intents are committed without waiting for the disk: they survive a killed process (the OS
+    keeps the write), not a crash of the machine. A start after a clean stop, or after a kill on
+    the same boot, trusts them; a start on another boot after a run that did not stop does not."""
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite"
+    journal = Journal(path)
+    await journal.open()
+    assert journal.intents_trusted  # a new journal
+    await journal.record(Tracked(job("t1"), "c", "n", JobState.DISPATCHED))
+    await journal.close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM meta")  # as a journal from before intents
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    await journal.open()
+    assert not journal.intents_trusted
+    await journal.close()
+    for clean in (True, False):  # a clean stop; a kill (close never ran) on the same boot
+        journal = Journal(path)
+        await journal.open()
+        assert journal.intents_trusted
+        if clean:
+            await journal.close()
+        else:
+            await journal._db.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot'")  # killed, then the machine restarted
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    await journal.open()
+    try:
+        assert not journal.intents_trusted
+    finally:
+        await journal.close()

@@ -64,3 +64,54 @@ async def test_migrations_apply_once_and_a_second_open_changes_nothing(pg_url) -
 def test_settings_carry_the_url_without_showing_it() -> None:
     s = replace(Settings(), state_url="postgresql://rmcs:secret@db:5432/rmcs")
     assert "secret" not in repr(s)
+
+
+async def test_two_status_services_on_one_database_each_stream_every_event(tmp_path, pg_url) -> None:
+    """A failover group's services share the durable status queue (each event reaches the shared
+    store once, through one of them) and each one's live stream still hears every event."""
+    import asyncio
+    import aio_pika
+    import orjson
+
+    from scheduler_daemon.broker import declare
+    from scheduler_daemon.status.service import StatusService
+    from support import _free_port, delete_topology
+
+    s = make_settings(tmp_path, state_url=pg_url, failover=True)
+    await declare(s)
+    services = [StatusService(replace(s, http_addr=f"127.0.0.1:{_free_port()}"), ()) for _ in range(2)]
+    heard: list[list[str]] = [[], []]
+
+    async def listen(i: int) -> None:
+        async for event in services[i].hub.subscribe("job.#"):
+            heard[i].append(str(event["submission_id"]))
+
+    listeners = []
+    try:
+        for service in services:
+            await service.start()
+        listeners = [asyncio.create_task(listen(i)) for i in range(2)]
+        await asyncio.sleep(0.2)
+        jobs = [sid("live") for _ in range(20)]
+        conn = await aio_pika.connect(s.amqp_url)
+        async with conn:
+            ch = await conn.channel(publisher_confirms=True)
+            ex = await ch.get_exchange(s.events_exchange)
+            for j in jobs:
+                await ex.publish(aio_pika.Message(orjson.dumps(
+                    {"event": "job.accepted._", "state": "ACCEPTED", "submission_id": j, "attempt": 1})),
+                    routing_key="job.accepted._")
+        for _ in range(100):
+            if all(sorted(h) == sorted(jobs) for h in heard) and \
+                    sum(x.consumer.applied for x in services) >= len(jobs):
+                break
+            await asyncio.sleep(0.1)
+        assert all(sorted(h) == sorted(jobs) for h in heard), heard
+        assert all(x.consumer.applied > 0 for x in services), "the durable queue is shared"
+        assert all([await services[0].store.get(j) is not None for j in jobs])
+    finally:
+        for task in listeners:
+            task.cancel()
+        for service in services:
+            await service.stop()
+        await delete_topology(s)
