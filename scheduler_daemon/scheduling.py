@@ -205,7 +205,7 @@ class Scheduler:
                 state.ledger.forget(job.ray_submission_id)
                 held.in_flight = False
                 return
-            # Write-ahead: the intent is durable before the POST, and until the job is journaled any
+            # Write-ahead: the intent is journaled before the POST, and until the job is journaled any
             # failure (an exception too) re-checks this cluster first (`_verify`).
             await self.book.journal.intend(job, cluster)
             held.verify_on, held.verify_get = cluster, False
