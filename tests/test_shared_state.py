@@ -42,7 +42,7 @@ async def test_jobs_on_real_ray_are_journaled_and_recorded_in_postgresql(tmp_pat
         assert {r["submission_id"]: (r["state"], r["final"]) for r in rows} == {j: ("SUCCEEDED", True) for j in jobs}
         assert not (tmp_path / "state" / "daemon.db").exists()  # only scratch in state_dir
         assert {r["component"] for r in await conn.fetch("SELECT component FROM rmcs_migrations")} == \
-            {"journal", "status"}
+            {"journal", "status", "leader"}
     finally:
         await conn.close()
 
