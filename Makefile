@@ -34,6 +34,7 @@ test: install
 	$(BIN)/lint-imports --no-cache  # the layering in .importlinter
 	scripts/ensure-rabbitmq
 	scripts/ensure-chromium  # Debian's chromium, for the dashboard's browser tests
+	scripts/ensure-postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

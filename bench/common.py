@@ -48,6 +48,22 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, Python {platform.python_version()}, load {load:.1f} at start"
 
 
+@contextlib.asynccontextmanager
+async def state_url(kind: str) -> AsyncIterator[dict[str, str]]:
+    """Settings for the daemon's state: {} for SQLite (the default, under its state_dir), or
+    {"state_url": ...} for a PostgreSQL database of its own, dropped after the run."""
+    if kind == "sqlite":
+        yield {}
+        return
+    from pgkit import create_database, database_url, drop_database
+
+    name = await create_database()
+    try:
+        yield {"state_url": database_url(name)}
+    finally:
+        await drop_database(name)
+
+
 def quiet_logs(path: str | Path = "/tmp/rmcs-bench-daemon.log") -> None:
     """The daemon's logging as in production (JSON lines at info), written to a file."""
     logs.configure("info", stream=open(path, "wb"))

@@ -25,7 +25,7 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import SimFleet, bare_post, machine, pct, quiet_logs, sim_fleet
+from common import SimFleet, bare_post, machine, pct, quiet_logs, sim_fleet, state_url
 from support import AMQP_URL, make_settings, running_daemon
 
 
@@ -76,14 +76,18 @@ async def main() -> None:
     p.add_argument("--probe-process-from", type=int, default=None,
                    help="the daemon's setting (default: its own default, 200)")
     p.add_argument("--skip-bare", action="store_true", help="only the daemon")
+    p.add_argument("--state", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the daemon's journal and status history: SQLite files, or a PostgreSQL database of its own")
     a = p.parse_args()
     quiet_logs()
     print(f"machine: {machine()}")
-    async with sim_fleet(a.clusters, servers=2, cpus=64, duration=0.05, report_submissions=True) as fleet:
+    async with sim_fleet(a.clusters, servers=2, cpus=64, duration=0.05, report_submissions=True) as fleet, \
+            state_url(a.state) as where:
         if not a.skip_bare:
             print(f"bare loop (consume, POST, ack), n={a.n}: {summary(await bare(fleet, a.n))}")
         with tempfile.TemporaryDirectory() as tmp:
             extra = {} if a.probe_process_from is None else {"probe_process_from": a.probe_process_from}
+            extra.update(where)
             s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5, status_service="process",
                               **extra)  # the status service in its own process, as by default
             async with running_daemon(s, fleet.configs()):

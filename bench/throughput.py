@@ -34,7 +34,8 @@ import aio_pika
 import aiohttp
 import orjson
 
-from common import SimFleet, Cores, bare_post, broker_pid, cpu_load, machine, publish_fast, quiet_logs, sim_fleet, sustained_rate
+from common import (SimFleet, Cores, bare_post, broker_pid, cpu_load, machine, publish_fast, quiet_logs, sim_fleet,
+                    state_url, sustained_rate)
 from scheduler_daemon.broker import declare
 from scheduler_daemon.daemon import Daemon
 from scheduler_daemon.settings import ClusterConfig
@@ -93,44 +94,45 @@ async def run_bare(fleet: SimFleet, n: int, prefetch: int) -> float:
 
 
 async def run_rmcs(fleet: SimFleet, n: int, window: int, clusters: tuple[ClusterConfig, ...] | None = None,
-                   settle_s: float = 2.0, load: int | None = None) -> float:
+                   settle_s: float = 2.0, load: int | None = None, state: str = "sqlite") -> float:
     """The daemon's sustained rate; also prints where the machine's CPU went during the run."""
-    with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
-        # The status service in its own process, as the daemon runs by default.
-        s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5,
-                          status_service="process", **SETTINGS)
-        await declare(s)
-        daemon: Daemon | None = None
-        try:
-            await publish_fast(s.amqp_url, s.intake_exchange, s.intake_routing_key,
-                               bodies(n, f"rmcs-{uuid.uuid4().hex[:6]}"))
-            # The consumer waits for the first probes; give them time before the clock starts.
-            daemon = Daemon(s, clusters or fleet.configs())
-            before = await fleet.submissions()
-            t0 = time.time()
-            await daemon.start()
-            await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
-            child = daemon.prober.child.pid if daemon.prober.child is not None else None
-            status = daemon.service_process.process if daemon.service_process is not None else None
-            cores = Cores(daemon=os.getpid(), **{"probe process": child},
-                          **{"status service": status.pid if status is not None else None},
-                          fleet=fleet.proc.pid, broker=broker_pid(),
-                          **({"load": load} if load is not None else {}))
-            c0 = await fleet.submissions()
-            c1 = await wait_posts(fleet, before + n, 600)
-            print("  " + cores.line(c1 - c0))
-            # Sustained means the rest of each job's work kept up too: its events confirmed.
-            print(f"  events confirmed by the last POST: {daemon.publisher.published:,} "
-                  f"({daemon.publisher.published / max(1, c1 - before):.1f} per job); "
-                  f"{daemon.publisher.unconfirmed:,} waiting in the outbox")
-            times = [t for t in await fleet.submission_times() if t >= t0]
-            if len(times) < n:
-                print(f"  (only {len(times)} of {n} dispatched within the time limit)")
-            return sustained_rate(times)
-        finally:
-            if daemon is not None:
-                await daemon.stop()
-            await delete_topology(s)
+    async with state_url(state) as where:
+        with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
+            # The status service in its own process, as the daemon runs by default.
+            s = make_settings(Path(tmp), window_size=window, probe_interval_s=1.0, track_interval_s=0.5,
+                              status_service="process", **where, **SETTINGS)
+            await declare(s)
+            daemon: Daemon | None = None
+            try:
+                await publish_fast(s.amqp_url, s.intake_exchange, s.intake_routing_key,
+                                   bodies(n, f"rmcs-{uuid.uuid4().hex[:6]}"))
+                # The consumer waits for the first probes; give them time before the clock starts.
+                daemon = Daemon(s, clusters or fleet.configs())
+                before = await fleet.submissions()
+                t0 = time.time()
+                await daemon.start()
+                await asyncio.sleep(settle_s)  # the probe process, if any, is up by now
+                child = daemon.prober.child.pid if daemon.prober.child is not None else None
+                status = daemon.service_process.process if daemon.service_process is not None else None
+                cores = Cores(daemon=os.getpid(), **{"probe process": child},
+                              **{"status service": status.pid if status is not None else None},
+                              fleet=fleet.proc.pid, broker=broker_pid(),
+                              **({"load": load} if load is not None else {}))
+                c0 = await fleet.submissions()
+                c1 = await wait_posts(fleet, before + n, 600)
+                print("  " + cores.line(c1 - c0))
+                # Sustained means the rest of each job's work kept up too: its events confirmed.
+                print(f"  events confirmed by the last POST: {daemon.publisher.published:,} "
+                      f"({daemon.publisher.published / max(1, c1 - before):.1f} per job); "
+                      f"{daemon.publisher.unconfirmed:,} waiting in the outbox")
+                times = [t for t in await fleet.submission_times() if t >= t0]
+                if len(times) < n:
+                    print(f"  (only {len(times)} of {n} dispatched within the time limit)")
+                return sustained_rate(times)
+            finally:
+                if daemon is not None:
+                    await daemon.stop()
+                await delete_topology(s)
 
 
 def change(rate: float, against: float) -> str:
@@ -153,6 +155,8 @@ async def main() -> None:
                    help="also run the daemon on the first fleet beside a busy loop keeping SHARE of a core "
                         "busy: the CPU the 1,000 clusters' fleet and probe process add to the machine, "
                         "without the probing")
+    p.add_argument("--state", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the daemon's journal and status history: SQLite files, or a PostgreSQL database of its own")
     p.add_argument("--history", type=int, default=0,
                    help="past jobs each simulated cluster lists from the start (Ray keeps every job)")
     a = p.parse_args()
@@ -177,7 +181,7 @@ async def main() -> None:
             if not a.skip_bare:
                 bare.append(await run_bare(fleet, a.jobs, a.window))
                 print(f"[{r}] bare loop (consume, POST, ack): {bare[-1]:,.0f} jobs/s")
-            few.append(await run_rmcs(fleet, a.jobs, a.window))
+            few.append(await run_rmcs(fleet, a.jobs, a.window, state=a.state))
             print(f"[{r}] rmcs daemon, {a.clusters} clusters, queue -> POST /api/jobs/: {few[-1]:,.0f} jobs/s"
                   + (f"; ratio to the bare loop {few[-1] / bare[-1]:.2f}" if bare else ""))
             if many is not None:

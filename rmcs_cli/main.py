@@ -15,12 +15,13 @@ from .context import Ctx
 from .control import cmd_declare, cmd_events, cmd_stop
 from .output import INTERRUPTED, JOB_FAILED, OK, UNREACHABLE, USAGE, CliError, Io
 from .parser import build_parser
+from .recover import cmd_recover
 from .submit import cmd_submit
 from .views import cmd_clusters, cmd_list, cmd_logs, cmd_show
 
 COMMANDS: dict[str, Callable[[Ctx], Awaitable[int]]] = {
     "submit": cmd_submit, "list": cmd_list, "show": cmd_show, "logs": cmd_logs, "stop": cmd_stop,
-    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare}
+    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare, "recover": cmd_recover}
 
 
 async def _run(ctx: Ctx) -> int:

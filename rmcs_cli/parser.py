@@ -253,4 +253,10 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p.add_argument("--policies", choices=("print", "apply"), default=None,
                    help="print the queue-bounding policies as RabbitMQ definitions, or apply them with rabbitmqctl")
     p.add_argument("--vhost", default="/", help="the vhost of the policies (default: /)")
+    p = command("recover", "rebuild a lost journal from the clusters",
+                "Read every cluster's job list and journal each rmcs job that has not ended (its latest\n"
+                "attempt, with its owner and max_retries from Ray's job metadata), so the daemon follows it\n"
+                "to its end. Run it on the daemon's host with its settings, before the daemon starts.",
+                "  rmcs recover --clusters clusters.yaml --config rmcs.yaml")
+    p.add_argument("--clusters", default="clusters.yaml", metavar="YAML", help="the daemon's clusters file")
     return parser

@@ -24,6 +24,7 @@ class Held:
     exclude_until: dict[str, float] = field(default_factory=dict)
     # A dispatch whose outcome is unknown (timeout): the cluster to check before going elsewhere.
     verify_on: str | None = None
+    verify_get: bool = False  # look by GET (Ray answered a 500: it is done with the POST), not POST again
     in_flight: bool = False
     last_reason: str = ""     # why it waits (the last pass's explanation), or why a dispatch failed
     placed_because: str = ""  # the explanation of the placement being dispatched

@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 
 from .events import EventPublisher, JobEvent
 from .jobs import Job, JobState
-from .journal import Journal
+from .journal_base import JournalStore
 from .tracking import Tracked
 from .tasks import Work
 
@@ -22,7 +22,7 @@ RetryPublisher = Callable[[Job, int], Awaitable[None]]
 
 
 class JobBook:
-    def __init__(self, journal: Journal, publisher: EventPublisher, work: Work,
+    def __init__(self, journal: JournalStore, publisher: EventPublisher, work: Work,
                  publish_retry: RetryPublisher, on_event: Callable[[str], None] = lambda state: None,
                  on_final: Callable[[str], None] = lambda submission_id: None) -> None:
         self.journal = journal

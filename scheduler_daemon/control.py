@@ -166,10 +166,10 @@ class Control:
         known = t or await self.book.journal.get(submission_id)
         if known is not None and (refused := self._refused(submission_id, caller, known.job.owner)):
             return refused
-        if t is not None and not t.final:
-            return await stop_on_cluster(self.prober, t, reason)
-        if known is not None and not known.final:
-            return await stop_on_cluster(self.prober, known, reason)
+        running = next((r for r in (t, known) if r is not None and not r.final), None)
+        if running is not None:
+            await self.book.journal.fence()  # a deposed leader sends no stop (its epoch is refused)
+            return await stop_on_cluster(self.prober, running, reason)
         status = await self.store.get(submission_id, history=False)
         if status is not None and (refused := self._refused(submission_id, caller, status.owner)):
             return refused

@@ -25,8 +25,6 @@ from .amqp_wire import AmqpWire
 from .following import Follower
 from .health_events import HealthEvents
 from .intake import Intake
-from .journal import Journal
-from .leadership import Leadership
 from .logtails import LogKeeper
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
@@ -35,12 +33,15 @@ from .receiving import Receiver
 from .scheduling import Scheduler
 from .settings import ClusterConfig, Settings
 from .status.service import StatusService
-from .status.store import SqliteStatusStore, StatusStore
+from .state import journal_for, leadership_for
+from .status.backend import status_store
+from .status.store import StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
 from .timeouts import RunTimeouts
 from .upkeep import Upkeep
 from .waiting import WaitingStore
+from .zombies import stop_lost_attempts
 
 log = structlog.get_logger("rmcs.daemon")
 
@@ -64,8 +65,8 @@ class Daemon:
         self.work = Work(quiet=(PublishAborted,))
         self.metrics = SchedulerMetrics()
         self.window = Window(settings.window_size)
-        self.journal = Journal(f"{settings.state_dir}/daemon.db", exclusive=not settings.failover)
-        self.store: StatusStore = SqliteStatusStore(f"{settings.state_dir}/status.db")
+        self.journal = journal_for(settings)
+        self.store: StatusStore = status_store(settings)
         self.placer = Placer(settings.placement_strategy)
         self.intake = Intake(settings, self._on_message, self._closing)
         self.publisher = EventPublisher(AmqpWire(lambda: self.intake.events_exchange), self._closing)
@@ -93,7 +94,8 @@ class Daemon:
                              publisher=self.publisher, render_metrics=self._render_metrics,
                              is_held=lambda sid: self.window.get(sid) is not None, window=self.window,
                              queue_depth=lambda: self.queue_depth, clock=clock)
-        self.leadership = Leadership(settings) if settings.failover else None
+        self.leadership = leadership_for(settings)
+        self.journal.on_fenced = self._fenced
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None
         self._sender: asyncio.Task[None] | None = None
@@ -120,8 +122,11 @@ class Daemon:
             assert self.intake.connection is not None
             await self.leadership.join(self.intake.connection)
             self._own(self.leadership.run(self.stopping, self.stopping.set), "leadership")
+            if self.settings.shared_state:  # the standby's API answers from the shared history
+                await self._start_status_service()
             if not await self.leadership.acquired(self.stopping):
                 return
+            self.journal.epoch = self.leadership.epoch  # every write that matters carries it
         await self.journal.open()
         await self.waiting.open()
         await self.store.open()
@@ -132,7 +137,8 @@ class Daemon:
         await self.control.start(self.intake.connection)
         self.work.spawn(self.book.republish_unconfirmed(), "republish")
         self.work.spawn(self.upkeep.reconcile(), "reconcile")
-        await self._start_status_service()
+        if self.leadership is None or not self.settings.shared_state:
+            await self._start_status_service()
         self._own(self.prober.run(self.stopping), "prober")
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
@@ -140,7 +146,7 @@ class Daemon:
         self._own(self.log_keeper.run(self.stopping), "log-tails")
         self._own(every("run-timeouts", self.settings.track_interval_s, self.timeouts.check, self.stopping), "run-timeouts")
         self._own(every("maintenance", MAINTENANCE_INTERVAL_S, self._maintain, self.stopping), "maintenance")
-        self._own(every("report", REPORT_INTERVAL_S, self.upkeep.report, self.stopping), "report")
+        self._own(every("report", REPORT_INTERVAL_S, self._report, self.stopping), "report")
         log.info("daemon started", clusters=sorted(self.configs), window=self.settings.window_size,
                  status_service=self.settings.status_service)
         if self.intake.user is None:
@@ -155,11 +161,18 @@ class Daemon:
             if self.leadership is None and not await self.service_process.wait_serving(SERVICE_START_S):
                 log.warning("status service not serving yet", http_addr=self.settings.http_addr)
 
+    async def _report(self) -> None:
+        if not self.lost_leadership:  # a deposed leader writes nothing to the shared state
+            await self.upkeep.report()
+
     async def _maintain(self) -> None:
+        if self.lost_leadership:
+            return
         if self.leadership is not None:
             await self.upkeep.follow_journal()
         await self.upkeep.delete_expired_ray_jobs()
         await self.upkeep.prune_status_cache()
+        await stop_lost_attempts(self.journal, self.prober)
         self.queue_depth = await self.intake.queue_depth()
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:
@@ -221,6 +234,8 @@ class Daemon:
         await _step("journal", self.journal.close(), 5)
         await _step("waiting store", self.waiting.close(), 5)
         await _step("status store", self.store.close(), 5)
+        if self.leadership is not None:
+            await _step("leadership", self.leadership.close(), 5)
         self.scheduler.close()
         self.stopped.set()
         log.info("daemon stopped")
@@ -228,7 +243,15 @@ class Daemon:
     # ---- callbacks -------------------------------------------------------------------
 
     async def _on_message(self, message: Any) -> None:
+        if self.lost_leadership:
+            self.stopping.set()  # the receiver puts the message back
         await self.receiver.on_message(message)
+
+    def _fenced(self, exc: Exception) -> None:
+        """The store refused a write: another daemon leads now. Step down at once."""
+        if self.leadership is not None:
+            self.leadership.step_down(str(exc))
+        self.stopping.set()
 
     def _wake(self) -> None:
         self.scheduler.wake()

@@ -21,12 +21,15 @@ Op = Callable[[sqlite3.Connection], Any]
 
 
 class DbThread:
-    def __init__(self, path: str | Path, thread_name: str, setup: Callable[[sqlite3.Connection], None]) -> None:
+    def __init__(self, path: str | Path, thread_name: str, setup: Callable[[sqlite3.Connection], None],
+                 *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
+        self._synchronous = synchronous
         self._setup = setup
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._db: sqlite3.Connection | None = None
-        self._queued: list[tuple[Op, bool, asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Op, bool, asyncio.Future[Any], bool]] = []
+        self._sync_now = ""  # the connection's synchronous setting, as last set (on the thread)
         self._busy = False
         self.batches = 0  # trips to the thread (what group commit saves)
 
@@ -39,7 +42,11 @@ class DbThread:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
+            # FULL (the journal): a commit, and so an acknowledged dispatch, survives a power loss,
+            # not only a killed process; group commit keeps that to one sync per batch. NORMAL
+            # (the status cache, rebuilt from events): durable across a killed process.
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._sync_now = self._synchronous
             self._setup(db)
             return db
 
@@ -52,12 +59,15 @@ class DbThread:
             await asyncio.get_running_loop().run_in_executor(self._pool, db.close)
         self._pool.shutdown(wait=True)
 
-    def run(self, op: Callable[[sqlite3.Connection], T], *, read: bool = False) -> "asyncio.Future[T]":
+    def run(self, op: Callable[[sqlite3.Connection], T], *, read: bool = False,
+            durable: bool = True) -> "asyncio.Future[T]":
         """Queue `op(db)`; the future gives its result once its transaction has committed.
-        `read`: the op only reads (alone, it needs no transaction)."""
+        `read`: the op only reads (alone, it needs no transaction). `durable=False`: its commit
+        need only survive a killed process (what the daemon can learn again after a power loss,
+        e.g. from Ray), so a batch of such ops alone commits without waiting for the disk."""
         assert self._db is not None, "database not open"
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append((op, read, future))
+        self._queued.append((op, read, future, durable))
         self._next_batch()
         return future
 
@@ -67,14 +77,15 @@ class DbThread:
         batch, self._queued = self._queued, []
         self._busy = True
         self.batches += 1
-        ops = [op for op, _, _ in batch]
+        ops = [op for op, _, _, _ in batch]
         work = _read_alone if len(batch) == 1 and batch[0][1] else _transaction
-        done = asyncio.get_running_loop().run_in_executor(self._pool, work, self._db, ops)
+        sync = self._synchronous if any(d for _, read, _, d in batch if not read) else "NORMAL"
+        done = asyncio.get_running_loop().run_in_executor(self._pool, self._with_sync, work, sync, ops)
 
         def resolve(done: "asyncio.Future[list[tuple[bool, Any]]]") -> None:
             self._busy = False
             error = None if done.cancelled() else done.exception()
-            for i, (_, _, future) in enumerate(batch):
+            for i, (_, _, future, _) in enumerate(batch):
                 if future.done():
                     continue
                 if done.cancelled():
@@ -90,6 +101,16 @@ class DbThread:
             self._next_batch()
 
         done.add_done_callback(resolve)
+
+
+    def _with_sync(self, work: Callable[[sqlite3.Connection, list[Op]], list[tuple[bool, Any]]], sync: str,
+                   ops: list[Op]) -> list[tuple[bool, Any]]:
+        """On the thread: set the batch's synchronous level (between transactions), then run it."""
+        assert self._db is not None
+        if sync != self._sync_now:
+            self._db.execute(f"PRAGMA synchronous={sync}")
+            self._sync_now = sync
+        return work(self._db, ops)
 
 
 def _read_alone(db: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:

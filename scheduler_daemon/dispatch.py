@@ -17,6 +17,7 @@ from .jobs import Job, merge_runtime_env
 from .rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
 from .settings import ClusterConfig
 
+GATEWAY_ERRORS = frozenset({502, 503, 504})
 _STANDARD = {"CPU": "entrypoint_num_cpus", "GPU": "entrypoint_num_gpus", "memory": "entrypoint_memory"}
 
 
@@ -29,7 +30,9 @@ def submit_body(job: Job, cluster: ClusterConfig) -> dict[str, Any]:
             "rmcs_submission_id": job.submission_id,
             "rmcs_job_id": job.job_id,
             "rmcs_attempt": str(job.attempt),
+            # With these, `rmcs recover` rebuilds a lost journal from the clusters, owners intact.
             "rmcs_owner": job.owner or "",
+            "rmcs_max_retries": str(job.max_retries),
         },
     }
     # On a locked cluster the cluster's own runtime_env wins (lockdown.py refuses a job that tries).
@@ -53,7 +56,7 @@ class Outcome(str, enum.Enum):
     UNREACHABLE = "unreachable"    # never reached Ray: safe to go elsewhere
     AMBIGUOUS = "ambiguous"        # may have reached Ray: look there before going elsewhere
     REFUSED = "refused"            # Ray said no to this job (4xx): try other clusters
-    CLUSTER_ERROR = "cluster_error"  # Ray failed (5xx): try later or elsewhere
+    CLUSTER_ERROR = "cluster_error"  # Ray failed (500): look there by id, then try later or elsewhere
     CONFLICT = "conflict"          # a job with its id is there, and is not this job: rejected
 
 
@@ -93,5 +96,7 @@ async def dispatch(job: Job, cluster: ClusterConfig, dashboard: RayDashboard) ->
     except RayNotFound:  # "already exists", then gone: it was there; look again before going elsewhere
         return Result(Outcome.AMBIGUOUS, "the job on the cluster went away while being looked at")
     except RayRejected as exc:
+        if exc.status in GATEWAY_ERRORS:  # a proxy's answer: Ray may be creating the job still
+            return Result(Outcome.AMBIGUOUS, exc.message)
         outcome = Outcome.REFUSED if 400 <= exc.status < 500 else Outcome.CLUSTER_ERROR
         return Result(outcome, exc.message)

@@ -161,6 +161,8 @@ class Follower:
         final = new in TERMINAL and not retry
         if retry:
             message = f"{message or new.value.lower()}; retrying (attempt {job.attempt + 1} of {job.max_retries + 1})"
+        if new == JobState.LOST:  # stopped on its cluster if that comes back (zombies.py)
+            await self.book.journal.remember_lost(job.ray_submission_id, t.cluster, job.submission_id)
         t = await self.book.record(t.moved(new, final=final, at=time.time()), published=False)
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=t.cluster):
             log.info("job state", state=new.value, message=message, attempt=job.attempt)

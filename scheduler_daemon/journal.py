@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import orjson
-
 from .dbthread import DbThread
 from .jobs import Job, JobState
+from .journal_base import EMPTY as _EMPTY, JournalStore, Lookup, job_from_json, job_to_json
 from .tracking import Tracked
+
+__all__ = ["IdFilter", "Journal", "Lookup"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracked (
@@ -41,6 +41,22 @@ CREATE TABLE IF NOT EXISTS ended (
     reason TEXT NOT NULL,
     ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intents (
+    submission_id TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lost_attempts (
+    ray_id TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL,
+    submission_id TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cancellations (
     submission_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -50,30 +66,7 @@ CREATE TABLE IF NOT EXISTS cancellations (
 """
 
 
-@dataclass(frozen=True)
-class Lookup:
-    """All the journal knows of one submission id: its dispatch record, its end before
-    dispatch (state, reason), and a stop recorded before it arrived."""
-
-    tracked: Tracked | None
-    ended: tuple[str, str] | None
-    cancellation: tuple[str, str | None] | None  # (reason, requester)
-
-
-def job_to_json(job: Job) -> str:
-    data = asdict(job)
-    data["body"] = job.body.decode("utf-8", errors="replace")
-    data["cluster_tags"] = sorted(job.cluster_tags)
-    return orjson.dumps(data).decode()
-
-
-def job_from_json(text: str) -> Job:
-    data: dict[str, Any] = orjson.loads(text)
-    data["body"] = data["body"].encode()
-    data["cluster_tags"] = frozenset(data["cluster_tags"])
-    data["tags"] = tuple(data["tags"])
-    data["depends_on"] = tuple(data.get("depends_on", ()))
-    return Job(**data)
+_job_to_json, _job_from_json = job_to_json, job_from_json
 
 
 class IdFilter:
@@ -103,12 +96,11 @@ class IdFilter:
         return all(self._bits[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(item))
 
 
-_EMPTY = Lookup(None, None, None)
 _ALL_IDS = ("SELECT submission_id FROM tracked UNION SELECT submission_id FROM ended"
-            " UNION SELECT submission_id FROM cancellations")
+            " UNION SELECT submission_id FROM cancellations UNION SELECT submission_id FROM intents")
 
 
-class Journal:
+class Journal(JournalStore):
     """`exclusive`: this process is the journal's only writer, so it may keep a filter of the
     ids in it (not with a failover pair, whose other daemon writes to the same file)."""
 
@@ -124,10 +116,13 @@ class Journal:
 
     async def open(self) -> None:
         await self._db.open()
+        self.intents_trusted = await self._db.run(_mark_open)
         if self._exclusive:
             self._ids = await self._db.run(_id_filter, read=True)
 
     async def close(self) -> None:
+        if self._db.is_open:  # a clean stop: committed with FULL, after (and so with) every write before it
+            await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')"))
         await self._db.close()
 
     def _saw(self, submission_id: str) -> None:
@@ -162,8 +157,12 @@ class Journal:
                 (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
                  int(t.published), int(t.final), int(t.seen_running), job_json, time.time(), t.running_since),
             )
+            db.execute("DELETE FROM intents WHERE submission_id = ? AND attempt <= ?",
+                       (t.job.submission_id, t.job.attempt))
 
-        await self._db.run(_write)
+        # Durable (synchronous=FULL) where a message is acknowledged on it: the dispatch's record.
+        # Later records (states Ray tells again, confirms) need only survive a killed process.
+        await self._db.run(_write, durable=t.state == JobState.DISPATCHED and not t.published)
 
     async def get(self, submission_id: str) -> Tracked | None:
         def _read(db: sqlite3.Connection) -> Tracked | None:
@@ -183,8 +182,10 @@ class Journal:
             ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
             cancel = db.execute("SELECT reason, requester FROM cancellations WHERE submission_id = ?",
                                 (submission_id,)).fetchone()
+            intent = db.execute("SELECT cluster, attempt FROM intents WHERE submission_id = ?",
+                                (submission_id,)).fetchone()
             return Lookup(_row(row) if row else None, (ended[0], ended[1]) if ended else None,
-                          (cancel[0], cancel[1]) if cancel else None)
+                          (cancel[0], cancel[1]) if cancel else None, (intent[0], intent[1]) if intent else None)
 
         return await self._db.run(_read, read=True)
 
@@ -211,6 +212,26 @@ class Journal:
         await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO ended VALUES (?,?,?,?)",
                                               (submission_id, state, reason, time.time())))
 
+    async def intend(self, job: Job, cluster: str) -> None:
+        self._saw(job.submission_id)
+        # Not waiting for the disk (it is on the path of every dispatch): an intent survives a killed
+        # process; after an OS crash or a power loss `intents_trusted` is False (see `_mark_open`).
+        await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO intents VALUES (?,?,?,?)",
+                                              (job.submission_id, job.attempt, cluster, time.time())),
+                           durable=False)
+
+    async def remember_lost(self, ray_id: str, cluster: str, submission_id: str) -> None:
+        await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO lost_attempts VALUES (?,?,?,?)",
+                                              (ray_id, cluster, submission_id, time.time())))
+
+    async def lost_attempts(self) -> list[tuple[str, str]]:
+        return await self._db.run(lambda db: [(r[0], r[1]) for r in db.execute(
+            "SELECT ray_id, cluster FROM lost_attempts ORDER BY ts")], read=True)
+
+    async def forget_lost(self, ray_id: str) -> None:
+        await self._db.run(lambda db: db.execute("DELETE FROM lost_attempts WHERE ray_id = ?", (ray_id,)),
+                           durable=False)
+
     async def prune(self, before: float) -> int:
         """Forget jobs that ended, and whose end was published, before `before` (unix time),
         and cancellations recorded before it."""
@@ -218,9 +239,11 @@ class Journal:
             cur = db.execute("DELETE FROM tracked WHERE final = 1 AND published = 1 AND updated < ?", (before,))
             db.execute("DELETE FROM cancellations WHERE ts < ?", (before,))
             db.execute("DELETE FROM ended WHERE ts < ?", (before,))
+            db.execute("DELETE FROM intents WHERE ts < ?", (before,))
+            db.execute("DELETE FROM lost_attempts WHERE ts < ?", (before,))
             return cur.rowcount
 
-        removed = await self._db.run(_delete)
+        removed = await self._db.run(_delete, durable=False)
         if self._ids is not None and self._ids.count > self._ids.capacity:
             # Past its capacity the filter answers "maybe" more often: rebuilt for what is left,
             # with room to grow. (Pruned ids left in it cost nothing but a look-up if they come back.)
@@ -241,6 +264,25 @@ def _id_filter(db: sqlite3.Connection) -> IdFilter:
     for (sid,) in db.execute(_ALL_IDS):
         found.add(sid)
     return found
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""  # unknown: intents are trusted only after a clean stop
+
+
+def _mark_open(db: sqlite3.Connection) -> bool:
+    """Whether every intent written before this start is in the file: a new journal; the last run
+    stopped cleanly; or it was killed but the machine has not restarted since (its writes were in
+    the OS's cache). Not a journal from before intents, nor one whose machine went down under it."""
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    boot = _boot_id()
+    new = not meta and db.execute("SELECT 1 FROM tracked LIMIT 1").fetchone() is None
+    trusted = new or meta.get("clean") == "1" or (boot != "" and meta.get("boot") == boot)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?), ('clean', '0')", (boot,))
+    return trusted
 
 
 def _setup(db: sqlite3.Connection) -> None:

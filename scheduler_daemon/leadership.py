@@ -42,6 +42,7 @@ class Leadership:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.leading = asyncio.Event()
         self.lost = False
+        self.epoch: int | None = None  # no fencing on one host (the journal is a local file)
         self._last_tick = 0.0
         self._ticked = asyncio.Event()
         self._channel: AbstractRobustChannel | None = None
@@ -59,6 +60,13 @@ class Leadership:
         })
         await queue.consume(self._on_tick, no_ack=True)
         log.info("standing by for leadership", instance=self.name, queue=leader_queue(self.settings))
+
+    def step_down(self, why: str) -> None:
+        log.error("leadership lost; stepping down", instance=self.name, why=why)
+        self.lost = True
+
+    async def close(self) -> None:
+        pass
 
     async def _on_tick(self, message: AbstractIncomingMessage) -> None:
         self._last_tick = self.clock()

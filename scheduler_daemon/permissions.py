@@ -74,10 +74,11 @@ def roles(s: Settings) -> dict[str, Role]:
     exchanges = (s.intake_exchange, s.dead_letter_exchange, s.events_exchange)
     return {
         "daemon": Role(
-            # The reply queues and control.stop: its status service asks it to stop jobs.
-            configure=_any(*exchanges, *queues, reply_queues(s)),
-            write=_any(*exchanges, *queues, DEFAULT_EXCHANGE, reply_queues(s)),
-            read=_any(*exchanges, *queues, reply_queues(s)),
+            # The reply queues and control.stop: its status service asks it to stop jobs. Server-named:
+            # each status service's live stream in a failover group on shared state.
+            configure=_any(*exchanges, *queues, reply_queues(s), SERVER_NAMED),
+            write=_any(*exchanges, *queues, DEFAULT_EXCHANGE, reply_queues(s), SERVER_NAMED),
+            read=_any(*exchanges, *queues, reply_queues(s), SERVER_NAMED),
             topic_write=r"^(job\..+|cluster\..+|control\.stop|control\.stop\.answer)$",
             topic_read=r"^(job\.#|cluster\.#|control\.stop)$",
             description="the scheduler daemon: declares the topology, consumes the intake, publishes events",

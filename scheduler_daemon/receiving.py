@@ -107,13 +107,18 @@ class Receiver:
             if await self.dependents.take(job, message, released=released):
                 return  # it waits for its dependencies, outside the window (or ended)
             held = Held(job, message, self.clock())
-            if decision.verify_everywhere:
-                # It may already be on a cluster (crash between dispatch and journal):
-                # look everywhere before dispatching again.
+            if record.intent is not None and record.intent[1] == job.attempt:
+                # Sent to a cluster, or about to be, and not journaled (write-ahead dispatch): it is
+                # looked for there, and only there, before it may go anywhere.
+                held.verify_on = record.intent[0]
+            elif message.redelivered and not self.book.journal.intents_trusted:
+                # Without an intent it was never sent (nothing is sent before its intent is journaled),
+                # unless intents were lost with the machine: then it is looked for everywhere first.
                 held.verify_on = VERIFY_ALL
             self.window.add(held)
-            if held.verify_on is None and not released:  # a released job was ACCEPTED before it waited
-                # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in order.
+            if held.verify_on != VERIFY_ALL and not released:  # a released job was ACCEPTED before it waited
+                # Sent without waiting: the job is placed meanwhile; the outbox keeps its events in
+                # order. (Consumers drop the duplicate ACCEPTED of a redelivered job.)
                 self.book.send(job, JobState.ACCEPTED, None)
             log.info("job accepted", priority=job.priority, resources=dict(job.resources),
                      attempt=job.attempt, redelivered=message.redelivered)

@@ -186,9 +186,14 @@ class Scheduler:
         return bool(fitting) and all(held.exclude_until.get(c.name) == math.inf for c in fitting)
 
     def _put_back(self, held: Held, cluster: str, outcome: Outcome) -> None:
-        if outcome == Outcome.AMBIGUOUS:
+        """After a failed POST. Any answer that may come after Ray created the job (a timeout, a
+        reset, any 5xx: a gateway's 502/504 too) re-checks that cluster before anywhere else."""
+        if outcome in (Outcome.AMBIGUOUS, Outcome.CLUSTER_ERROR):
             held.verify_on = cluster
-        elif outcome == Outcome.REFUSED:
+            held.verify_get = outcome == Outcome.CLUSTER_ERROR
+            return
+        held.verify_on = None
+        if outcome == Outcome.REFUSED:
             held.exclude_until[cluster] = math.inf
         else:
             held.exclude_until[cluster] = self.clock() + TRANSIENT_EXCLUDE_S
@@ -202,6 +207,10 @@ class Scheduler:
                 state.ledger.forget(job.ray_submission_id)
                 held.in_flight = False
                 return
+            # Write-ahead: the intent is journaled before the POST, and until the job is journaled any
+            # failure (an exception too) re-checks this cluster first (`_verify`).
+            await self.book.journal.intend(job, cluster)
+            held.verify_on, held.verify_get = cluster, False
             result = await dispatch(job, state.config, state.dashboard)
             self._observe_dispatch(time.perf_counter() - t0)
             if result.outcome == Outcome.DISPATCHED:
@@ -245,6 +254,12 @@ class Scheduler:
     async def _verify(self, held: Held) -> None:
         """Before (re)dispatching a job that may already be on a cluster, look for it."""
         job = held.job
+        if held.verify_on != VERIFY_ALL and held.verify_on not in self.prober.clusters:
+            log.warning("the cluster to look on is no longer configured", cluster=held.verify_on)
+            held.verify_on = None
+            held.in_flight = False
+            self.wake()
+            return
         scope = list(self.configs) if held.verify_on == VERIFY_ALL else [held.verify_on]
         unsure: list[str] = []
         for name in scope:
@@ -253,28 +268,23 @@ class Scheduler:
                 if not self._may_send(held):
                     held.in_flight = False
                     return
-                # After an ambiguous POST, a GET could answer 404 while Ray still creates the job:
-                # send the same submission again instead; "already exists" means it is there.
-                result = await dispatch(job, state.config, state.dashboard)
-                if result.outcome == Outcome.DISPATCHED:
-                    await self._dispatched(held, name, self._some_node(state), JobState.DISPATCHED)
+                try:
+                    found_state, unsure_why = await self._recheck(held, state)
+                except _Conflict as exc:
+                    await self._conflict(held, f"{name}: {exc}")
                     return
-                if result.outcome == Outcome.CONFLICT:
-                    await self._conflict(held, result.detail)
+                if found_state is not None:
+                    await self._dispatched(held, name, self._some_node(state), found_state)
                     return
-                if result.outcome in (Outcome.AMBIGUOUS, Outcome.UNREACHABLE) and not self._gone(state):
-                    unsure.append(f"{name}: {result.detail}")
-                else:
-                    self._put_back(held, name, result.outcome if result.outcome == Outcome.REFUSED
-                                   else Outcome.UNREACHABLE)
+                if unsure_why is not None:
+                    unsure.append(f"{name}: {unsure_why}")
                 continue
             try:
                 info = await state.dashboard.job(job.ray_submission_id)
             except RayNotFound:
                 continue
             except RayError as exc:
-                if not self._gone(state):
-                    unsure.append(f"{name}: {exc}")
+                unsure.append(f"{name}: {exc}")  # a cluster down is never taken for "not there"
                 continue
             conflict = not_ours(info, job)
             if conflict is not None:
@@ -305,6 +315,43 @@ class Scheduler:
         held.in_flight = False
         await self.finish_held(held, JobState.REJECTED, f"conflict: {detail}")
 
+    async def _recheck(self, held: Held, state: ClusterState) -> tuple[JobState | None, str | None]:
+        """Look for a job on the one cluster it may have reached: (its state there, None) when it
+        is there; (None, why) when that cannot be told yet; (None, None) when it is not there.
+        After a timeout, a GET could answer 404 while Ray still creates the job, so the same
+        submission goes again ("already exists" means it is there); after Ray's own 500, a GET."""
+        name = state.config.name
+        if held.verify_get:
+            try:
+                info = await state.dashboard.job(held.job.ray_submission_id)
+                conflict = not_ours(info, held.job)
+                if conflict is not None:
+                    raise _Conflict(conflict)
+                return RAY_STATES.get(str(info.get("status")), JobState.DISPATCHED), None
+            except RayNotFound:
+                self._put_back(held, name, Outcome.UNREACHABLE)
+                return None, None
+            except RayError as exc:
+                detail = str(exc)
+        else:
+            result = await dispatch(held.job, state.config, state.dashboard)
+            if result.outcome == Outcome.DISPATCHED:
+                return JobState.DISPATCHED, None
+            if result.outcome == Outcome.CONFLICT:
+                raise _Conflict(result.detail)
+            if result.outcome == Outcome.REFUSED:
+                self._put_back(held, name, result.outcome)  # Ray answered: the job is not there
+                return None, None
+            detail = result.detail
+        if self._gone(state):
+            # Down for lost_after_s, and the job may be on it: followed there, it is declared LOST
+            # and retried, and this attempt is stopped there when the cluster comes back.
+            return JobState.DISPATCHED, None
+        return None, detail  # nothing settles it: the job waits, and goes nowhere else meanwhile
+
     def _gone(self, state: ClusterState) -> bool:
         return gone(state, self.settings.lost_after_s)
 
+
+class _Conflict(Exception):
+    """A job with this job's id is on the cluster, and it is not this job (dispatch.not_ours)."""

@@ -62,6 +62,8 @@ class Settings:
     # a job asking for more is rejected at intake. Empty: only the absurd-value bound applies.
     max_job_resources: Mapping[str, float] = field(default_factory=dict)
     state_dir: str = "var/rmcs"
+    # Journal and status history: "sqlite:" (files under state_dir, one host) or postgresql://...
+    state_url: str = field(default="sqlite:", repr=False)  # may hold a password
     journal_retention_s: float = 7 * 86400.0
     max_waiting_jobs: int = 100_000  # jobs stored waiting for dependencies (depends_on); more are rejected
     log_tail_bytes: int = 65_536  # the end of each job's logs kept when it ends (0: none), docs/scheduling.md
@@ -116,6 +118,7 @@ class Settings:
         _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
         _check(urlsplit(self.amqp_url).scheme in ("amqp", "amqps"), "amqp_url", "must be an amqp:// or amqps:// URL")
+        _check(self.state_url == "sqlite:" or self.shared_state, "state_url", "must be sqlite: or postgresql://...")
         for name in ("amqp_ca_file", "amqp_cert_file", "amqp_key_file"):
             path = getattr(self, name)
             _check(not path or urlsplit(self.amqp_url).scheme == "amqps", name, "needs an amqps:// amqp_url")
@@ -150,6 +153,10 @@ class Settings:
         _check(all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in self.admins), "admins",
                "must be a list of user names")
         return self
+
+    @property
+    def shared_state(self) -> bool:
+        return self.state_url.startswith(("postgresql://", "postgres://"))
 
     def amqp_connect_kwargs(self) -> dict[str, Any]:
         """TLS keyword arguments for aio_pika.connect / connect_robust: the one way the daemon,

@@ -173,7 +173,7 @@ class FakeCluster:
         self.latency_s = latency_s  # every answer waits this long (wall seconds)
         self.status_latency_s = status_latency_s  # and /api/cluster_status this much more
         # Faults for the next job submissions, one popped per POST /api/jobs/:
-        # "no_agent" (500, job not created), "refuse" (400), "hang_after_create".
+        # "no_agent" (500, job not created), "refuse" (400), "hang_after_create", "created_then_504".
         self.submit_faults: list[str] = []
         self.log_bytes = 0  # > 0: every started job's logs are this many bytes (big_log_body)
         self.garbage_body = b"<html><body>502 Bad Gateway</body></html>"
@@ -449,6 +449,8 @@ class FakeCluster:
         self._note_demand()
         if fault == "hang_after_create":  # the job exists, but the answer never comes
             return HANG, None
+        if fault == "created_then_504":  # a gateway gave up waiting, after Ray created the job
+            return 504, "<html><body><h1>504 Gateway Time-out</h1></body></html>"
         return 200, {"job_id": sid, "submission_id": sid}
 
     def job_info(self, job: FakeJob, now: float) -> dict[str, Any]:

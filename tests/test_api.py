@@ -247,7 +247,8 @@ async def test_health_readiness_clusters_and_document(env: Env) -> None:
     api = env.api
     assert await api.get("/healthz") == {"status": "ok"}
     ready = await api.get("/readyz")
-    assert ready == {"ready": True, "broker": True, "scheduler": True, "clusters_probed": True, "stopping": False}
+    assert ready == {"ready": True, "role": "leader", "broker": True, "scheduler": True, "clusters_probed": True,
+                     "stopping": False}
     clusters = {c["name"]: c for c in (await api.get("/api/v1/clusters"))["clusters"]}
     assert set(clusters) == {"big", "solo"}
     assert clusters["solo"]["total"]["CPU"] == 1 and clusters["solo"]["tags"] == ["solo"]

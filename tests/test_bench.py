@@ -6,6 +6,7 @@ tests of this session already run on the same pinned ports."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,15 @@ def test_the_benchmark_runs_and_prints_its_figures(name: str, tmp_path: Path) ->
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     for text in expected:
         assert text in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize("name", ["throughput", "latency_fake"])
+def test_the_benchmark_runs_with_the_state_in_postgresql(name: str) -> None:
+    """The shared-state comparison (bench/shared_state.py) runs these with `--state postgresql`."""
+    args = {"throughput": ["--jobs", "200", "--clusters", "4", "--skip-bare"],
+            "latency_fake": ["--n", "20", "--clusters", "4", "--skip-bare"]}[name]
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--state", "postgresql"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "p99" in run.stdout or "jobs/s" in run.stdout, run.stdout[-3000:]

@@ -82,6 +82,15 @@ async def watch_events(ch: Any, user: str) -> None:
     await queue.consume(lambda m: None)
 
 
+async def stream_events_live(ch: Any, user: str) -> None:
+    """What each status service of a failover group on shared state does for its live stream."""
+    queue = await ch.declare_queue(exclusive=True, auto_delete=True)
+    ex = await ch.get_exchange(S.events_exchange, ensure=False)
+    for key in ("job.#", "cluster.#"):
+        await queue.bind(ex, key)
+    await queue.consume(lambda m: None)
+
+
 async def consume_intake(ch: Any, user: str) -> None:
     queue = await ch.get_queue(S.intake_queue, ensure=False)
     await queue.consume(lambda m: None)
@@ -171,7 +180,8 @@ MATRIX: dict[str, tuple[list[Action], list[Action]]] = {
     "daemon": (
         [declare_all, consume_intake, consume_status_queue, consume_dead_letters, publish_event("job.succeeded.cpu"),
          publish_event("cluster.up.cpu"), publish_event("control.stop.answer"), answer_on_default_exchange,
-         line_up_for_leadership, publish_event("control.stop")],  # its status service asks for stops
+         line_up_for_leadership, publish_event("control.stop"),  # its status service asks for stops
+         stream_events_live],
         [declare_named_queue, publish_event("anything.else")],
     ),
 }

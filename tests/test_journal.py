@@ -6,13 +6,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from builders import job
+from pgkit import pg_url  # noqa: F401  (fixture)
 from scheduler_daemon.jobs import Job, JobState
 from scheduler_daemon.journal import Journal, Lookup, Tracked
+from scheduler_daemon.pgjournal import PgJournal
 
 
-async def test_journal_round_trip(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "state" / "journal.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_journal(request: Any, tmp_path: Path) -> Any:
+    """Each test runs on both journals: SQLite (one host) and PostgreSQL (shared)."""
+    if request.param == "sqlite":
+        return lambda: Journal(tmp_path / "state" / "journal.sqlite")
+    url = request.getfixturevalue("pg_url")
+    return lambda: PgJournal(url)
+
+
+async def test_journal_round_trip(make_journal: Any) -> None:
+    journal = make_journal()
     await journal.open()
     try:
         full = Job(submission_id="s1", job_id="j1", entrypoint="python /opt/x.py", runtime_env={"pip": ["a"]},
@@ -52,7 +65,7 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         await journal.close()
 
     # Survives a restart.
-    again = Journal(tmp_path / "state" / "journal.sqlite")
+    again = make_journal()
     await again.open()
     try:
         assert await again.get("s1") == t1b
@@ -60,10 +73,10 @@ async def test_journal_round_trip(tmp_path: Path) -> None:
         await again.close()
 
 
-async def test_journal_never_writes_over_a_later_attempt(tmp_path: Any) -> None:
+async def test_journal_never_writes_over_a_later_attempt(make_journal: Any) -> None:
     """Closing attempt 1 (final, published) can finish after attempt 2 was dispatched:
     the journal keeps attempt 2's record."""
-    journal = Journal(tmp_path / "journal.sqlite")
+    journal = make_journal()
     await journal.open()
     try:
         first = job("r1")
@@ -73,5 +86,65 @@ async def test_journal_never_writes_over_a_later_attempt(tmp_path: Any) -> None:
         kept = await journal.get("r1")
         assert kept is not None and kept.job.attempt == 2 and kept.cluster == "spare"
         assert [t.job.attempt for t in await journal.open_jobs()] == [2]
+    finally:
+        await journal.close()
+
+
+async def test_an_intent_is_looked_up_until_the_job_is_journaled(make_journal: Any) -> None:
+    """Write-ahead dispatch: the intent names the cluster until the job's record replaces it;
+    a LOST attempt is kept until it has been stopped on its cluster."""
+    journal = make_journal()
+    await journal.open()
+    try:
+        j = job("w1")
+        await journal.intend(j, "c1")
+        assert (await journal.lookup("w1")).intent == ("c1", 1)
+        await journal.record(Tracked(j, "c1", "n", JobState.DISPATCHED))
+        assert (await journal.lookup("w1")).intent is None
+        await journal.remember_lost("w1", "c1", "w1")
+        await journal.remember_lost("w2~2", "c2", "w2")
+        assert await journal.lost_attempts() == [("w1", "c1"), ("w2~2", "c2")]
+        await journal.forget_lost("w1")
+        assert await journal.lost_attempts() == [("w2~2", "c2")]
+    finally:
+        await journal.close()
+
+
+async def test_intents_are_trusted_after_a_clean_stop_or_a_killed_process_not_after_a_reboot(tmp_path: Path) -> None:
+    """Intents are committed without waiting for the disk: they survive a killed process (the OS
+    keeps the write), not a crash of the machine. A start after a clean stop, or after a kill on
+    the same boot, trusts them; a start on another boot after a run that did not stop does not."""
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite"
+    journal = Journal(path)
+    await journal.open()
+    assert journal.intents_trusted  # a new journal
+    await journal.record(Tracked(job("t1"), "c", "n", JobState.DISPATCHED))
+    await journal.close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM meta")  # as a journal from before intents
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    await journal.open()
+    assert not journal.intents_trusted
+    await journal.close()
+    for clean in (True, False):  # a clean stop; a kill (close never ran) on the same boot
+        journal = Journal(path)
+        await journal.open()
+        assert journal.intents_trusted
+        if clean:
+            await journal.close()
+        else:
+            await journal._db.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot'")  # killed, then the machine restarted
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    await journal.open()
+    try:
+        assert not journal.intents_trusted
     finally:
         await journal.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pgkit import create_database, database_url, drop_database
+from scheduler_daemon.status.pgstore import PgStatusStore
 from scheduler_daemon.status.store import BadQuery, ListQuery, SqliteStatusStore, decode_cursor, encode_cursor
 
 
@@ -14,12 +16,20 @@ def ev(sid: str, state: str, attempt: int = 1, cluster: str | None = "c1", ts: s
             "final": final, "tags": tags or [], "metadata": {}, "priority": 0, "resource_requirements": {"CPU": 1}}
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = SqliteStatusStore(tmp_path / "status.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path):
+    """Each test runs on both stores: SQLite (one host) and PostgreSQL (shared)."""
+    db = None
+    if request.param == "sqlite":
+        s = SqliteStatusStore(tmp_path / "status.db")
+    else:
+        db = await create_database()
+        s = PgStatusStore(database_url(db))
     await s.open()
     yield s
     await s.close()
+    if db is not None:
+        await drop_database(db)
 
 
 async def test_duplicates_and_out_of_order_never_move_backwards(store):

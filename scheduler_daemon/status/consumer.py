@@ -27,6 +27,7 @@ class StatusConsumer:
         self.store = store
         self.hub = hub
         self.applied = 0
+        self._live_apart = False
 
     async def start(self, connection: AbstractRobustConnection) -> None:
         s = self.settings
@@ -37,6 +38,15 @@ class StatusConsumer:
         for key in (JOB_EVENTS, CLUSTER_EVENTS):
             await status.bind(events, key)
         await status.consume(self._on_event)
+        if s.failover and s.shared_state:
+            # The daemons of a group share the durable queue, so each event reaches the shared
+            # store through one of their services. Each service's live stream hears every event
+            # on a queue of its own (server-named, gone with its connection).
+            live = await channel.declare_queue(exclusive=True, auto_delete=True)
+            for key in (JOB_EVENTS, CLUSTER_EVENTS):
+                await live.bind(events, key)
+            await live.consume(self._on_live, no_ack=True)
+            self._live_apart = True
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -63,5 +73,14 @@ class StatusConsumer:
             log.warning("malformed event dropped", error=str(exc), routing_key=key)
             await message.ack()
             return
-        self.hub.publish(event)
+        if not self._live_apart:
+            self.hub.publish(event)
         await message.ack()
+
+    async def _on_live(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = orjson.loads(message.body)
+        except ValueError:
+            return
+        if isinstance(event, dict):
+            self.hub.publish(event)

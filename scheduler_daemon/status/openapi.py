@@ -42,6 +42,8 @@ SCHEMAS: dict[str, Any] = {
     "Health": _object({"status": {"const": "ok"}}),
     "Readiness": _object({
         "ready": {"type": "boolean"},
+        "role": {"type": "string", "enum": ["leader", "standby"],
+                 "description": "the daemon's role in a failover group (without failover: leader)"},
         "broker": {"type": "boolean", "description": "connected to RabbitMQ"},
         "scheduler": {"type": "boolean", "description": "the scheduler has reported its clusters lately"},
         "clusters_probed": {"type": "boolean", "description": "at least one cluster has answered a probe"},

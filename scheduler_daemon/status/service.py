@@ -33,8 +33,9 @@ from .api import HttpServer, LogsUnavailable, StopTimeout
 from .consumer import StatusConsumer
 from .dashboard import Dashboard
 from .hub import EventHub
+from .backend import status_store
 from .logtail import log_tail
-from .store import CLUSTERS_REPORT, METRICS_REPORT, SqliteStatusStore, StatusStore
+from .store import CLUSTERS_REPORT, METRICS_REPORT, StatusStore
 
 log = structlog.get_logger("rmcs.status")
 
@@ -53,7 +54,7 @@ class StatusService:
         self.tokens = load_api_tokens(settings.api_tokens_file)
         self.configs = {c.name: c for c in clusters}
         self.stopping = asyncio.Event()
-        self.store: StatusStore = SqliteStatusStore(f"{settings.state_dir}/status.db")
+        self.store: StatusStore = status_store(settings)
         self.hub = EventHub()
         self.consumer = StatusConsumer(settings, self.store, self.hub)
         self.http = HttpServer(self)
@@ -102,11 +103,19 @@ class StatusService:
     def broker_connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
 
-    async def readiness(self) -> dict[str, bool]:
+    async def role(self) -> str:
+        """"leader" or "standby": the role of the daemon this service serves (its parent, or its
+        own process inline). Without failover, or with it on one host, it serves the leader."""
+        if not (self.settings.failover and self.settings.shared_state):
+            return "leader"
+        daemon = os.getpid() if self.settings.status_service == "inline" else os.getppid()
+        return "leader" if await self.store.leader() == f"{socket.gethostname()}:{daemon}" else "standby"
+
+    async def readiness(self) -> dict[str, Any]:
         views = await self.clusters()
         report = await self.store.report(CLUSTERS_REPORT)
         fresh = report is not None and time.time() - report[1] < reports_fresh_for(self.settings)
-        return {"broker": self.broker_connected, "scheduler": fresh,
+        return {"role": await self.role(), "broker": self.broker_connected, "scheduler": fresh,
                 "clusters_probed": fresh and any(v.get("last_probe") is not None for v in views),
                 "stopping": self.stopping.is_set()}
 

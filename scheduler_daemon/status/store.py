@@ -30,7 +30,6 @@ CLUSTERS_REPORT = "clusters"
 METRICS_REPORT = "metrics"
 SCHEDULER_REPORT = "scheduler"
 
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -100,7 +99,7 @@ CREATE TABLE IF NOT EXISTS reports (
 class SqliteStatusStore(StatusStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = DbThread(path, "rmcs-status", _setup)
+        self._db = DbThread(path, "rmcs-status", _setup, synchronous="NORMAL")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, read: bool = False) -> T:
         assert self._db.is_open, "store not open"

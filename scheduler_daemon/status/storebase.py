@@ -82,3 +82,8 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     async def prune_log_tails(self, before: float) -> int:
         """Forget the tails kept before `before` (Unix time); how many."""
+
+    async def leader(self) -> str | None:
+        """The daemon that leads now (`host:pid`), where leadership is kept with the state; None
+        where it is not (SQLite: the status service runs beside the leader only)."""
+        return None

@@ -1,0 +1,174 @@
+"""PostgreSQL for the shared state (`state_url: postgresql://...`): the pool, the migrations,
+group commit, and the fence every write that matters goes through.
+
+Migrations are numbered steps per component (`journal`, `status`), recorded in
+`rmcs_migrations`; a daemon applies the ones missing under an advisory lock, so two daemons
+starting together apply each step once.
+
+Writes queued while a transaction is in flight go together into the next one (as `dbthread`
+does for SQLite): a burst costs one commit. If one fails, each runs again on its own, so the
+failure is its caller's alone. A fenced write (`epoch` given) first reads the leader row with
+FOR SHARE: a takeover (which updates that row) waits for the transaction, and a write from a
+leader whose epoch has passed raises `Fenced` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import asyncpg
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS rmcs_migrations (
+    component TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    applied TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (component, version)
+)"""
+_LOCK_KEY = 0x726D6373  # "rmcs"
+
+LEADER_TABLE = """
+CREATE TABLE IF NOT EXISTS rmcs_leader (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch BIGINT NOT NULL,
+    holder TEXT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL
+);
+INSERT INTO rmcs_leader VALUES (1, 0, '', now()) ON CONFLICT (id) DO NOTHING"""
+
+
+class Fenced(Exception):
+    """A write from a leader whose epoch has passed: another daemon leads now."""
+
+    def __init__(self, epoch: int, current: int) -> None:
+        super().__init__(f"epoch {epoch} is fenced off: the leader's epoch is now {current}")
+        self.epoch = epoch
+        self.current = current
+
+
+async def connect(dsn: str, *, max_size: int = 8, idle_in_transaction_s: float = 5.0) -> asyncpg.Pool:
+    """A pool whose sessions the server ends when one sits in a transaction for
+    `idle_in_transaction_s`: a daemon frozen (SIGSTOP) in the middle of a fenced write then
+    releases the leader row, and the takeover does not wait for it to thaw."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30, server_settings={
+        "idle_in_transaction_session_timeout": str(max(100, int(idle_in_transaction_s * 1000)))})
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, component: str, steps: Sequence[str]) -> int:
+    """Apply the steps of `component` not applied yet, in order; returns how many ran."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(MIGRATIONS_TABLE)
+        done = {r["version"] for r in await conn.fetch(
+            "SELECT version FROM rmcs_migrations WHERE component = $1", component)}
+        ran = 0
+        for version, sql in enumerate(steps, start=1):
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO rmcs_migrations (component, version) VALUES ($1, $2)",
+                               component, version)
+            ran += 1
+        return ran
+
+
+@dataclass(frozen=True)
+class Stmt:
+    sql: str
+    args: tuple[Any, ...] = ()
+    many: bool = False  # args is a list of argument tuples
+
+
+async def check_epoch(conn: asyncpg.Connection, epoch: int | None) -> None:
+    if epoch is None:
+        return
+    current = await conn.fetchval("SELECT epoch FROM rmcs_leader WHERE id = 1 FOR SHARE")
+    if current != epoch:
+        raise Fenced(epoch, int(current or 0))
+
+
+class GroupCommit:
+    """Writes in order, with group commit. `epoch()`: the epoch each write is fenced with
+    (None: not fenced)."""
+
+    def __init__(self, pool: asyncpg.Pool, epoch: Any = lambda: None) -> None:
+        self.pool = pool
+        self._epoch = epoch
+        self._queued: list[tuple[list[Stmt], asyncio.Future[Any], bool]] = []
+        self._busy = False
+        self._drainer: asyncio.Future[None] | None = None
+        self.batches = 0
+
+    def run(self, stmts: list[Stmt], *, durable: bool = True) -> "asyncio.Future[Any]":
+        """Queue `stmts` (one unit); the future gives the last statement's status once committed.
+        `durable=False`: a batch of such units alone does not wait for the WAL to reach the disk
+        (synchronous_commit off: lost only with the server's power, never half-applied)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((stmts, future, durable))
+        if not self._busy:
+            self._busy = True
+            self._drainer = asyncio.ensure_future(self._drain())  # errors go to the futures
+        return future
+
+    async def flush(self) -> None:
+        """Wait for everything queued so far."""
+        if self._drainer is not None:
+            await asyncio.shield(self._drainer)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                self.batches += 1
+                try:
+                    results = await self._commit([s for s, _, _ in batch], any(d for _, _, d in batch))
+                    for (_, future, _), value in zip(batch, results):
+                        if not future.done():
+                            future.set_result(value)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        if not batch[0][1].done():
+                            batch[0][1].set_exception(exc)
+                        continue
+                    for stmts, future, durable in batch:  # each alone: a failure stays its own
+                        try:
+                            value = (await self._commit([stmts], durable))[0]
+                            if not future.done():
+                                future.set_result(value)
+                        except Exception as one:
+                            if not future.done():
+                                future.set_exception(one)
+        finally:
+            self._busy = False
+
+    async def _commit(self, units: list[list[Stmt]], durable: bool) -> list[Any]:
+        epoch = self._epoch()
+        if durable and epoch is None and len(units) == 1 and len(units[0]) == 1 and not units[0][0].many:
+            # One statement, not fenced: its own transaction, one round trip (a dispatch's intent).
+            return [await self.pool.execute(units[0][0].sql, *units[0][0].args)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await check_epoch(conn, epoch)
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit TO off")
+            if len(units) == 1:
+                value = None
+                for s in units[0]:
+                    if s.many:
+                        await conn.executemany(s.sql, s.args)
+                    else:
+                        value = await conn.execute(s.sql, *s.args)
+                return [value]
+            # Many units: each statement text once, with every unit's arguments in one pipelined
+            # executemany, in the order the texts first came (a job's intent before the delete
+            # of it that its record carries; one job's records in the order they were written).
+            groups: dict[str, list[tuple[Any, ...]]] = {}
+            for stmts in units:
+                for s in stmts:
+                    groups.setdefault(s.sql, []).extend(s.args if s.many else [s.args])
+            for sql, args in groups.items():
+                await conn.executemany(sql, args)
+            return [None] * len(units)
