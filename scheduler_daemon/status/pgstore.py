@@ -11,8 +11,10 @@ import asyncpg
 import orjson
 
 from ..pgbase import connect, migrate
-from .records import RANK, JobStatus, ListQuery, Page, Transition, decode_cursor, encode_cursor, _norm
-from .store import _COLUMNS, StatusStore, _now, _opt_text, _status
+from .records import (RANK, ForeignOwner, JobStatus, ListQuery, LogTail, Page, Transition, decode_cursor,
+                      encode_cursor, _norm)
+from .store import _COLUMNS, HEALTH_KEPT, _now, _opt_text, _status
+from .storebase import StatusStore
 
 MIGRATIONS = (
     """
@@ -65,8 +67,33 @@ MIGRATIONS = (
         written DOUBLE PRECISION NOT NULL
     );
     """,
+    # WAITING ranks 1.5; postponed deletions; dependencies; health history; kept log tails.
+    # Times compare as text (RFC 3339 UTC, one shape), so byte order whatever the database's collation.
+    """
+    ALTER TABLE status_jobs ALTER COLUMN rank TYPE DOUBLE PRECISION;
+    ALTER TABLE status_jobs ADD COLUMN retry_delete_at TEXT COLLATE "C";
+    ALTER TABLE status_jobs ADD COLUMN depends_on TEXT;
+    CREATE INDEX status_jobs_updated ON status_jobs (final, updated);
+    CREATE INDEX status_transitions_state ON status_transitions (state, ts);
+    CREATE TABLE status_cluster_health (
+        cluster TEXT NOT NULL,
+        health TEXT NOT NULL,
+        ts TEXT COLLATE "C" NOT NULL,
+        message TEXT,
+        PRIMARY KEY (cluster, ts, health)
+    );
+    CREATE TABLE status_log_tails (
+        submission_id TEXT PRIMARY KEY,
+        attempt INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        tail TEXT NOT NULL,
+        cut BOOLEAN NOT NULL,
+        kept DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 _PG_COLUMNS = _COLUMNS.replace("submission_id,", "j.submission_id,", 1)
+_GONE = "final AND (deleted OR cluster IS NULL)"  # final jobs off their cluster: what prune forgets
 
 
 class PgStatusStore(StatusStore):
@@ -93,7 +120,7 @@ class PgStatusStore(StatusStore):
         state = str(event.get("state", "")).upper()
         if not isinstance(sid, str) or state not in RANK:
             return False
-        attempt = int(event.get("attempt") or 1)
+        attempt = int(event.get("attempt") or 1)  # ValueError for a foreign shape: the caller drops it
         cluster = _opt_text(event.get("cluster"))
         ts = str(event.get("ts") or _now())
         message = _opt_text(event.get("message"))
@@ -101,27 +128,41 @@ class PgStatusStore(StatusStore):
         priority = event.get("priority") if isinstance(event.get("priority"), int) else None
         job_id = _opt_text(event.get("job_id"))
         owner = _opt_text(event.get("owner"))
+        deps = event.get("depends_on")
+        depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
         rank = RANK[state]
         tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
-        async with self._pool.acquire() as db, db.transaction():
-            await db.execute("INSERT INTO status_transitions VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
-                             sid, state, attempt, cluster, ts, message)
-            inserted = await db.fetchval(
-                "INSERT INTO status_jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                " priority, tags, metadata, resources, created, updated, owner)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$13,$14)"
-                " ON CONFLICT (submission_id) DO NOTHING RETURNING seq",
-                sid, job_id, state, rank, cluster, attempt, final, message, priority,
-                orjson.dumps(tags).decode(), orjson.dumps(event.get("metadata") or {}).decode(),
-                orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, owner)
-            if inserted is not None:
-                if tags:
-                    await db.executemany("INSERT INTO status_job_tags VALUES ($1,$2) ON CONFLICT DO NOTHING",
-                                         [(sid, t) for t in tags])
-                return True
-            row = await db.fetchrow("SELECT rank, attempt, final FROM status_jobs WHERE submission_id = $1"
-                                    " FOR UPDATE", sid)
-            if (attempt, rank) <= (row["attempt"], row["rank"]) or row["final"]:
+        step = (sid, state, attempt, cluster, ts, message)
+        async with self._pool.acquire() as db, db.transaction():  # undone if refused (ForeignOwner)
+            await db.execute("INSERT INTO status_transitions VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING", *step)
+            row = None
+            for _ in range(3):  # again only when another service inserted the job meanwhile
+                row = await db.fetchrow("SELECT rank, attempt, final, owner, state, cluster FROM status_jobs"
+                                        " WHERE submission_id = $1 FOR UPDATE", sid)
+                if row is not None and row["owner"] is not None and owner is not None and row["owner"] != owner:
+                    if row["state"] != "REJECTED" or row["cluster"] is not None:
+                        raise ForeignOwner(f"event of {owner!r} for {sid!r}, a job of {row['owner']!r}")
+                    # A message refused at intake holds no id: the job that really has it replaces it.
+                    for table in ("status_jobs", "status_transitions", "status_job_tags"):
+                        await db.execute(f"DELETE FROM {table} WHERE submission_id = $1", sid)
+                    await db.execute("INSERT INTO status_transitions VALUES ($1,$2,$3,$4,$5,$6)", *step)
+                    row = None
+                if row is not None:
+                    break
+                inserted = await db.fetchval(
+                    "INSERT INTO status_jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
+                    " priority, tags, metadata, resources, created, updated, owner, depends_on)"
+                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$13,$14,$15)"
+                    " ON CONFLICT (submission_id) DO NOTHING RETURNING seq",
+                    sid, job_id, state, rank, cluster, attempt, final, message, priority,
+                    orjson.dumps(tags).decode(), orjson.dumps(event.get("metadata") or {}).decode(),
+                    orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, owner, depends_on)
+                if inserted is not None:
+                    if tags:
+                        await db.executemany("INSERT INTO status_job_tags VALUES ($1,$2) ON CONFLICT DO NOTHING",
+                                             [(sid, t) for t in tags])
+                    return True
+            if row is None or (attempt, rank) <= (row["attempt"], row["rank"]) or row["final"]:
                 return False
             await db.execute(
                 "UPDATE status_jobs SET state=$1, rank=$2, cluster=COALESCE($3, cluster), attempt=$4, final=$5,"
@@ -151,7 +192,7 @@ class PgStatusStore(StatusStore):
             return f"${len(args)}"
 
         if query.cursor is not None:
-            where.append(f"j.seq > {arg(decode_cursor(query.cursor))}")
+            where.append(f"j.seq {'<' if query.newest_first else '>'} {arg(decode_cursor(query.cursor))}")
         if query.state:
             where.append(f"j.state = {arg(query.state.upper())}")
         if query.cluster:
@@ -167,7 +208,7 @@ class PgStatusStore(StatusStore):
             where.append(f"j.created < {arg(_norm(query.until))}")
         rows = await self._pool.fetch(
             f"SELECT {_PG_COLUMNS}, j.seq FROM status_jobs j WHERE {' AND '.join(where)}"
-            f" ORDER BY j.seq LIMIT {arg(query.limit + 1)}", *args)
+            f" ORDER BY j.seq {'DESC' if query.newest_first else 'ASC'} LIMIT {arg(query.limit + 1)}", *args)
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         return Page([_status(tuple(r)[:-1], ()) for r in rows], encode_cursor(rows[-1]["seq"]) if more and rows else None)
@@ -183,16 +224,61 @@ class PgStatusStore(StatusStore):
     async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
         rows = await self._pool.fetch(
             f"SELECT {_COLUMNS} FROM status_jobs WHERE final AND NOT deleted AND cluster IS NOT NULL"
-            " AND updated < $1 LIMIT $2", _norm(before), limit)
+            " AND updated < $1 AND (retry_delete_at IS NULL OR retry_delete_at < $2) ORDER BY updated LIMIT $3",
+            _norm(before), _now(), limit)
         return [_status(tuple(r), ()) for r in rows]
+
+    async def postpone_deletion(self, submission_id: str, until: str) -> None:
+        await self._pool.execute("UPDATE status_jobs SET retry_delete_at = $1 WHERE submission_id = $2",
+                                 _norm(until), submission_id)
+
+    async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
+        before = _norm(before)
+        async with self._pool.acquire() as db, db.transaction():
+            # Locked, so a job that another service replaces meanwhile (see apply) is not forgotten
+            # in its new shape; skipped if locked: the next prune takes it.
+            sids = [r[0] for r in await db.fetch(
+                f"SELECT submission_id FROM status_jobs WHERE {_GONE} AND updated < $1 ORDER BY seq LIMIT $2"
+                " FOR UPDATE SKIP LOCKED", before, limit)]
+            excess = int(await db.fetchval("SELECT COUNT(*) FROM status_jobs")) - len(sids) - keep
+            if excess > 0 and len(sids) < limit:
+                sids += [r[0] for r in await db.fetch(
+                    f"SELECT submission_id FROM status_jobs WHERE {_GONE} AND updated >= $1 ORDER BY seq LIMIT $2"
+                    " FOR UPDATE SKIP LOCKED", before, min(excess, limit - len(sids)))]
+            for table in ("status_jobs", "status_transitions", "status_job_tags"):
+                await db.execute(f"DELETE FROM {table} WHERE submission_id = ANY($1::text[])", sids)
+        return len(sids)
 
     async def mark_deleted(self, submission_id: str) -> None:
         await self._pool.execute("UPDATE status_jobs SET deleted = true WHERE submission_id = $1", submission_id)
 
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None:
-        await self._pool.execute(
-            "INSERT INTO status_clusters VALUES ($1,$2,$3,$4) ON CONFLICT (name) DO UPDATE SET"
-            " health = excluded.health, ts = excluded.ts, message = excluded.message", cluster, health, ts, message)
+        async with self._pool.acquire() as db, db.transaction():
+            await db.execute(
+                "INSERT INTO status_clusters VALUES ($1,$2,$3,$4) ON CONFLICT (name) DO UPDATE SET"
+                " health = excluded.health, ts = excluded.ts, message = excluded.message", cluster, health, ts, message)
+            await db.execute("INSERT INTO status_cluster_health VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+                             cluster, health, ts, message)
+            await db.execute(
+                "DELETE FROM status_cluster_health WHERE cluster = $1 AND ts < (SELECT ts FROM status_cluster_health"
+                " WHERE cluster = $1 ORDER BY ts DESC LIMIT 1 OFFSET $2)", cluster, HEALTH_KEPT - 1)
+
+    async def cluster_history(self, per_cluster: int = 20) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for cluster, health, ts, message in await self._pool.fetch(
+                "SELECT cluster, health, ts, message FROM status_cluster_health ORDER BY cluster, ts DESC"):
+            seen = out.setdefault(cluster, [])
+            if len(seen) < per_cluster:
+                seen.append({"health": health, "ts": ts, "message": message})
+        return out
+
+    async def activity(self, since: str) -> dict[str, int]:
+        since = _norm(since)
+        async with self._pool.acquire() as db:
+            dispatched = await db.fetchval(
+                "SELECT COUNT(*) FROM status_transitions WHERE state = 'DISPATCHED' AND ts >= $1", since)
+            finished = await db.fetchval("SELECT COUNT(*) FROM status_jobs WHERE final AND updated >= $1", since)
+        return {"dispatched": int(dispatched), "finished": int(finished)}
 
     async def put_report(self, name: str, body: bytes) -> None:
         await self._pool.execute(
@@ -202,6 +288,22 @@ class PgStatusStore(StatusStore):
     async def report(self, name: str) -> tuple[bytes, float] | None:
         row = await self._pool.fetchrow("SELECT body, written FROM status_reports WHERE name = $1", name)
         return None if row is None else (bytes(row[0]), float(row[1]))
+
+    async def put_log_tail(self, submission_id: str, attempt: int, cluster: str, tail: str, cut: bool) -> None:
+        await self._pool.execute(
+            "INSERT INTO status_log_tails VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (submission_id) DO UPDATE SET"
+            " attempt = excluded.attempt, cluster = excluded.cluster, tail = excluded.tail, cut = excluded.cut,"
+            " kept = excluded.kept WHERE excluded.attempt >= status_log_tails.attempt",
+            submission_id, attempt, cluster, tail, bool(cut), time.time())
+
+    async def log_tail(self, submission_id: str) -> LogTail | None:
+        row = await self._pool.fetchrow(
+            "SELECT attempt, cluster, tail, cut FROM status_log_tails WHERE submission_id = $1", submission_id)
+        return LogTail(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    async def prune_log_tails(self, before: float) -> int:
+        status = await self._pool.execute("DELETE FROM status_log_tails WHERE kept < $1", before)
+        return int(status.split()[-1])
 
     async def leader(self) -> str | None:
         try:
