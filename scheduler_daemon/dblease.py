@@ -71,11 +71,17 @@ class DbLeadership:
         assert self._pool is not None
         started = self.clock()
         epoch = await self._pool.fetchval(
-            "UPDATE rmcs_leader SET epoch = epoch + 1, holder = $1, expires = now() + make_interval(secs => $2)"
-            " WHERE id = 1 AND expires < now() RETURNING epoch", self.name, self.lease_s)
+            "UPDATE rmcs_leader SET epoch = epoch + 1, holder = $1,"
+            " expires = clock_timestamp() + make_interval(secs => $2)"
+            " WHERE id = 1 AND expires < clock_timestamp() RETURNING epoch", self.name, self.lease_s)
         if epoch is not None:
             self.epoch = int(epoch)
             self._renewed = started
+            if self.clock() - started > self.lease_s / 2 and not await self._renew():
+                # The statement waited long (on the row lock of a frozen leader's session, until
+                # the server ended it), so the lease, counted from before it, is nearly spent: it
+                # is renewed at once, or another daemon has it already.
+                return
             log.info("leadership acquired", instance=self.name, epoch=self.epoch)
             self.leading.set()
 
@@ -83,7 +89,7 @@ class DbLeadership:
         assert self._pool is not None
         started = self.clock()
         held = await self._pool.fetchval(
-            "UPDATE rmcs_leader SET expires = now() + make_interval(secs => $2) WHERE id = 1 AND epoch = $1"
+            "UPDATE rmcs_leader SET expires = clock_timestamp() + make_interval(secs => $2) WHERE id = 1 AND epoch = $1"
             " RETURNING epoch", self.epoch, self.lease_s)
         if held is None:
             return False
