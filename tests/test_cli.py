@@ -65,5 +65,6 @@ def test_demo_runs_the_example_jobs_to_their_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "every example job reached its final state" in out
+    assert "dashboard: open http://127.0.0.1:18600/ to watch the jobs live" in out
     for key in ("job.succeeded.gpu_cluster", "job.rejected._", "job.retrying.", "cluster.up.cpu_cluster"):
         assert key in out, out
