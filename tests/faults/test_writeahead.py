@@ -13,6 +13,7 @@ import pytest
 
 from fakeray import FakeCluster, FakeServer
 from builders import job as built
+from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import JobState
 from scheduler_daemon.journal import Journal
 from support import Events, make_settings, publish, running_daemon, sid
@@ -87,7 +88,8 @@ async def test_a_cluster_down_during_the_redelivery_look_up_keeps_the_job_waitin
     await journal.open()
     await journal.intend(built(job), "down")  # what the dead daemon wrote before its POST
     await journal.close()
-    assert down.submit({**body, "submission_id": job})[0] == 200  # and the POST it made
+    # and the POST it made, with rmcs's metadata (so the job is rmcs's to adopt)
+    assert down.submit(submit_body(built(job, owner="anonymous"), down.config()))[0] == 200
     await down.set_mode("dead")
     try:
         async with running_daemon(s, (down.config(), other.config())), Events(s) as ev:
