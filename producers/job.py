@@ -8,12 +8,12 @@ import math
 import uuid
 from typing import Any, Mapping
 
-from .schema import (check_entrypoint, check_metadata, check_priority, check_resources, check_strings,
+from .schema import (QUEUE_NAME, check_entrypoint, check_metadata, check_priority, check_resources, check_strings,
                      check_submission_id)
 
 # The contract's body fields, the parameters of build_job.
 FIELDS = ("entrypoint", "submission_id", "job_id", "runtime_env", "metadata", "preferred_cluster",
-          "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s")
+          "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s", "queue")
 
 
 def finite(value: Any) -> bool:
@@ -23,7 +23,7 @@ def finite(value: Any) -> bool:
 def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, metadata: Any = None,
               submission_id: Any = None, preferred_cluster: Any = None, resource_requirements: Any = None,
               tags: Any = None, *, priority: Any = None, max_retries: Any = None, cluster_tags: Any = None,
-              queue_timeout_s: Any = None) -> tuple[dict[str, Any], int | None]:
+              queue_timeout_s: Any = None, queue: Any = None) -> tuple[dict[str, Any], int | None]:
     """The contract's job body and the AMQP priority. ValueError for anything invalid."""
     check_entrypoint(entrypoint)
     sid = check_submission_id(submission_id) if submission_id is not None else f"sub_{uuid.uuid4().hex}"
@@ -61,4 +61,8 @@ def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, meta
         if not finite(queue_timeout_s) or queue_timeout_s <= 0:
             raise ValueError("queue_timeout_s must be a finite number > 0")
         body["queue_timeout_s"] = queue_timeout_s
+    if queue is not None and queue != "default":  # routed to submit.<queue> (producers.wire.submit_key)
+        if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+            raise ValueError(f"queue must be a queue name matching [A-Za-z0-9_-]{{1,64}}, got {queue!r}")
+        body["queue"] = queue
     return body, amqp_priority

@@ -21,6 +21,7 @@ class JobState(str, enum.Enum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+    PREEMPTED = "PREEMPTED"  # stopped to give a queue its guarantee back; requeued as attempt + 1
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REJECTED,
@@ -36,7 +37,7 @@ RAY_STATUS = {
     "RUNNING": "RUNNING",
     "SUCCEEDED": "SUCCEEDED",
     "FAILED": "FAILED", "LOST": "FAILED", "REJECTED": "FAILED", "EXPIRED": "FAILED",
-    "STOPPED": "STOPPED", "CANCELLED": "STOPPED",
+    "STOPPED": "STOPPED", "CANCELLED": "STOPPED", "PREEMPTED": "PENDING",
 }
 
 
@@ -61,6 +62,14 @@ STOP_ANSWER_KEY = "control.stop.answer"
 JOB_EVENTS = "job.#"                    # job.<state>.<cluster>
 CLUSTER_EVENTS = "cluster.#"            # cluster.<health>.<name>
 NO_CLUSTER = "_"                        # the cluster word of a job event before placement
+
+
+DEFAULT_QUEUE = "default"              # the v1 intake queue; every other queue Q has key submit.Q
+
+
+def submit_key(queue: str | None, base: str = SUBMIT_KEY) -> str:
+    """The routing key that reaches queue `queue` (`submit` for the default queue)."""
+    return base if queue in (None, DEFAULT_QUEUE) else f"{base}.{queue}"
 
 
 def job_event_key(state: str, cluster: str | None) -> str:

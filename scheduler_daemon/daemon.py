@@ -29,6 +29,7 @@ from .leadership import Leadership
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
 from .probing import ClusterState, Prober
+from .queueconf import queue_of_key
 from .receiving import Receiver
 from .scheduling import Scheduler
 from .settings import ClusterConfig, Settings
@@ -36,6 +37,7 @@ from .status.service import StatusService
 from .status.store import SqliteStatusStore, StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
+from .tenancy import Tenancy
 from .upkeep import Upkeep
 
 log = structlog.get_logger("rmcs.daemon")
@@ -69,10 +71,11 @@ class Daemon:
                             on_event=self.metrics.event)
         self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
         self.follower = Follower(settings, self.book, self.prober, self._wake)
+        self.tenancy = Tenancy(settings, book=self.book, window=self.window, placer=self.placer)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
-                                   observe_dispatch=self.metrics.dispatch_latency, clock=clock)
+                                   observe_dispatch=self.metrics.dispatch_latency, tenancy=self.tenancy, clock=clock)
         self.receiver = Receiver(settings, window=self.window, book=self.book, publisher=self.publisher,
                                  intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock)
         self.control = Control(settings, scheduler=self.scheduler, book=self.book, prober=self.prober,
@@ -87,6 +90,7 @@ class Daemon:
         self._health_publishing: set[str] = set()
         self._sender: asyncio.Task[None] | None = None
         self.queue_depth: int | None = None  # messages waiting in the intake queue, last seen
+        self.depths: dict[str, int | None] = {}  # the same per queue
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -118,6 +122,8 @@ class Daemon:
             log.info("resuming jobs from the journal", count=loaded)
         assert self.intake.connection is not None
         await self.control.start(self.intake.connection)
+        await self.intake.consume_unrouted()
+        await self._check_removed_queues()
         self.work.spawn(self.book.republish_unconfirmed(), "republish")
         self.work.spawn(self.upkeep.reconcile(), "reconcile")
         await self._start_status_service()
@@ -144,7 +150,20 @@ class Daemon:
         if self.leadership is not None:
             await self.upkeep.follow_journal()
         await self.upkeep.delete_expired_ray_jobs()
-        self.queue_depth = await self.intake.queue_depth()
+        self.depths = await self.queue_depths()
+        self.queue_depth = self.depths.get("default")
+
+    async def queue_depths(self) -> dict[str, int | None]:
+        """Messages waiting in each queue's RabbitMQ queue, removed queues included."""
+        return {name: await self.intake.queue_depth(name) for name in [*self.tenancy.queues, *self.tenancy.removed]}
+
+    async def _check_removed_queues(self) -> None:
+        for name in sorted(await self.tenancy.remember()):
+            waiting = await self.intake.queue_depth(name)
+            if waiting:
+                log.warning("queue removed from the settings while messages wait in it; they stay in "
+                            "RabbitMQ, unconsumed, until the queue is configured again", queue=name,
+                            rabbitmq_queue=queue_of_key(self.settings.intake_queue, name), messages=waiting)
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or self.stopping.is_set():
@@ -210,8 +229,8 @@ class Daemon:
 
     # ---- callbacks -------------------------------------------------------------------
 
-    async def _on_message(self, message: Any) -> None:
-        await self.receiver.on_message(message)
+    async def _on_message(self, message: Any, queue: str) -> None:
+        await self.receiver.on_message(message, queue)
 
     def _wake(self) -> None:
         self.scheduler.wake()

@@ -13,6 +13,7 @@ then acknowledged, so it is never lost between the two.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from typing import Awaitable, Callable
@@ -26,16 +27,17 @@ from producers.config import broker_user
 
 from .broker import Topology, declare_topology
 from .events import publish_confirmed
+from .queueconf import DEFAULT, queue_of_key, routing_key_of
 from .jobs import ATTEMPT_HEADER, OWNER_HEADER, REASON_HEADER, Job, MessageMeta
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
 
-MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+MessageHandler = Callable[[AbstractIncomingMessage, str], Awaitable[None]]  # (message, rmcs queue)
 
 
 def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = None,
-                 default_owner: str | None = None) -> MessageMeta:
+                 default_owner: str | None = None, queue: str = DEFAULT) -> MessageMeta:
     """The properties that matter. The owner is the broker-checked `user_id` (else `default_owner`).
     The attempt and owner headers of a retry count only on a message from the daemon's own
     broker user: anyone else's copy of a job id is a new submission, not a later attempt of it."""
@@ -54,6 +56,7 @@ def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = Non
         reply_to=message.reply_to,
         attempt=attempt if isinstance(attempt, int) and attempt >= 1 else 1,
         owner=owner,
+        queue=queue,
     )
 
 
@@ -67,7 +70,8 @@ class Intake:
         self.publish_channel: AbstractRobustChannel | None = None
         self.topology: Topology | None = None
         self._publish_topology: Topology | None = None
-        self._consumer_tag: str | None = None
+        self._consumer_tags: dict[str, str] = {}  # rmcs queue -> consumer tag, while consuming
+        self._unrouted_tag: str | None = None
         self._depth_channel: AbstractRobustChannel | None = None
         self._gate = asyncio.Lock()
         self.consumed = 0
@@ -96,29 +100,45 @@ class Intake:
 
     @property
     def active(self) -> bool:
-        return self._consumer_tag is not None
+        return bool(self._consumer_tags)
 
-    async def set_active(self, want: bool) -> None:
-        """Register or cancel the consumer; a no-op when already as wanted."""
+    def is_active(self, queue: str) -> bool:
+        return queue in self._consumer_tags
+
+    async def set_active(self, want: bool, queue: str = DEFAULT) -> None:
+        """Register or cancel the consumer of one queue; a no-op when already as wanted."""
         async with self._gate:
-            if self.topology is None or want == self.active:
+            if self.topology is None or want == (queue in self._consumer_tags):
                 return
+            source = self.topology.queues[queue]
             try:
                 if want:
-                    self._consumer_tag = await self.topology.queue.consume(self._on_message, no_ack=False)
+                    self._consumer_tags[queue] = await source.consume(
+                        self._on_message if queue == DEFAULT else functools.partial(self._on_message, queue=queue),
+                        no_ack=False)
                 else:
-                    tag, self._consumer_tag = self._consumer_tag, None
-                    assert tag is not None
-                    await self.topology.queue.cancel(tag)
+                    await source.cancel(self._consumer_tags.pop(queue))
             except Exception as exc:  # channel closed: the robust connection restores it
-                log.warning("consumer gate change failed", want=want, error=str(exc))
+                log.warning("consumer gate change failed", want=want, queue=queue, error=str(exc))
                 if not want:
-                    self._consumer_tag = None
+                    self._consumer_tags.pop(queue, None)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def consume_unrouted(self) -> None:
+        """Dead-letter, with the reason, every message that reached the intake exchange's alternate
+        exchange (routed to no queue: a queue that does not exist, or was removed)."""
+        assert self.topology is not None
+        self._unrouted_tag = await self.topology.unrouted.consume(self._on_unrouted, no_ack=False)
+
+    async def _on_unrouted(self, message: AbstractIncomingMessage) -> None:
+        reason = (f"routing key {message.routing_key!r} of exchange {message.exchange!r} reaches no queue; "
+                  "publish with key submit (queue default) or submit.<queue> for a configured queue")
+        log.warning("unrouted message dead-lettered", routing_key=message.routing_key, message_id=message.message_id)
+        await self.dead_letter(message, reason)
+
+    async def _on_message(self, message: AbstractIncomingMessage, queue: str = DEFAULT) -> None:
         self.consumed += 1
         try:
-            await self._handler(message)
+            await self._handler(message, queue)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -177,7 +197,7 @@ class Intake:
                 user_id=self.user,
                 headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {})},
             ),
-            self.settings.intake_routing_key,
+            routing_key_of(self.settings.intake_routing_key, job.queue),
             self._closed,
         )
 
@@ -193,17 +213,29 @@ class Intake:
         except Exception:
             return False
 
-    async def queue_depth(self) -> int | None:
-        """Messages waiting in the intake queue, as the broker reports them."""
+    async def queue_depth(self, queue: str = DEFAULT) -> int | None:
+        """Messages waiting in the RabbitMQ queue of an rmcs queue, as the broker reports them
+        (None: not connected, or no such queue)."""
         if self.connection is None or self.connection.is_closed:
             return None
         if self._depth_channel is None or self._depth_channel.is_closed:
             self._depth_channel = await self.connection.channel()
-        result = await self._depth_channel.declare_queue(self.settings.intake_queue, passive=True)
+        try:
+            result = await self._depth_channel.declare_queue(queue_of_key(self.settings.intake_queue, queue),
+                                                             passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # no such queue: the broker closes the channel
+            return None
         return int(result.declaration_result.message_count or 0)
 
     async def stop_consuming(self) -> None:
-        await self.set_active(False)
+        for queue in list(self._consumer_tags):
+            await self.set_active(False, queue)
+        if self._unrouted_tag is not None and self.topology is not None:
+            tag, self._unrouted_tag = self._unrouted_tag, None
+            try:
+                await self.topology.unrouted.cancel(tag)
+            except Exception as exc:
+                log.warning("unrouted consumer cancel failed", error=str(exc))
 
     async def close(self) -> None:
         if self.connection is not None:

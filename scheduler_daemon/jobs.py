@@ -24,6 +24,7 @@ from producers.wire import ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEAD
 
 from .formats import translate
 from .invalid import InvalidJob, parse_priority  # noqa: F401  (re-exported)
+from .queueconf import DEFAULT, QUEUE_NAME
 
 GIB = 1024 ** 3
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
@@ -50,6 +51,7 @@ class Job:
     body: bytes = b""
     # The broker user that submitted it (docs/security.md); None for a job journaled before owners.
     owner: str | None = None
+    queue: str = "default"  # the queue it belongs to (docs/queues.md)
 
     @cached_property
     def command(self) -> Command:
@@ -116,6 +118,7 @@ class MessageMeta:
     reply_to: str | None = None
     attempt: int = 1
     owner: str | None = None
+    queue: str = "default"  # the rmcs queue whose RabbitMQ queue delivered it
 
 
 def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
@@ -146,13 +149,32 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
     ids = (sid if isinstance(sid, str) and SUBMISSION_ID.fullmatch(sid) else None,
            job_id if isinstance(job_id, str) else None)
     try:
-        return _parse_fields(data, meta, sid, default_resources, ceiling, body)
+        data, queue = _queue_of(data, meta, seed=translated is not None)
+        return _parse_fields(data, meta, sid, default_resources, ceiling, body, queue)
     except InvalidJob as exc:
         raise InvalidJob(exc.reason, *ids) from None
 
 
+def _queue_of(data: dict[str, Any], meta: MessageMeta, *, seed: bool) -> tuple[dict[str, Any], str]:
+    """The job's queue: the one that delivered it. A body may name it too and must then agree,
+    except a seed-format job sent to `default`: its queue (or virtual cluster) selects the queue."""
+    if "queue" not in data:
+        return data, meta.queue
+    data = dict(data)
+    named = data.pop("queue")
+    if named is None or named == meta.queue:
+        return data, meta.queue
+    if not isinstance(named, str) or not QUEUE_NAME.fullmatch(named):
+        raise InvalidJob(f"queue must be a queue name matching [A-Za-z0-9_-]{{1,64}}, got {named!r}")
+    if seed and meta.queue == DEFAULT:
+        return data, named
+    raise InvalidJob(f"the body names queue {named!r} but the message came through queue {meta.queue!r}; "
+                     f"publish it with routing key submit.{named}" if named != DEFAULT else
+                     f"the body names queue 'default' but the message came through queue {meta.queue!r}")
+
+
 def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_resources: Mapping[str, float],
-                  ceiling: Mapping[str, float] | None, body: bytes) -> Job:
+                  ceiling: Mapping[str, float] | None, body: bytes, queue: str = DEFAULT) -> Job:
     if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid):
         raise InvalidJob(f"submission_id must match [A-Za-z0-9._-]{{1,128}}, got {sid!r}")
     entrypoint = data.get("entrypoint")
@@ -210,6 +232,7 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         reply_to=meta.reply_to,
         body=body,
         owner=meta.owner,
+        queue=queue,
     )
 
 

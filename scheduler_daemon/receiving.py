@@ -18,6 +18,7 @@ from .book import JobBook
 from .events import EventPublisher, JobEvent
 from .intake import Intake, message_meta
 from .jobs import InvalidJob, JobState, parse_job
+from .queueconf import DEFAULT, queue_refusal
 from .scheduling import VERIFY_ALL
 from .settings import Settings
 
@@ -36,20 +37,24 @@ class Receiver:
         self._stopping = stopping
         self._wake = wake
         self.clock = clock
+        self._queues = {q.name: q for q in settings.queues}
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: AbstractIncomingMessage, queue: str = DEFAULT) -> None:
         intake = self._intake()
         if self._stopping.is_set():
             await intake.requeue(message)
             return
-        meta = message_meta(message, intake.user, self.settings.default_owner)
+        meta = message_meta(message, intake.user, self.settings.default_owner, queue)
         try:
             job = parse_job(message.body, meta,
                             default_resources=self.settings.default_resources,
                             max_bytes=self.settings.max_message_bytes,
                             ceiling=self.settings.max_job_resources)
+            refusal = queue_refusal(job, self._queues)
+            if refusal is not None:
+                raise InvalidJob(refusal, job.submission_id, job.job_id)
         except InvalidJob as exc:
-            await self._reject(message, exc, meta.owner)
+            await self._reject(message, exc, meta.owner, queue)
             return
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id):
             # One trip to the journal's thread for all it knows of this id (the hot path).
@@ -111,10 +116,11 @@ class Receiver:
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake()
 
-    async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None) -> None:
-        log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
+    async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None,
+                      queue: str) -> None:
+        log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason, queue=queue)
         event = JobEvent(JobState.REJECTED, exc.submission_id or message.message_id, exc.job_id, None,
                          message=exc.reason, final=True, correlation_id=message.correlation_id,
-                         reply_to=message.reply_to, owner=owner)
+                         reply_to=message.reply_to, owner=owner, queue=queue)
         await self.publisher.publish(event)
         await self._intake().dead_letter(message, exc.reason)

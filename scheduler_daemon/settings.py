@@ -20,6 +20,8 @@ import yaml
 from producers import tls
 from producers.schema import MAX_MESSAGE_BYTES, RESOURCE_NAME
 
+from .queueconf import QueueConfig, parse_queues
+
 CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # ${NAME}: an environment variable; ${file:/path}: the contents of a file (trailing newline dropped).
 _SECRET_REF = re.compile(r"\$\{(?:file:([^}]+)|([A-Za-z_][A-Za-z0-9_]*))\}")
@@ -144,6 +146,7 @@ class Settings:
     # The status process's CPU priority (nice): it serves people, the scheduler dispatches, and on
     # a busy host the kernel gives the scheduler the CPU first (bench/status_load.py).
     status_service_nice: int = 10
+    queues: tuple[QueueConfig, ...] = (QueueConfig("default"),)  # docs/queues.md; `default` first
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
@@ -184,7 +187,6 @@ class Settings:
                "must be a list of user names")
         return self
 
-
     def amqp_connect_kwargs(self) -> dict[str, Any]:
         """TLS keyword arguments for aio_pika.connect / connect_robust: the one way the daemon,
         its status consumer, the CLI and `rmcs-declare` reach the broker."""
@@ -209,6 +211,8 @@ def parse_http_addr(addr: str) -> tuple[str, int]:
 def _coerce(key: str, raw: Any, default: Any) -> Any:
     """Turn a file or environment value into the type of the default."""
     try:
+        if key in ("queues", "RMCS_QUEUES"):
+            return parse_queues(raw)
         if isinstance(default, bool):
             if isinstance(raw, str):
                 if raw.lower() in ("1", "true", "yes", "on"):
@@ -243,8 +247,9 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
             if not isinstance(raw, Mapping):
                 raise ValueError(raw)
             return {str(k): float(v) for k, v in raw.items()}
-    except (TypeError, ValueError, yaml.YAMLError):
-        raise ConfigError(f"invalid setting {key!r}: {raw!r} is not a valid {type(default).__name__}") from None
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
+        why = str(exc) if key in ("queues", "RMCS_QUEUES") else f"{key!r}: {raw!r} is not a valid {type(default).__name__}"
+        raise ConfigError(f"invalid setting {why}") from None
     raise ConfigError(f"invalid setting {key!r}")
 
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 # Order of states within one attempt; a later attempt always wins over an earlier one.
 RANK = {"ACCEPTED": 1, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
-        "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5}
+        "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5, "PREEMPTED": 5}
 STATES = frozenset(RANK)
 
 
