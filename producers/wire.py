@@ -82,6 +82,7 @@ def job_event_key(state: str, cluster: str | None) -> str:
 REASON_HEADER = "x-rmcs-reason"    # on a dead-lettered job: why the daemon refused it
 ATTEMPT_HEADER = "x-rmcs-attempt"  # on a retry the daemon publishes
 OWNER_HEADER = "x-rmcs-owner"      # on retries the daemon publishes; trusted only from the daemon's user
+PREEMPTIONS_HEADER = "x-rmcs-preemptions"  # on requeues after preemption: attempts not counted as retries
 # On a stop request the status service relays for an API caller; trusted only from the daemon's user.
 CALLER_HEADER = "x-rmcs-caller"
 CALLER_ADMIN_HEADER = "x-rmcs-caller-admin"

@@ -28,6 +28,7 @@ from .journal import Journal
 from .leadership import Leadership
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
+from .preempting import Preempting
 from .probing import ClusterState, Prober
 from .queueconf import queue_of_key
 from .receiving import Receiver
@@ -70,12 +71,15 @@ class Daemon:
         self.book = JobBook(self.journal, self.publisher, self.work, self.intake.publish_retry,
                             on_event=self.metrics.event)
         self.prober = Prober(settings, clusters, self._on_health, self._on_probed, on_view=self.placer.update)
-        self.follower = Follower(settings, self.book, self.prober, self._wake)
         self.tenancy = Tenancy(settings, book=self.book, window=self.window, placer=self.placer)
+        self.preempting = Preempting(book=self.book, prober=self.prober, placer=self.placer, tenancy=self.tenancy,
+                                     work=self.work)
+        self.follower = Follower(settings, self.book, self.prober, self._wake, preempted=self.preempting.take)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
-                                   observe_dispatch=self.metrics.dispatch_latency, tenancy=self.tenancy, clock=clock)
+                                   observe_dispatch=self.metrics.dispatch_latency, tenancy=self.tenancy,
+                                   preempt=self.preempting.consider, clock=clock)
         self.receiver = Receiver(settings, window=self.window, book=self.book, publisher=self.publisher,
                                  intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock)
         self.control = Control(settings, scheduler=self.scheduler, book=self.book, prober=self.prober,

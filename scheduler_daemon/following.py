@@ -34,8 +34,10 @@ def gone(state: ClusterState, lost_after_s: float) -> bool:
 
 
 class Follower:
-    def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None],
+                 preempted: Callable[[str], str | None] = lambda sid: None) -> None:
         self.settings = settings
+        self._preempted = preempted  # the reason a job was stopped for a queue's guarantee, if it was
         self.book = book
         self.prober = prober
         self._wake = wake
@@ -138,21 +140,26 @@ class Follower:
         """One state change of a dispatched job: ledger, journal, event, retry. `ray_time`
         is when it happened on Ray's clock, which the ledger compares with snapshot times."""
         job = t.job
+        if new == JobState.STOPPED and (why := self._preempted(job.submission_id)) is not None:
+            new, message = JobState.PREEMPTED, why
+        ended = new in TERMINAL or new == JobState.PREEMPTED
         ledger = self.prober.clusters[t.cluster].ledger if t.cluster in self.prober.clusters else None
         now = ray_time if ray_time is not None else time.time()
         if ledger is not None:
             if new == JobState.RUNNING:
                 ledger.started(job.ray_submission_id, now)
-            elif new in TERMINAL:
+            elif ended:
                 if new == JobState.LOST:
                     ledger.forget(job.ray_submission_id)
                 else:
                     ledger.finished(job.ray_submission_id, now, t.node_id, job.ray_resources,
                                     was_running=t.seen_running or t.state == JobState.RUNNING)
-        retry = new in (JobState.FAILED, JobState.LOST) and job.attempt <= job.max_retries
+        retry = new in (JobState.FAILED, JobState.LOST) and job.attempt - job.preemptions <= job.max_retries
         final = new in TERMINAL and not retry
         if retry:
-            message = f"{message or new.value.lower()}; retrying (attempt {job.attempt + 1} of {job.max_retries + 1})"
+            message = (f"{message or new.value.lower()}; retrying (attempt {job.attempt - job.preemptions + 1} "
+                       f"of {job.max_retries + 1})")
+        retry = retry or new == JobState.PREEMPTED  # back to its queue as the next attempt
         t = await self.book.record(t.moved(new, final=final), published=False)
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=t.cluster):
             log.info("job state", state=new.value, message=message, attempt=job.attempt)
@@ -163,6 +170,6 @@ class Follower:
                 self.book.send(job, new, t.cluster, message, final)
                 self.book.confirm_later(t)
         self._missing.pop(job.submission_id, None)
-        if new in TERMINAL:
+        if ended:
             self._wake()
         return t

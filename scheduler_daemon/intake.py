@@ -28,7 +28,7 @@ from producers.config import broker_user
 from .broker import Topology, declare_topology
 from .events import publish_confirmed
 from .queueconf import DEFAULT, queue_of_key, routing_key_of
-from .jobs import ATTEMPT_HEADER, OWNER_HEADER, REASON_HEADER, Job, MessageMeta
+from .jobs import ATTEMPT_HEADER, OWNER_HEADER, PREEMPTIONS_HEADER, REASON_HEADER, Job, MessageMeta
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
@@ -45,6 +45,7 @@ def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = Non
     from_daemon = daemon_user is not None and message.user_id == daemon_user
     attempt = headers.get(ATTEMPT_HEADER, 1) if from_daemon else 1
     owner = headers.get(OWNER_HEADER) if from_daemon else None
+    preemptions = headers.get(PREEMPTIONS_HEADER, 0) if from_daemon else 0
     if isinstance(owner, bytes):
         owner = owner.decode("utf-8", "replace")
     if not isinstance(owner, str) or not owner:
@@ -57,6 +58,7 @@ def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = Non
         attempt=attempt if isinstance(attempt, int) and attempt >= 1 else 1,
         owner=owner,
         queue=queue,
+        preemptions=preemptions if isinstance(preemptions, int) and preemptions >= 0 else 0,
     )
 
 
@@ -178,8 +180,10 @@ class Intake:
         await self._publish_topology.dlx.publish(copy, routing_key="")
         return await self.ack(message)
 
-    async def publish_retry(self, job: Job, next_attempt: int) -> None:
-        """Put a job back in the intake queue for another attempt (confirmed)."""
+    async def publish_retry(self, job: Job, next_attempt: int, preempted: bool = False) -> None:
+        """Put a job back in its queue for another attempt (confirmed); after a preemption the
+        attempt is counted as one, so that it does not use up max_retries."""
+        preemptions = job.preemptions + (1 if preempted else 0)
         data = orjson.loads(job.body) if job.body else {}
         data["submission_id"] = job.submission_id
         if "entrypoint" in data:  # native format; the seed formats carry their own job name
@@ -195,7 +199,8 @@ class Intake:
                 correlation_id=job.correlation_id,
                 reply_to=job.reply_to,
                 user_id=self.user,
-                headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {})},
+                headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {}),
+                         **({PREEMPTIONS_HEADER: preemptions} if preemptions else {})},
             ),
             routing_key_of(self.settings.intake_routing_key, job.queue),
             self._closed,

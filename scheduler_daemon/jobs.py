@@ -20,7 +20,8 @@ from producers.job import FIELDS
 from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
                               MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
 # The wire's names, re-exported: the daemon's modules take them from here.
-from producers.wire import ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, TERMINAL, JobState  # noqa: F401
+from producers.wire import (ATTEMPT_HEADER, OWNER_HEADER, PREEMPTIONS_HEADER, RAY_STATES, REASON_HEADER,  # noqa: F401
+                            TERMINAL, JobState)
 
 from .formats import translate
 from .invalid import InvalidJob, parse_priority  # noqa: F401  (re-exported)
@@ -52,6 +53,7 @@ class Job:
     # The broker user that submitted it (docs/security.md); None for a job journaled before owners.
     owner: str | None = None
     queue: str = "default"  # the queue it belongs to (docs/queues.md)
+    preemptions: int = 0    # attempts that ended PREEMPTED: not counted against max_retries
 
     @cached_property
     def command(self) -> Command:
@@ -119,6 +121,7 @@ class MessageMeta:
     attempt: int = 1
     owner: str | None = None
     queue: str = "default"  # the rmcs queue whose RabbitMQ queue delivered it
+    preemptions: int = 0
 
 
 def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
@@ -233,6 +236,7 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         body=body,
         owner=meta.owner,
         queue=queue,
+        preemptions=meta.preemptions,
     )
 
 

@@ -20,7 +20,7 @@ from .dispatch import Outcome, dispatch
 from .events import PublishAborted
 from .following import Follower, gone
 from .intake import Intake
-from .jobs import RAY_STATES, JobState
+from .jobs import RAY_STATES, Job, JobState
 from .placement import NoFit, Placer
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound
@@ -42,7 +42,8 @@ class Scheduler:
     def __init__(self, settings: Settings, configs: dict[str, ClusterConfig], *, window: Window,
                  placer: Placer, prober: Prober, book: JobBook, follower: Follower, intake: Intake,
                  work: Work, may_send: Callable[[], bool], observe_dispatch: Callable[[float], None],
-                 tenancy: Tenancy, clock: Callable[[], float] = time.monotonic) -> None:
+                 tenancy: Tenancy, preempt: Callable[[Job], bool] = lambda job: False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.configs = configs
         self.window = window
@@ -56,6 +57,7 @@ class Scheduler:
         self._observe_dispatch = observe_dispatch
         self.clock = clock
         self.tenancy = tenancy  # the queues (docs/queues.md); off with a lone plain `default`
+        self._preempt = preempt
         self._wake = asyncio.Event()
         self._probe_wake: asyncio.TimerHandle | None = None
         self._stop_after_dispatch: dict[str, str] = {}
@@ -138,7 +140,10 @@ class Scheduler:
             if isinstance(decision, NoFit):
                 if decision.infeasible:
                     await self.finish_held(held, JobState.REJECTED, decision.explanation)
-                elif decision.explanation != held.last_reason:
+                    continue
+                if queues is not None:
+                    self._preempt(job)  # a queue owed its guarantee takes it back
+                if decision.explanation != held.last_reason:
                     held.last_reason = decision.explanation
                     log.info("job waits for capacity", submission_id=job.submission_id,
                              explanation=decision.explanation)

@@ -140,3 +140,35 @@ async def test_a_removed_queue_keeps_its_messages_and_is_reported(tmp_path: Any)
     assert await queue_depth(s, queue_of_key(s.intake_queue, "gone")) == 3
     from support import delete_topology
     await delete_topology(s)
+
+
+async def test_an_idle_queue_gets_its_guarantee_back_by_preemption(tmp_path: Any) -> None:
+    s = queued(tmp_path, {"prod": {"guaranteed": {"CPU": 2}}, "batch": {"max_running": 10}})
+    cluster = FakeCluster("c0", nodes={"n": {"CPU": 4, "memory": 8 * 2**30}})
+    async with fleet(cluster) as configs, running_daemon(s, configs), Events(s) as ev:
+        batch = [sid("batch") for _ in range(4)]
+        await publish_many(s, [({"submission_id": b, "entrypoint": "/bin/sleep 4", "max_retries": 0}, i)
+                               for i, b in enumerate(batch)], queue="batch")
+        await ev.wait_for(lambda: all("RUNNING" in ev.states(b) for b in batch), 15, "batch holds the fleet")
+        prod = [sid("prod"), sid("prod")]
+        t0 = asyncio.get_running_loop().time()
+        await publish_many(s, [({"submission_id": p, "entrypoint": "/bin/sleep 1"}, 0) for p in prod], queue="prod")
+        await ev.wait_for(lambda: all("DISPATCHED" in ev.states(p) for p in prod), 10, "prod dispatched")
+        took = asyncio.get_running_loop().time() - t0
+        assert took < 5.0, took
+        await ev.wait_final(batch + prod, 40)
+        preempted = [b for b in batch if "PREEMPTED" in ev.states(b)]
+        print("preempted", preempted, "max demand", cluster.max_demand)
+        assert 1 <= len(preempted) <= 2, {b: ev.states(b) for b in batch}
+        # The lowest priority go first (the batch jobs have priorities 0, 1, 2, 3).
+        assert set(preempted) <= set(batch[:2]) and batch[0] in preempted
+        for b in preempted:
+            event = next(e for e in ev.of(b) if e["state"] == "PREEMPTED")
+            assert event["event"] == "job.preempted.c0" and event["attempt"] == 1 and event["final"] is False
+            assert "queue prod is owed its guarantee" in event["message"] and "batch" in event["message"]
+            final = ev.of(b)[-1]
+            assert (final["state"], final["attempt"]) == ("SUCCEEDED", 2), ev.states(b)
+            assert "RETRYING" not in ev.states(b)
+        assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + prod)
+        ray_ids = [name for _, name in cluster.submissions]
+        assert len(ray_ids) == len(set(ray_ids)) == 6 + len(preempted)  # every attempt once
