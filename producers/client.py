@@ -44,13 +44,14 @@ def submit_job(entrypoint: str, runtime_env: dict[str, Any] | None = None, job_i
                metadata: dict[str, str] | None = None, submission_id: str | None = None,
                preferred_cluster: str | None = None, resource_requirements: dict[str, float] | None = None,
                tags: list[str] | None = None, *, priority: int | str | None = None, max_retries: int | None = None,
-               cluster_tags: list[str] | None = None, queue_timeout_s: float | None = None) -> str:
+               cluster_tags: list[str] | None = None, queue_timeout_s: float | None = None,
+               queue: str | None = None) -> str:
     """Queue one job; returns its submission id once the broker has confirmed the message.
     ValueError for an invalid job (a script named by a relative path, ...); RuntimeError when
     the broker cannot be reached or the helper cannot initialise."""
     body, amqp_priority = build_job(entrypoint, runtime_env, job_id, metadata, submission_id, preferred_cluster,
                                     resource_requirements, tags, priority=priority, max_retries=max_retries,
-                                    cluster_tags=cluster_tags, queue_timeout_s=queue_timeout_s)
+                                    cluster_tags=cluster_tags, queue_timeout_s=queue_timeout_s, queue=queue)
     sid = body["submission_id"]
     state.track(sid)
     try:

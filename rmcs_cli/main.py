@@ -16,11 +16,13 @@ from .control import cmd_declare, cmd_events, cmd_stop
 from .output import INTERRUPTED, JOB_FAILED, OK, UNREACHABLE, USAGE, CliError, Io
 from .parser import build_parser
 from .submit import cmd_submit
+from .queues import cmd_queues
 from .views import cmd_clusters, cmd_list, cmd_logs, cmd_show
 
 COMMANDS: dict[str, Callable[[Ctx], Awaitable[int]]] = {
     "submit": cmd_submit, "list": cmd_list, "show": cmd_show, "logs": cmd_logs, "stop": cmd_stop,
-    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare}
+    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare,
+    "queues": cmd_queues}
 
 
 async def _run(ctx: Ctx) -> int:

@@ -86,7 +86,8 @@ class Daemon:
                                store=self.store, daemon_user=self.intake.user)
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
                              publisher=self.publisher, render_metrics=self._render_metrics,
-                             is_held=lambda sid: self.window.get(sid) is not None)
+                             is_held=lambda sid: self.window.get(sid) is not None,
+                             report_queues=lambda: self.tenancy.report(self.depths))
         self.leadership = Leadership(settings) if settings.failover else None
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None
@@ -267,7 +268,8 @@ class Daemon:
             queue_depth=self.queue_depth, window_jobs=len(self.window), window_size=self.window.capacity,
             tracked_jobs=len(self.book), intake_consuming=self.intake.active,
             messages_consumed=self.intake.consumed, events_unconfirmed=self.publisher.unconfirmed,
-            clusters=tuple((v.name, v.health.value, v.latency_s) for v in self.prober.views())))
+            clusters=tuple((v.name, v.health.value, v.latency_s) for v in self.prober.views()),
+            queues=tuple(self.tenancy.report(self.depths)), preempted=self.preempting.preempted))
 
 
 async def _step(name: str, aw: Awaitable[Any], timeout: float) -> None:

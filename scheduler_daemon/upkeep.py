@@ -3,7 +3,7 @@ reports the status service reads (the clusters as this daemon sees them, and its
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 import structlog
@@ -14,7 +14,7 @@ from .jobs import RAY_STATES, TERMINAL, JobState
 from .probing import Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import Settings
-from .status.store import CLUSTERS_REPORT, METRICS_REPORT, JobStatus, StatusStore, now_minus
+from .status.store import CLUSTERS_REPORT, METRICS_REPORT, QUEUES_REPORT, JobStatus, StatusStore, now_minus
 
 log = structlog.get_logger("rmcs.upkeep")
 
@@ -26,7 +26,7 @@ def ray_id(submission_id: str, attempt: int) -> str:
 class Upkeep:
     def __init__(self, settings: Settings, *, book: JobBook, prober: Prober, store: StatusStore,
                  publisher: EventPublisher, render_metrics: Callable[[], bytes],
-                 is_held: Callable[[str], bool]) -> None:
+                 is_held: Callable[[str], bool], report_queues: Callable[[], list[Any]] = list) -> None:
         self.settings = settings
         self.book = book
         self.prober = prober
@@ -34,6 +34,7 @@ class Upkeep:
         self.publisher = publisher
         self._render_metrics = render_metrics
         self._is_held = is_held
+        self._report_queues = report_queues
 
     async def reconcile(self) -> None:
         """At start: jobs the status cache thinks run, that ended while the daemon was away,
@@ -83,6 +84,7 @@ class Upkeep:
         views = [v.summary() for v in self.prober.views()]
         await self.store.put_report(CLUSTERS_REPORT, orjson.dumps(views))
         await self.store.put_report(METRICS_REPORT, self._render_metrics())
+        await self.store.put_report(QUEUES_REPORT, orjson.dumps(self._report_queues()))
 
 
 def _final_event(status: JobStatus, state: JobState, message: str) -> JobEvent:

@@ -30,12 +30,12 @@ from ..rayapi import RayError
 from ..settings import Settings, parse_http_addr
 from . import openapi
 from .hub import EventHub
-from .store import BadQuery, ListQuery, StatusStore
+from .store import QUEUES_REPORT, BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
 
 SUBMISSION_ID = re.compile(openapi.SUBMISSION_ID_PATTERN)
-LIST_PARAMS = ("state", "cluster", "tag", "owner", "since", "until", "limit", "cursor")
+LIST_PARAMS = ("state", "cluster", "tag", "owner", "queue", "since", "until", "limit", "cursor")
 MAX_PARAM_CHARS = 1024
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1024
@@ -204,6 +204,7 @@ class HttpServer:
             web.get("/api/v1/jobs/{submission_id}/logs", self.logs),
             web.post("/api/v1/jobs/{submission_id}/stop", self.stop_job),
             web.get("/api/v1/clusters", self.clusters),
+            web.get("/api/v1/queues", self.queues),
             web.get("/api/v1/events", self.events, allow_head=False),
             web.get("/metrics", self.metrics),
             web.get("/openapi.json", self.openapi),
@@ -278,7 +279,7 @@ class HttpServer:
         q = _params(request, LIST_PARAMS)
         query = ListQuery(
             state=q.get("state"), cluster=q.get("cluster"), tag=q.get("tag"), owner=q.get("owner"),
-            since=_time(q["since"], "since") if "since" in q else None,
+            queue=q.get("queue"), since=_time(q["since"], "since") if "since" in q else None,
             until=_time(q["until"], "until") if "until" in q else None,
             limit=_limit(q.get("limit")), cursor=q.get("cursor"))
         try:
@@ -325,6 +326,13 @@ class HttpServer:
     async def clusters(self, request: web.Request) -> web.Response:
         _params(request, ())
         return _json({"clusters": await self.backend.clusters()})
+
+    async def queues(self, request: web.Request) -> web.Response:
+        """The queues as the scheduler last reported them (docs/queues.md)."""
+        _params(request, ())
+        report = await self.backend.store.report(QUEUES_REPORT)
+        queues = orjson.loads(report[0]) if report is not None else []
+        return _json({"queues": queues if isinstance(queues, list) else []})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each lifecycle event as `event: <routing key>` and `data: <json>`.

@@ -45,12 +45,14 @@ class JobStatus:
     deleted_from_cluster: bool = False
     transitions: tuple[Transition, ...] = field(default_factory=tuple)
     owner: str | None = None  # the broker user that submitted it (docs/security.md)
+    queue: str = "default"    # its queue (docs/queues.md)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "submission_id": self.submission_id,
             "job_id": self.job_id,
             "owner": self.owner,
+            "queue": self.queue,
             "state": self.state,
             "cluster": self.cluster,
             "attempt": self.attempt,
@@ -79,6 +81,7 @@ class ListQuery:
     cluster: str | None = None
     tag: str | None = None
     owner: str | None = None
+    queue: str | None = None
     since: str | None = None      # RFC 3339, on the job's creation time
     until: str | None = None
     limit: int = 100

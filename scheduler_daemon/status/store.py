@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 # The reports the scheduler writes for the status service: its clusters (JSON) and its metrics.
 CLUSTERS_REPORT = "clusters"
+QUEUES_REPORT = "queues"  # the scheduler's queues (docs/queues.md), for GET /api/v1/queues
 METRICS_REPORT = "metrics"
 
 
@@ -153,6 +154,7 @@ class SqliteStatusStore(StatusStore):
         priority = event.get("priority") if isinstance(event.get("priority"), int) else None
         job_id = _opt_text(event.get("job_id"))
         owner = _opt_text(event.get("owner"))
+        queue = _opt_text(event.get("queue"))
 
         def _apply(db: sqlite3.Connection) -> bool:
             db.execute("INSERT OR IGNORE INTO transitions VALUES (?,?,?,?,?,?)",
@@ -163,12 +165,12 @@ class SqliteStatusStore(StatusStore):
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
                 db.execute(
                     "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                    " priority, tags, metadata, resources, created, updated, owner)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " priority, tags, metadata, resources, created, updated, owner, queue)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (sid, job_id, state, rank, cluster, attempt, int(final), message,
                      priority, orjson.dumps(tags).decode(),
                      orjson.dumps(event.get("metadata") or {}).decode(),
-                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner))
+                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner, queue))
                 db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                 changed = True
             else:
@@ -177,9 +179,9 @@ class SqliteStatusStore(StatusStore):
                 if newer and not cur_final:
                     db.execute(
                         "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
-                        " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?)"
-                        " WHERE submission_id=?",
-                        (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, sid))
+                        " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?),"
+                        " queue=COALESCE(queue, ?) WHERE submission_id=?",
+                        (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, queue, sid))
                     changed = True
                 else:
                     changed = False
@@ -218,6 +220,9 @@ class SqliteStatusStore(StatusStore):
             if query.owner:
                 where.append("j.owner = ?")
                 args.append(query.owner)
+            if query.queue:
+                where.append("j.queue = ?")
+                args.append(query.queue)
             if query.tag:
                 where.append("EXISTS (SELECT 1 FROM job_tags t WHERE t.tag = ? AND t.submission_id = j.submission_id)")
                 args.append(query.tag)
@@ -273,15 +278,15 @@ class SqliteStatusStore(StatusStore):
 
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
-            " resources, created, updated, deleted, owner")
+            " resources, created, updated, deleted, owner, COALESCE(queue, 'default')")
 
 
 def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
     (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
-     created, updated, deleted, owner) = row
+     created, updated, deleted, owner, queue) = row
     return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
                      tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
-                     created, updated, bool(deleted), steps, owner)
+                     created, updated, bool(deleted), steps, owner, queue)
 
 
 def _opt_text(value: Any) -> str | None:
@@ -299,3 +304,6 @@ def _setup(db: sqlite3.Connection) -> None:
     if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
         db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before owners
     db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
+    if "queue" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN queue TEXT")  # a store from before queues
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (queue, seq)")
