@@ -24,7 +24,7 @@ from .tracking import Tracked
 
 log = structlog.get_logger("rmcs.preemption")
 
-PENDING_S = 30.0  # a stop not seen through by then no longer holds back the next preemption
+PENDING_S = 30.0  # a stop not seen through by then no longer counts as coming
 
 
 class Preempting:
@@ -36,7 +36,10 @@ class Preempting:
         self.tenancy = tenancy
         self._work = work
         self.clock = clock
-        self._pending: dict[str, tuple[str, float]] = {}  # victim -> (reason, asked at)
+        self._pending: dict[str, tuple[str, float, str]] = {}  # victim -> (reason, asked at, for job)
+        # Waiting jobs whose victims are being stopped -> (queue, resources): they count as held by
+        # their queue, so that the next waiting job of the queue preempts only for its own share.
+        self._claims: dict[str, tuple[str, dict[str, float]]] = {}
         self.preempted = 0
 
     def take(self, submission_id: str) -> str | None:
@@ -44,24 +47,30 @@ class Preempting:
         entry = self._pending.pop(submission_id, None)
         return entry[0] if entry is not None else None
 
-    def _in_progress(self) -> bool:
+    def _prune(self) -> None:
         now = self.clock()
-        for sid, (_, at) in list(self._pending.items()):
+        for sid, (_, at, _) in list(self._pending.items()):
             t = self.book.get(sid)
             if t is None or t.final or now - at > PENDING_S:
                 del self._pending[sid]
-        return bool(self._pending)
+        waiting_for = {for_job for _, _, for_job in self._pending.values()}
+        for sid in [s for s in self._claims if s not in waiting_for]:
+            del self._claims[sid]
 
     def consider(self, job: Job) -> bool:
         """`job` waits and fits nowhere now: stop jobs for it if its queue is owed its guarantee.
-        One preemption at a time: its victims must end before the next is weighed."""
+        Jobs already being stopped are not chosen again, and a job waits for its own victims."""
         q = self.tenancy.queues.get(job.queue)
-        if q is None or not q.guaranteed or self._in_progress():
+        if q is None or not q.guaranteed:
+            return False
+        self._prune()
+        if job.submission_id in self._claims:
             return False
         running: list[Running] = []
         by_id: dict[str, Tracked] = {}
         for i, t in enumerate(self.book.tracked.values()):  # in dispatch order: later is newer
-            if not t.final and t.state in (JobState.DISPATCHED, JobState.RUNNING):
+            if not t.final and t.state in (JobState.DISPATCHED, JobState.RUNNING) \
+                    and t.job.submission_id not in self._pending:
                 by_id[t.job.submission_id] = t
                 running.append(Running(t.job.submission_id, t.job.queue, t.job.priority, float(i),
                                        t.cluster, t.node_id, t.job.resources))
@@ -70,7 +79,14 @@ class Preempting:
                  for view in self.placer.views
                  if view.health in (HealthState.UP, HealthState.DEGRADED) and job.cluster_tags <= view.config.tags
                  for node in view.nodes]
-        held = {name: u.held for name, u in self.tenancy.usage.items()}
+        held = {name: dict(u.held) for name, u in self.tenancy.usage.items()}
+        # As it will be once the stops under way are through: the victims' queues hold less, the
+        # queues they were stopped for hold more.
+        changes = [(q_, res, 1.0) for q_, res in self._claims.values()]
+        changes += [(t.job.queue, t.job.resources, -1.0) for sid in self._pending if (t := self.book.get(sid))]
+        for queue, resources, sign in changes:
+            for r, a in resources.items():
+                held.setdefault(queue, {})[r] = held.get(queue, {}).get(r, 0.0) + sign * a
         decision = choose_victims(job.queue, job.resources, self.tenancy.queues, held, self.tenancy.totals(),
                                   running, rooms)
         if decision is None:
@@ -79,8 +95,9 @@ class Preempting:
         log.info("preemption", submission_id=job.submission_id, queue=job.queue, cluster=decision.cluster,
                  victims=[v.submission_id for v in decision.victims], explanation=decision.explanation)
         now = self.clock()
+        self._claims[job.submission_id] = (job.queue, dict(job.resources))
         for victim in decision.victims:
-            self._pending[victim.submission_id] = (reason, now)
+            self._pending[victim.submission_id] = (reason, now, job.submission_id)
             self.preempted += 1
             self._work.spawn(self._stop(by_id[victim.submission_id], reason), f"preempt-{victim.submission_id}")
         return True

@@ -141,3 +141,16 @@ def test_no_preemption_unless_owed_and_on_one_node() -> None:
     got = choose_victims("a", {"CPU": 2.0}, queues, {"b": {"CPU": 2.0}}, {"CPU": 3.0}, running,
                          [Room("c0", "n1", {"CPU": 0.0}), Room("c0", "n2", {"CPU": 1.0})])
     assert got is not None and got.node_id == "n2" and [v.submission_id for v in got.victims] == ["y"]
+
+
+def test_a_second_job_preempts_only_past_the_first_ones_victims() -> None:
+    """What Preempting passes in while a first preemption is under way: the victim's queue holds
+    less, the owed queue more, and the victim is no longer a candidate."""
+    queues = {q.name: q for q in parse_queues({"prod": {"guaranteed": {"CPU": 2}}, "batch": {"guaranteed": {"CPU": 2}}})}
+    running = [_run("b2", "batch", 1, started=2), _run("b3", "batch", 1, started=3)]  # b4 already stopping
+    held = {"batch": {"CPU": 3.0}, "prod": {"CPU": 1.0}}  # b4 (1 CPU) moved over to prod's claim
+    got = choose_victims("prod", {"CPU": 1.0}, queues, held, {"CPU": 4.0}, running, [Room("c0", "n1", {"CPU": 0.0})])
+    assert got is not None and [v.submission_id for v in got.victims] == ["b3"]
+    held = {"batch": {"CPU": 2.0}, "prod": {"CPU": 1.0}}  # batch down to its guarantee
+    assert choose_victims("prod", {"CPU": 1.0}, queues, held, {"CPU": 4.0}, running,
+                          [Room("c0", "n1", {"CPU": 0.0})]) is None

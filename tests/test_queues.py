@@ -172,3 +172,27 @@ async def test_an_idle_queue_gets_its_guarantee_back_by_preemption(tmp_path: Any
         assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + prod)
         ray_ids = [name for _, name in cluster.submissions]
         assert len(ray_ids) == len(set(ray_ids)) == 6 + len(preempted)  # every attempt once
+
+
+async def test_several_waiting_jobs_preempt_at_once_and_never_below_a_guarantee(tmp_path: Any) -> None:
+    s = queued(tmp_path, {"prod": {"guaranteed": {"CPU": 4}}, "batch": {"guaranteed": {"CPU": 3}}}, window_size=8)
+    cluster = FakeCluster("c0", nodes={"n": {"CPU": 8, "memory": 8 * 2**30}})
+    async with fleet(cluster) as configs, running_daemon(s, configs), Events(s) as ev:
+        batch = [sid("batch") for _ in range(8)]
+        await publish_many(s, [({"submission_id": b, "entrypoint": "/bin/sleep 5"}, 0) for b in batch], queue="batch")
+        await ev.wait_for(lambda: all("RUNNING" in ev.states(b) for b in batch), 15, "batch holds the fleet")
+        prod = [sid("prod") for _ in range(6)]
+        t0 = asyncio.get_running_loop().time()
+        await publish_many(s, [({"submission_id": p, "entrypoint": "/bin/sleep 2"}, 0) for p in prod], queue="prod")
+        await ev.wait_for(lambda: sum("RUNNING" in ev.states(p) for p in prod) >= 4, 10, "prod holds its guarantee")
+        took = asyncio.get_running_loop().time() - t0
+        preempted = [b for b in batch if "PREEMPTED" in ev.states(b)]
+        print(f"prod held its 4 CPUs after {took:.2f} s; {len(preempted)} batch jobs preempted")
+        assert took < 5.0
+        assert len(preempted) <= 5, "batch keeps its own guarantee of 3 of the 8 CPUs"
+        await ev.wait_final(batch + prod, 60)
+        assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + prod)
+        ray_ids = [name for _, name in cluster.submissions]
+        dispatched = {e["submission_id"] if e["attempt"] == 1 else f"{e['submission_id']}~{e['attempt']}"
+                      for x in batch + prod for e in ev.of(x) if e["state"] == "DISPATCHED"}
+        assert len(ray_ids) == len(set(ray_ids)) and set(ray_ids) == dispatched  # each attempt once
