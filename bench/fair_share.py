@@ -83,12 +83,13 @@ async def run(args: argparse.Namespace) -> None:
         start = clock()
         end = args.minutes * 60.0
         urgent_at: float | None = None
+        publishing: asyncio.Task[None] | None = None
         print(f"{'t (s)':>6}  " + "  ".join(f"{q:>15}" for q in WEIGHTS) + "   (held share / fair share)")
         next_print = 0.0
         while (t := clock() - start) < end:
             if urgent_at is None and t >= end / 3:
-                await flood(s, "urgent", per_queue, rng)
-                urgent_at = clock() - start
+                urgent_at = t  # from its first message: jobs start while the rest are published
+                publishing = asyncio.create_task(flood(s, "urgent", per_queue, rng))
             h = held(fleet, clock())
             busy = ["light", "heavy"] + (["urgent"] if urgent_at is not None else [])
             f = fair(busy, total, args.guaranteed)
@@ -99,6 +100,8 @@ async def run(args: argparse.Namespace) -> None:
                 print(f"{t:6.0f}  " + "  ".join(f"{h[q] / total:6.1%} / {f[q]:5.1%}" for q in WEIGHTS))
                 next_print += end / 24
             await asyncio.sleep(0.1)
+        if publishing is not None:
+            await publishing
     finally:
         await daemon.stop()
         await fleet.close()

@@ -127,7 +127,7 @@ class Daemon:
             log.info("resuming jobs from the journal", count=loaded)
         assert self.intake.connection is not None
         await self.control.start(self.intake.connection)
-        await self.intake.consume_unrouted()
+        await self.intake.consume_unrouted(self.receiver.on_unrouted)
         await self._check_removed_queues()
         self.work.spawn(self.book.republish_unconfirmed(), "republish")
         self.work.spawn(self.upkeep.reconcile(), "reconcile")

@@ -125,17 +125,11 @@ class Intake:
                 if not want:
                     self._consumer_tags.pop(queue, None)
 
-    async def consume_unrouted(self) -> None:
-        """Dead-letter, with the reason, every message that reached the intake exchange's alternate
-        exchange (routed to no queue: a queue that does not exist, or was removed)."""
+    async def consume_unrouted(self, handler: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
+        """Hand `handler` every message that reached the intake exchange's alternate exchange
+        (routed to no queue: a queue that does not exist, or was removed); it rejects them."""
         assert self.topology is not None
-        self._unrouted_tag = await self.topology.unrouted.consume(self._on_unrouted, no_ack=False)
-
-    async def _on_unrouted(self, message: AbstractIncomingMessage) -> None:
-        reason = (f"routing key {message.routing_key!r} of exchange {message.exchange!r} reaches no queue; "
-                  "publish with key submit (queue default) or submit.<queue> for a configured queue")
-        log.warning("unrouted message dead-lettered", routing_key=message.routing_key, message_id=message.message_id)
-        await self.dead_letter(message, reason)
+        self._unrouted_tag = await self.topology.unrouted.consume(handler, no_ack=False)
 
     async def _on_message(self, message: AbstractIncomingMessage, queue: str = DEFAULT) -> None:
         self.consumed += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -17,7 +18,7 @@ from .admit import Facts, Verdict, admit
 from .book import JobBook
 from .events import EventPublisher, JobEvent
 from .intake import Intake, message_meta
-from .jobs import InvalidJob, JobState, parse_job
+from .jobs import SUBMISSION_ID, InvalidJob, JobState, parse_job
 from .queueconf import DEFAULT, queue_refusal
 from .scheduling import VERIFY_ALL
 from .settings import Settings
@@ -116,8 +117,25 @@ class Receiver:
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake()
 
+    async def on_unrouted(self, message: AbstractIncomingMessage) -> None:
+        """A message routed to no queue (through the alternate exchange): REJECTED with the reason
+        and dead-lettered, never dropped (docs/queues.md)."""
+        reason = (f"routing key {message.routing_key!r} reaches no queue; publish with key submit (queue "
+                  "default) or submit.<queue> for a configured queue")
+        sid = job_id = None
+        try:
+            data = orjson.loads(message.body)
+            if isinstance(data, dict):
+                given = data.get("submission_id")
+                sid = given if isinstance(given, str) and SUBMISSION_ID.fullmatch(given) else None
+                job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
+        except orjson.JSONDecodeError:
+            pass
+        owner = message_meta(message, self._intake().user, self.settings.default_owner).owner
+        await self._reject(message, InvalidJob(reason, sid, job_id), owner, None)
+
     async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None,
-                      queue: str) -> None:
+                      queue: str | None) -> None:
         log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason, queue=queue)
         event = JobEvent(JobState.REJECTED, exc.submission_id or message.message_id, exc.job_id, None,
                          message=exc.reason, final=True, correlation_id=message.correlation_id,

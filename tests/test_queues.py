@@ -114,8 +114,11 @@ async def test_unrouted_messages_are_dead_lettered_with_a_reason(tmp_path: Any) 
         await apply_policy(s)
         async with fleet(FakeCluster("c0")) as configs, running_daemon(s, configs):
             lost = sid("x")
-            await publish(s, {"submission_id": lost, "entrypoint": "/bin/true"}, message_id=lost,
-                          routing_key="submit.nosuchqueue")
+            async with Events(s) as ev:
+                await publish(s, {"submission_id": lost, "entrypoint": "/bin/true"}, message_id=lost,
+                              routing_key="submit.nosuchqueue")
+                await ev.wait_final([lost], 10)
+                assert ev.states(lost) == ["REJECTED"] and "'submit.nosuchqueue' reaches no queue" in ev.of(lost)[0]["message"]
             (msg,) = await dead_letters(s, 1)
             assert msg.message_id == lost
             assert "'submit.nosuchqueue'" in str((msg.headers or {})[REASON_HEADER])
