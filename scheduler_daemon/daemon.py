@@ -269,7 +269,7 @@ class Daemon:
             tracked_jobs=len(self.book), intake_consuming=self.intake.active,
             messages_consumed=self.intake.consumed, events_unconfirmed=self.publisher.unconfirmed,
             clusters=tuple((v.name, v.health.value, v.latency_s) for v in self.prober.views()),
-            queues=tuple(self.tenancy.report(self.depths)), preempted=self.preempting.preempted))
+            queues=tuple(self.tenancy.last_report), preempted=self.preempting.preempted))
 
 
 async def _step(name: str, aw: Awaitable[Any], timeout: float) -> None:

@@ -40,6 +40,7 @@ class Tenancy:
         self._totals: dict[str, float] = {}
         self._totals_at = -1e18
         self.removed: set[str] = set()  # queues configured before, not now: their messages wait
+        self.last_report: list[dict[str, Any]] = []  # what `report` said last (the metrics show it)
         self._state_file = Path(settings.state_dir) / "queues.json"
 
     async def remember(self) -> set[str]:
@@ -133,4 +134,5 @@ class Tenancy:
                 "waiting_in_daemon": u.waiting, "waiting_in_broker": depths.get(name),
                 "dominant_share": round(self.share(name), 6),
             })
+        self.last_report = out
         return out

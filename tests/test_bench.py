@@ -24,6 +24,8 @@ RUNS = {
     "probe_fanout": (["--clusters", "20", "--rounds", "2"], ["later rounds: median"]),
     "broker_events": (["--seconds", "0.5"], ["bound on dispatch from the event path alone"]),
     "backlog_memory": (["--depths", "100,300"], ["RSS with 300 waiting is"]),
+    "fair_share": (["--scale", "30", "--minutes", "2", "--cpus-per-node", "4", "--guaranteed", "4",
+                    "--plot", "{tmp}/fair.png"], ["three queues, a minute after urgent", "got its guarantee"]),
     "placement_quality": (["--jobs-fraction", "0.1", "--png", "{tmp}/plot.png"],
                           ["target: mixed makespan", "target: fragmentation makespan"]),
 }
