@@ -220,9 +220,9 @@ class SqliteStatusStore(StatusStore):
             if query.owner:
                 where.append("j.owner = ?")
                 args.append(query.owner)
-            if query.queue:
-                where.append("j.queue = ?")
-                args.append(query.queue)
+            if query.queue:  # a row from before queues has none: it was in `default`
+                where.append("(j.queue = ? OR (j.queue IS NULL AND ? = 'default'))")
+                args.extend((query.queue, query.queue))
             if query.tag:
                 where.append("EXISTS (SELECT 1 FROM job_tags t WHERE t.tag = ? AND t.submission_id = j.submission_id)")
                 args.append(query.tag)
