@@ -82,9 +82,8 @@ class Upkeep:
     async def report(self) -> None:
         """What the status service shows of this daemon: its clusters and its metrics."""
         views = [v.summary() for v in self.prober.views()]
-        await self.store.put_report(CLUSTERS_REPORT, orjson.dumps(views))
-        await self.store.put_report(METRICS_REPORT, self._render_metrics())
-        await self.store.put_report(QUEUES_REPORT, orjson.dumps(self._report_queues()))
+        await self.store.put_reports({CLUSTERS_REPORT: orjson.dumps(views), METRICS_REPORT: self._render_metrics(),
+                                      QUEUES_REPORT: orjson.dumps(self._report_queues())})  # one write
 
 
 def _final_event(status: JobStatus, state: JobState, message: str) -> JobEvent:
