@@ -87,7 +87,7 @@ class Daemon:
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
                              publisher=self.publisher, render_metrics=self._render_metrics,
                              is_held=lambda sid: self.window.get(sid) is not None,
-                             report_queues=lambda: self.tenancy.report(self.depths))
+                             report_queues=lambda: self.tenancy.last_report)
         self.leadership = Leadership(settings) if settings.failover else None
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None
@@ -129,6 +129,8 @@ class Daemon:
         await self.control.start(self.intake.connection)
         await self.intake.consume_unrouted(self.receiver.on_unrouted)
         await self._check_removed_queues()
+        self.depths = await self.queue_depths()
+        self.tenancy.report(self.depths)
         self.work.spawn(self.book.republish_unconfirmed(), "republish")
         self.work.spawn(self.upkeep.reconcile(), "reconcile")
         await self._start_status_service()
@@ -157,6 +159,8 @@ class Daemon:
         await self.upkeep.delete_expired_ray_jobs()
         self.depths = await self.queue_depths()
         self.queue_depth = self.depths.get("default")
+        # The queues report, with the depths just read: every 5 s, off the dispatch's every-second path.
+        self.tenancy.report(self.depths)
 
     async def queue_depths(self) -> dict[str, int | None]:
         """Messages waiting in each queue's RabbitMQ queue, removed queues included."""
