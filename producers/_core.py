@@ -24,7 +24,7 @@ from .errors import BrokerUnreachable, DaemonUnreachable, MissingExchange, Strea
 from .job import build_job, finite  # noqa: F401  (build_job: re-exported, the one job builder)
 from .schema import MAX_MESSAGE_BYTES, check_submission_id
 from .state import is_ours, note_submitted
-from .wire import JOB_EVENTS, RAY_STATUS, STOP_KEY, STOP_TAKEN, ray_status  # noqa: F401
+from .wire import JOB_EVENTS, RAY_STATUS, STOP_KEY, STOP_TAKEN, ray_status, submit_key  # noqa: F401
 
 log = logging.getLogger("producers")
 
@@ -136,7 +136,10 @@ class Client:
                 if status == 200:
                     raise RuntimeError(f"a job with submission id {sid!r} already exists")
         message = self.broker.job_message(data, sid, amqp_priority)
-        await self.publish(self.config.intake_exchange, self.config.intake_routing_key, message, f"job {sid}")
+        # A native body's queue picks the routing key (submit.<queue>); a seed format goes to `submit`.
+        queue = body.get("queue") if "entrypoint" in body else None
+        await self.publish(self.config.intake_exchange, submit_key(queue, self.config.intake_routing_key),
+                           message, f"job {sid}")
         note_submitted(sid)
         return sid
 

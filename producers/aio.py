@@ -46,12 +46,13 @@ async def submit_job(entrypoint: str, runtime_env: dict[str, Any] | None = None,
                      tags: list[str] | None = None, *, priority: int | str | None = None,
                      max_retries: int | None = None, cluster_tags: list[str] | None = None,
                      queue_timeout_s: float | None = None,
-               depends_on: list[str] | None = None, run_timeout_s: float | None = None) -> str:
+                     depends_on: list[str] | None = None, run_timeout_s: float | None = None,
+                     queue: str | None = None) -> str:
     """As `producers.submit_job`."""
     body, amqp_priority = build_job(entrypoint, runtime_env, job_id, metadata, submission_id, preferred_cluster,
                                     resource_requirements, tags, priority=priority, max_retries=max_retries,
                                     cluster_tags=cluster_tags, queue_timeout_s=queue_timeout_s,
-                                    depends_on=depends_on, run_timeout_s=run_timeout_s)
+                                    depends_on=depends_on, run_timeout_s=run_timeout_s, queue=queue)
     sid = body["submission_id"]
     state.track(sid)
     try:

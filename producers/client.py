@@ -45,14 +45,15 @@ def submit_job(entrypoint: str, runtime_env: dict[str, Any] | None = None, job_i
                preferred_cluster: str | None = None, resource_requirements: dict[str, float] | None = None,
                tags: list[str] | None = None, *, priority: int | str | None = None, max_retries: int | None = None,
                cluster_tags: list[str] | None = None, queue_timeout_s: float | None = None,
-               depends_on: list[str] | None = None, run_timeout_s: float | None = None) -> str:
+               depends_on: list[str] | None = None, run_timeout_s: float | None = None,
+               queue: str | None = None) -> str:
     """Queue one job; returns its submission id once the broker has confirmed the message.
     ValueError for an invalid job (a script named by a relative path, ...); RuntimeError when
     the broker cannot be reached or the helper cannot initialise."""
     body, amqp_priority = build_job(entrypoint, runtime_env, job_id, metadata, submission_id, preferred_cluster,
                                     resource_requirements, tags, priority=priority, max_retries=max_retries,
                                     cluster_tags=cluster_tags, queue_timeout_s=queue_timeout_s,
-                                    depends_on=depends_on, run_timeout_s=run_timeout_s)
+                                    depends_on=depends_on, run_timeout_s=run_timeout_s, queue=queue)
     sid = body["submission_id"]
     state.track(sid)
     try:

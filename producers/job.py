@@ -8,13 +8,13 @@ import math
 import uuid
 from typing import Any, Mapping
 
-from .schema import (check_depends_on, check_entrypoint, check_metadata, check_priority, check_resources,
-                     check_seconds, check_strings, check_submission_id)
+from .schema import (QUEUE_NAME, check_depends_on, check_entrypoint, check_metadata, check_priority,
+                     check_resources, check_seconds, check_strings, check_submission_id)
 
 # The contract's body fields, the parameters of build_job.
 FIELDS = ("entrypoint", "submission_id", "job_id", "runtime_env", "metadata", "preferred_cluster",
           "resource_requirements", "tags", "cluster_tags", "priority", "max_retries", "queue_timeout_s",
-          "depends_on", "run_timeout_s")
+          "depends_on", "run_timeout_s", "queue")
 
 
 def finite(value: Any) -> bool:
@@ -24,7 +24,8 @@ def finite(value: Any) -> bool:
 def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, metadata: Any = None,
               submission_id: Any = None, preferred_cluster: Any = None, resource_requirements: Any = None,
               tags: Any = None, *, priority: Any = None, max_retries: Any = None, cluster_tags: Any = None,
-              queue_timeout_s: Any = None, depends_on: Any = None, run_timeout_s: Any = None) -> tuple[dict[str, Any], int | None]:
+              queue_timeout_s: Any = None, depends_on: Any = None, run_timeout_s: Any = None,
+              queue: Any = None) -> tuple[dict[str, Any], int | None]:
     """The contract's job body and the AMQP priority. ValueError for anything invalid."""
     check_entrypoint(entrypoint)
     sid = check_submission_id(submission_id) if submission_id is not None else f"sub_{uuid.uuid4().hex}"
@@ -67,4 +68,8 @@ def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, meta
     if run_timeout_s is not None:
         check_seconds(run_timeout_s, "run_timeout_s")
         body["run_timeout_s"] = run_timeout_s
+    if queue is not None and queue != "default":  # routed to submit.<queue> (producers.wire.submit_key)
+        if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+            raise ValueError(f"queue must be a queue name matching [A-Za-z0-9_-]{{1,64}}, got {queue!r}")
+        body["queue"] = queue
     return body, amqp_priority

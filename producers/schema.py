@@ -34,6 +34,7 @@ MAX_RESOURCES = 64
 # No real cluster has a billion of anything (memory is in GiB here): larger is a mistake or an attack.
 MAX_RESOURCE_VALUE = 1e9
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # an rmcs queue (docs/queues.md)
 
 _PATHLIKE = re.compile(r"^[A-Za-z0-9_.~/+-]+$")
 _SCRIPT_SUFFIXES = (".py", ".sh", ".R", ".jl", ".rb", ".pl")

@@ -22,6 +22,7 @@ class JobState(str, enum.Enum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+    PREEMPTED = "PREEMPTED"  # stopped to give a queue its guarantee back; requeued as attempt + 1
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED, JobState.REJECTED,
@@ -37,7 +38,7 @@ RAY_STATUS = {
     "RUNNING": "RUNNING",
     "SUCCEEDED": "SUCCEEDED",
     "FAILED": "FAILED", "LOST": "FAILED", "REJECTED": "FAILED", "EXPIRED": "FAILED",
-    "STOPPED": "STOPPED", "CANCELLED": "STOPPED",
+    "STOPPED": "STOPPED", "CANCELLED": "STOPPED", "PREEMPTED": "PENDING",
 }
 
 
@@ -64,6 +65,14 @@ CLUSTER_EVENTS = "cluster.#"            # cluster.<health>.<name>
 NO_CLUSTER = "_"                        # the cluster word of a job event before placement
 
 
+DEFAULT_QUEUE = "default"              # the v1 intake queue; every other queue Q has key submit.Q
+
+
+def submit_key(queue: str | None, base: str = SUBMIT_KEY) -> str:
+    """The routing key that reaches queue `queue` (`submit` for the default queue)."""
+    return base if queue in (None, DEFAULT_QUEUE) else f"{base}.{queue}"
+
+
 def job_event_key(state: str, cluster: str | None) -> str:
     """The routing key of a job event: `job.<state, lower case>.<cluster or _>`."""
     return f"job.{str(state).lower()}.{cluster or NO_CLUSTER}"
@@ -77,6 +86,7 @@ OWNER_HEADER = "x-rmcs-owner"      # on retries the daemon publishes; trusted on
 # On a waiting job the daemon puts back in the intake queue once its dependencies have SUCCEEDED;
 # trusted only from the daemon's user.
 RELEASED_HEADER = "x-rmcs-released"
+PREEMPTIONS_HEADER = "x-rmcs-preemptions"  # on requeues after preemption: attempts not counted as retries
 # On a stop request the status service relays for an API caller; trusted only from the daemon's user.
 CALLER_HEADER = "x-rmcs-caller"
 CALLER_ADMIN_HEADER = "x-rmcs-caller-admin"

@@ -1,5 +1,6 @@
 """The commands that act through the broker or on a job: stop (HTTP API, or control.stop with
---via-broker), events (a tail of the event exchange), declare (the broker topology)."""
+--via-broker), events (a tail of the event exchange), declare (the broker topology and the
+unrouted-message policy; with --policies, the queue-bounding policies instead)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import orjson
 from producers.errors import NotConfirmed, NotRouted
 from producers.wire import STOP_KEY, STOP_TAKEN
 from scheduler_daemon import policies
-from scheduler_daemon.broker import declare_topology
+from scheduler_daemon.broker import apply_policy, declare_topology
 
 from .context import Ctx
 from .output import JOB_FAILED, NOT_FOUND, OK, TIMED_OUT, UNREACHABLE, USAGE, CliError, dumps, event_line
@@ -113,4 +114,14 @@ async def cmd_declare(ctx: Ctx) -> int:
     ctx.io.out(f"declared on {ctx.broker_name}: exchange {s.intake_exchange} (direct), queue {s.intake_queue} "
                f"(key {s.intake_routing_key}, x-max-priority {s.max_priority}), exchange {s.dead_letter_exchange} "
                f"(fanout), queue {s.dead_letter_queue}, exchange {s.events_exchange} (topic)")
+    others = [q.name for q in s.queues if q.name != "default"]
+    if others:
+        ctx.io.out(f"queues: {', '.join(f'{s.intake_queue}.{n} (key {s.intake_routing_key}.{n})' for n in others)}")
+    # Messages routed to no queue go to the alternate exchange; a policy is the only way to give
+    # the existing intake exchange one (docs/queues.md).
+    try:
+        ctx.io.out(await apply_policy(s))
+    except RuntimeError as exc:
+        ctx.io.err(f"rmcs: {exc}")
+        return JOB_FAILED
     return OK

@@ -17,11 +17,13 @@ from .output import INTERRUPTED, JOB_FAILED, OK, UNREACHABLE, USAGE, CliError, I
 from .parser import build_parser
 from .recover import cmd_recover
 from .submit import cmd_submit
+from .queues import cmd_queues
 from .views import cmd_clusters, cmd_list, cmd_logs, cmd_show
 
 COMMANDS: dict[str, Callable[[Ctx], Awaitable[int]]] = {
     "submit": cmd_submit, "list": cmd_list, "show": cmd_show, "logs": cmd_logs, "stop": cmd_stop,
-    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare, "recover": cmd_recover}
+    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare, "recover": cmd_recover,
+    "queues": cmd_queues}
 
 
 async def _run(ctx: Ctx) -> int:

@@ -169,6 +169,7 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p.add_argument("--priority", type=_priority, metavar="P", help="0..9 (9 first), or HIGH, NORMAL, LOW")
     p.add_argument("--max-retries", type=_non_negative(int), metavar="N",
                    help="further attempts after a failure or a lost cluster (default 0)")
+    p.add_argument("--queue", metavar="NAME", help="the queue to submit to (docs/queues.md; default: default)")
     p.add_argument("--queue-timeout", type=_positive_float, metavar="SECONDS",
                    help="expire the job if it is not dispatched within this time")
     p.add_argument("--after", action="append", default=[], metavar="ID",
@@ -227,6 +228,11 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                    help="with --via-broker: how long to wait for the daemon's answer (default 10)")
 
+    p = command("queues", "show the queues: settings, what each holds, who waits (HTTP API)",
+                "Show each queue as the scheduler last reported it: weight, guaranteed, limit, max_running, "
+                "resources held, jobs running and waiting (in the daemon and in RabbitMQ), dominant share.",
+                "  rmcs queues\n  rmcs queues --json")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
     p = command("clusters", "show the clusters' health and resources (HTTP API)",
                 "Show each cluster as the daemon's last probe saw it.",
                 "  rmcs clusters\n  rmcs clusters --json")

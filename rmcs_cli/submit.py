@@ -17,6 +17,7 @@ import yaml
 from producers.amqp import EventStream
 from producers.errors import NotConfirmed, NotRouted
 from producers.job import FIELDS, build_job as build_contract_job
+from producers.wire import submit_key
 from producers.schema import check_submission_id
 from producers.wire import JobState
 
@@ -83,6 +84,8 @@ def _fields(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
         fields["depends_on"] = [*(body.get("depends_on") or []), *args.after]
     if args.run_timeout is not None:
         fields["run_timeout_s"] = args.run_timeout
+    if getattr(args, "queue", None) is not None:
+        fields["queue"] = args.queue
     if args.runtime_env is not None:
         fields["runtime_env"] = _runtime_env(args.runtime_env)
     if args.metadata:
@@ -142,8 +145,10 @@ async def cmd_submit(ctx: Ctx) -> int:
             try:
                 await ctx.client.submit_as(sid, body, priority)
             except NotRouted:
+                key = submit_key(body.get("queue") if "entrypoint" in body else None, s.intake_routing_key)
                 raise CliError(UNREACHABLE, f"no queue is bound to exchange {s.intake_exchange!r} with key "
-                                            f"{s.intake_routing_key!r}: run `rmcs declare`; the job was not queued") from None
+                                            f"{key!r}: run `rmcs declare` (with the queue in its settings); "
+                                            "the job was not queued") from None
             except NotConfirmed as exc:
                 raise CliError(UNREACHABLE, f"the broker did not confirm the job ({exc.reason}); "
                                             "it may or may not be queued") from None

@@ -18,7 +18,7 @@ from .journal_base import JournalStore
 from .tracking import Tracked
 from .tasks import Work
 
-RetryPublisher = Callable[[Job, int], Awaitable[None]]
+RetryPublisher = Callable[[Job, int, bool], Awaitable[None]]
 
 
 class JobBook:
@@ -111,10 +111,13 @@ class JobBook:
 
     async def queue_retry(self, t: Tracked) -> Tracked:
         """Put the next attempt in the intake queue, then close this one. Safe to repeat
-        after a crash: a second copy of the retry message is recognised and dropped."""
+        after a crash: a second copy of the retry message is recognised and dropped. After a
+        preemption there is no RETRYING: the next attempt is ACCEPTED again, not a retry."""
         job = t.job
-        await self.emit(job, JobState.RETRYING, t.cluster, f"attempt {job.attempt + 1} queued")
-        await self._publish_retry(job, job.attempt + 1)  # after RETRYING: events stay in order
+        preempted = t.state == JobState.PREEMPTED
+        if not preempted:
+            await self.emit(job, JobState.RETRYING, t.cluster, f"attempt {job.attempt + 1} queued")
+        await self._publish_retry(job, job.attempt + 1, preempted)  # after RETRYING: events stay in order
         return await self.record(t.moved(t.state, final=True), published=True)
 
     async def republish_unconfirmed(self, only: str | None = None) -> None:
@@ -123,7 +126,7 @@ class JobBook:
         confirmed either, so its whole path goes again, in order (consumers drop duplicates)."""
         for sid, t in list(self.tracked.items()):
             if not t.published and only in (None, sid):
-                pending_retry = t.state in (JobState.FAILED, JobState.LOST) and not t.final
+                pending_retry = t.state in (JobState.FAILED, JobState.LOST, JobState.PREEMPTED) and not t.final
                 for earlier in path_to(t):
                     self.send(t.job, earlier, None if earlier == JobState.ACCEPTED else t.cluster)
                 if pending_retry:  # the retry goes to the queue after its events are confirmed

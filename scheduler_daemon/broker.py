@@ -1,12 +1,21 @@
-"""The broker topology of the wire contract, declared idempotently."""
+"""The broker topology of the wire contract, declared idempotently.
+
+With queues (docs/queues.md) each queue Q other than `default` has its own RabbitMQ queue
+`<intake_queue>.Q`, bound with key `submit.Q`. A message routed to no queue goes, once the
+policy of `alternate_exchange_policy` is applied (`rmcs declare` does it), to the alternate
+exchange `<intake_exchange>.unrouted` and its queue, where the daemon dead-letters it with a reason.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from .queueconf import queue_of_key, routing_key_of
 from .settings import Settings
 
 
@@ -17,6 +26,20 @@ class Topology:
     dlx: AbstractExchange
     dead: AbstractQueue
     events: AbstractExchange
+    queues: dict[str, AbstractQueue]   # every queue by rmcs name, `default` included
+    unrouted: AbstractQueue
+
+
+def unrouted_name(s: Settings) -> str:
+    """The alternate exchange of the intake exchange, and its queue."""
+    return f"{s.intake_exchange}.unrouted"
+
+
+def alternate_exchange_policy(s: Settings) -> tuple[str, str, str]:
+    """(name, pattern, definition) of the RabbitMQ policy that gives the existing intake exchange
+    its alternate exchange (an exchange's arguments cannot change once declared; a policy can)."""
+    pattern = "^" + s.intake_exchange.replace(".", "\\.") + "$"
+    return f"{s.intake_exchange}-unrouted", pattern, '{"alternate-exchange": "%s"}' % unrouted_name(s)
 
 
 async def declare_topology(channel: AbstractChannel, s: Settings) -> Topology:
@@ -25,13 +48,19 @@ async def declare_topology(channel: AbstractChannel, s: Settings) -> Topology:
     events = await channel.declare_exchange(s.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_queue(s.dead_letter_queue, durable=True)
     await dead.bind(dlx, routing_key="")
-    queue = await channel.declare_queue(
-        s.intake_queue,
-        durable=True,
-        arguments={"x-max-priority": s.max_priority, "x-dead-letter-exchange": s.dead_letter_exchange},
-    )
-    await queue.bind(intake, routing_key=s.intake_routing_key)
-    return Topology(intake, queue, dlx, dead, events)
+    queues: dict[str, AbstractQueue] = {}
+    for q in s.queues:
+        queues[q.name] = queue = await channel.declare_queue(
+            queue_of_key(s.intake_queue, q.name),
+            durable=True,
+            arguments={"x-max-priority": s.max_priority, "x-dead-letter-exchange": s.dead_letter_exchange},
+        )
+        await queue.bind(intake, routing_key=routing_key_of(s.intake_routing_key, q.name))
+    name = unrouted_name(s)
+    unrouted_x = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+    unrouted = await channel.declare_queue(name, durable=True)
+    await unrouted.bind(unrouted_x, routing_key="")
+    return Topology(intake, queues["default"], dlx, dead, events, queues, unrouted)
 
 
 async def declare(s: Settings) -> None:
@@ -39,3 +68,21 @@ async def declare(s: Settings) -> None:
     connection = await aio_pika.connect(s.amqp_url, **s.amqp_connect_kwargs())
     async with connection:
         await declare_topology(await connection.channel(), s)
+
+
+async def apply_policy(s: Settings) -> str:
+    """Apply the alternate-exchange policy with `rabbitmqctl` (the broker's host must have it;
+    there is no AMQP method for policies). Returns what was done, raises RuntimeError if it failed."""
+    name, pattern, definition = alternate_exchange_policy(s)
+    vhost = unquote(urlsplit(s.amqp_url).path[1:]) or "/"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", "--quiet", "set_policy", "-p", vhost, "--apply-to", "exchanges", "--priority", "0",
+            name, pattern, definition, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        raise RuntimeError(f"rabbitmqctl is not on PATH: apply the policy by hand: rabbitmqctl set_policy -p {vhost} "
+                           f"--apply-to exchanges {name} '{pattern}' '{definition}'") from None
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl set_policy failed: {err.decode(errors='replace')[-300:]}")
+    return f"policy {name} on vhost {vhost}: exchange {s.intake_exchange} -> alternate exchange {unrouted_name(s)}"

@@ -28,7 +28,9 @@ from .intake import Intake
 from .logtails import LogKeeper
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
+from .preempting import Preempting
 from .probing import Prober
+from .queueconf import queue_of_key
 from .receiving import Receiver
 from .scheduling import Scheduler
 from .settings import ClusterConfig, Settings
@@ -38,6 +40,7 @@ from .status.backend import status_store
 from .status.store import StatusStore
 from .supervisor import ServiceProcess
 from .tasks import Work, every
+from .tenancy import Tenancy
 from .timeouts import RunTimeouts
 from .upkeep import Upkeep
 from .waiting import WaitingStore
@@ -78,12 +81,17 @@ class Daemon:
         self.health = HealthEvents(self.publisher, self.work)
         self.prober = Prober(settings, clusters, self.health.changed, self._on_probed, on_view=self.placer.update)
         self.log_keeper = LogKeeper(settings, self.prober, self.store)
-        self.follower = Follower(settings, self.book, self.prober, self._wake, on_end=self.log_keeper.ended)
+        self.tenancy = Tenancy(settings, book=self.book, window=self.window, placer=self.placer)
+        self.preempting = Preempting(book=self.book, prober=self.prober, placer=self.placer, tenancy=self.tenancy,
+                                     work=self.work)
+        self.follower = Follower(settings, self.book, self.prober, self._wake, on_end=self.log_keeper.ended,
+                                 preempted=self.preempting.take)
         self.timeouts = RunTimeouts(self.book, self.prober, self.work, settings.autoscale_timeout_s)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
-                                   observe_dispatch=self.metrics.dispatch_latency, clock=clock)
+                                   observe_dispatch=self.metrics.dispatch_latency, tenancy=self.tenancy,
+                                   preempt=self.preempting.consider, clock=clock)
         self.receiver = Receiver(settings, window=self.window, book=self.book, publisher=self.publisher,
                                  intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock,
                                  dependents=self.dependents, store=self.store)
@@ -93,13 +101,15 @@ class Daemon:
         self.upkeep = Upkeep(settings, book=self.book, prober=self.prober, store=self.store,
                              publisher=self.publisher, render_metrics=self._render_metrics,
                              is_held=lambda sid: self.window.get(sid) is not None, window=self.window,
-                             queue_depth=lambda: self.queue_depth, clock=clock)
+                             queue_depths=lambda: self.depths, clock=clock,
+                             report_queues=lambda: self.tenancy.last_report)
         self.leadership = leadership_for(settings)
         self.journal.on_fenced = self._fenced
         self.service_process = ServiceProcess(settings, clusters) if settings.status_service == "process" else None
         self.service = StatusService(settings, clusters) if settings.status_service == "inline" else None
         self._sender: asyncio.Task[None] | None = None
         self.queue_depth: int | None = None  # messages waiting in the intake queue, last seen
+        self.depths: dict[str, int | None] = {}  # the same per queue
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -135,6 +145,10 @@ class Daemon:
             log.info("resuming jobs from the journal", count=loaded)
         assert self.intake.connection is not None
         await self.control.start(self.intake.connection)
+        await self.intake.consume_unrouted(self.receiver.on_unrouted)
+        await self._check_removed_queues()
+        self.depths = await self.queue_depths()
+        self.tenancy.report(self.depths)
         self.work.spawn(self.book.republish_unconfirmed(), "republish")
         self.work.spawn(self.upkeep.reconcile(), "reconcile")
         if self.leadership is None or not self.settings.shared_state:
@@ -173,7 +187,22 @@ class Daemon:
         await self.upkeep.delete_expired_ray_jobs()
         await self.upkeep.prune_status_cache()
         await stop_lost_attempts(self.journal, self.prober)
-        self.queue_depth = await self.intake.queue_depth()
+        self.depths = await self.queue_depths()
+        self.queue_depth = self.depths.get("default")
+        # The queues report, with the depths just read: every 5 s, off the dispatch's every-second path.
+        self.tenancy.report(self.depths)
+
+    async def queue_depths(self) -> dict[str, int | None]:
+        """Messages waiting in each queue's RabbitMQ queue, removed queues included."""
+        return {name: await self.intake.queue_depth(name) for name in [*self.tenancy.queues, *self.tenancy.removed]}
+
+    async def _check_removed_queues(self) -> None:
+        for name in sorted(await self.tenancy.remember()):
+            waiting = await self.intake.queue_depth(name)
+            if waiting:
+                log.warning("queue removed from the settings while messages wait in it; they stay in "
+                            "RabbitMQ, unconsumed, until the queue is configured again", queue=name,
+                            rabbitmq_queue=queue_of_key(self.settings.intake_queue, name), messages=waiting)
 
     def _task_died(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or self.stopping.is_set():
@@ -242,10 +271,10 @@ class Daemon:
 
     # ---- callbacks -------------------------------------------------------------------
 
-    async def _on_message(self, message: Any) -> None:
+    async def _on_message(self, message: Any, queue: str) -> None:
         if self.lost_leadership:
             self.stopping.set()  # the receiver puts the message back
-        await self.receiver.on_message(message)
+        await self.receiver.on_message(message, queue)
 
     def _fenced(self, exc: Exception) -> None:
         """The store refused a write: another daemon leads now. Step down at once."""
@@ -264,7 +293,8 @@ class Daemon:
             queue_depth=self.queue_depth, window_jobs=len(self.window), window_size=self.window.capacity,
             tracked_jobs=len(self.book), intake_consuming=self.intake.active,
             messages_consumed=self.intake.consumed, events_unconfirmed=self.publisher.unconfirmed,
-            clusters=tuple((v.name, v.health.value, v.latency_s) for v in self.prober.views())))
+            clusters=tuple((v.name, v.health.value, v.latency_s) for v in self.prober.views()),
+            queues=tuple(self.tenancy.last_report), preempted=self.preempting.preempted))
 
 
 async def _step(name: str, aw: Awaitable[Any], timeout: float) -> None:

@@ -47,6 +47,7 @@ class JobEvent:
     correlation_id: str | None = None
     reply_to: str | None = None
     owner: str | None = None
+    queue: str | None = None
     ts: str = field(default_factory=now_rfc3339)
     depends_on: tuple[str, ...] = ()
 
@@ -55,7 +56,7 @@ class JobEvent:
            final: bool = False) -> "JobEvent":
         return cls(state, job.submission_id, job.job_id, cluster, job.attempt, message, final,
                    job.tags, dict(job.metadata), job.priority, dict(job.resources),
-                   job.correlation_id, job.reply_to, job.owner, depends_on=job.depends_on)
+                   job.correlation_id, job.reply_to, job.owner, job.queue, depends_on=job.depends_on)
 
     @property
     def routing_key(self) -> str:
@@ -79,6 +80,7 @@ class JobEvent:
             "correlation_id": self.correlation_id,
             "reply_to": self.reply_to,
             "owner": self.owner,
+            "queue": self.queue,
             **({"depends_on": list(self.depends_on)} if self.depends_on else {}),
         }
 

@@ -36,9 +36,11 @@ def gone(state: ClusterState, lost_after_s: float) -> bool:
 
 class Follower:
     def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None],
-                 on_end: Callable[[Tracked], None] = lambda t: None) -> None:
+                 on_end: Callable[[Tracked], None] = lambda t: None,
+                 preempted: Callable[[str], str | None] = lambda sid: None) -> None:
         self.settings = settings
         self._on_end = on_end  # a dispatched attempt ended on its cluster (its log tail is kept)
+        self._preempted = preempted  # the reason a job was stopped for a queue's guarantee, if it was
         self.book = book
         self.prober = prober
         self._wake = wake
@@ -141,6 +143,9 @@ class Follower:
         """One state change of a dispatched job: ledger, journal, event, retry. `ray_time`
         is when it happened on Ray's clock, which the ledger compares with snapshot times."""
         job = t.job
+        if new == JobState.STOPPED and (why := self._preempted(job.submission_id)) is not None:
+            new, message = JobState.PREEMPTED, why
+        ended = new in TERMINAL or new == JobState.PREEMPTED
         ledger = self.prober.clusters[t.cluster].ledger if t.cluster in self.prober.clusters else None
         now = ray_time if ray_time is not None else time.time()
         if ledger is not None:
@@ -148,7 +153,7 @@ class Follower:
                 # After a launch, Ray's start_time (its submission) comes before the node: only a
                 # snapshot taken after the job was seen running shows it on its node.
                 ledger.started(job.ray_submission_id, time.time() if is_virtual(t.node_id) else now)
-            elif new in TERMINAL:
+            elif ended:
                 if new == JobState.LOST:
                     ledger.forget(job.ray_submission_id)
                 else:
@@ -157,10 +162,12 @@ class Follower:
                                     was_running=t.seen_running or t.state == JobState.RUNNING,
                                     snapshot_time=snapshot.time if snapshot is not None else None)
         message = stop_message(t, new, message, max(now, time.time()))
-        retry = new in (JobState.FAILED, JobState.LOST) and job.attempt <= job.max_retries
+        retry = new in (JobState.FAILED, JobState.LOST) and job.attempt - job.preemptions <= job.max_retries
         final = new in TERMINAL and not retry
         if retry:
-            message = f"{message or new.value.lower()}; retrying (attempt {job.attempt + 1} of {job.max_retries + 1})"
+            message = (f"{message or new.value.lower()}; retrying (attempt {job.attempt - job.preemptions + 1} "
+                       f"of {job.max_retries + 1})")
+        retry = retry or new == JobState.PREEMPTED  # back to its queue as the next attempt
         if new == JobState.LOST:  # stopped on its cluster if that comes back (zombies.py)
             await self.book.journal.remember_lost(job.ray_submission_id, t.cluster, job.submission_id)
         t = await self.book.record(t.moved(new, final=final, at=time.time()), published=False)
@@ -173,7 +180,7 @@ class Follower:
                 self.book.send(job, new, t.cluster, message, final)
                 self.book.confirm_later(t)
         self._missing.pop(job.submission_id, None)
-        if new in TERMINAL:
+        if ended:
             if new in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
                 self._on_end(t)
             self._wake()

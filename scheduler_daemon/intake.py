@@ -13,6 +13,7 @@ then acknowledged, so it is never lost between the two.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from typing import Awaitable, Callable
@@ -26,16 +27,18 @@ from producers.config import broker_user
 
 from .broker import Topology, declare_topology
 from .events import publish_confirmed
-from .jobs import ATTEMPT_HEADER, OWNER_HEADER, REASON_HEADER, RELEASED_HEADER, Job, MessageMeta
+from .jobs import (ATTEMPT_HEADER, OWNER_HEADER, PREEMPTIONS_HEADER, REASON_HEADER, RELEASED_HEADER, Job,
+                   MessageMeta)
+from .queueconf import DEFAULT, queue_of_key, routing_key_of
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.intake")
 
-MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+MessageHandler = Callable[[AbstractIncomingMessage, str], Awaitable[None]]  # (message, rmcs queue)
 
 
 def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = None,
-                 default_owner: str | None = None) -> MessageMeta:
+                 default_owner: str | None = None, queue: str = DEFAULT) -> MessageMeta:
     """The properties that matter. The owner is the broker-checked `user_id` (else `default_owner`).
     The attempt and owner headers of a retry count only on a message from the daemon's own
     broker user: anyone else's copy of a job id is a new submission, not a later attempt of it."""
@@ -43,6 +46,7 @@ def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = Non
     from_daemon = daemon_user is not None and message.user_id == daemon_user
     attempt = headers.get(ATTEMPT_HEADER, 1) if from_daemon else 1
     owner = headers.get(OWNER_HEADER) if from_daemon else None
+    preemptions = headers.get(PREEMPTIONS_HEADER, 0) if from_daemon else 0
     if isinstance(owner, bytes):
         owner = owner.decode("utf-8", "replace")
     if not isinstance(owner, str) or not owner:
@@ -54,6 +58,8 @@ def message_meta(message: AbstractIncomingMessage, daemon_user: str | None = Non
         reply_to=message.reply_to,
         attempt=attempt if isinstance(attempt, int) and attempt >= 1 else 1,
         owner=owner,
+        queue=queue,
+        preemptions=preemptions if isinstance(preemptions, int) and preemptions >= 0 else 0,
     )
 
 
@@ -67,7 +73,8 @@ class Intake:
         self.publish_channel: AbstractRobustChannel | None = None
         self.topology: Topology | None = None
         self._publish_topology: Topology | None = None
-        self._consumer_tag: str | None = None
+        self._consumer_tags: dict[str, str] = {}  # rmcs queue -> consumer tag, while consuming
+        self._unrouted_tag: str | None = None
         self._depth_channel: AbstractRobustChannel | None = None
         self._gate = asyncio.Lock()
         self.consumed = 0
@@ -96,29 +103,39 @@ class Intake:
 
     @property
     def active(self) -> bool:
-        return self._consumer_tag is not None
+        return bool(self._consumer_tags)
 
-    async def set_active(self, want: bool) -> None:
-        """Register or cancel the consumer; a no-op when already as wanted."""
+    def is_active(self, queue: str) -> bool:
+        return queue in self._consumer_tags
+
+    async def set_active(self, want: bool, queue: str = DEFAULT) -> None:
+        """Register or cancel the consumer of one queue; a no-op when already as wanted."""
         async with self._gate:
-            if self.topology is None or want == self.active:
+            if self.topology is None or want == (queue in self._consumer_tags):
                 return
+            source = self.topology.queues[queue]
             try:
                 if want:
-                    self._consumer_tag = await self.topology.queue.consume(self._on_message, no_ack=False)
+                    self._consumer_tags[queue] = await source.consume(
+                        self._on_message if queue == DEFAULT else functools.partial(self._on_message, queue=queue),
+                        no_ack=False)
                 else:
-                    tag, self._consumer_tag = self._consumer_tag, None
-                    assert tag is not None
-                    await self.topology.queue.cancel(tag)
+                    await source.cancel(self._consumer_tags.pop(queue))
             except Exception as exc:  # channel closed: the robust connection restores it
-                log.warning("consumer gate change failed", want=want, error=str(exc))
+                log.warning("consumer gate change failed", want=want, queue=queue, error=str(exc))
                 if not want:
-                    self._consumer_tag = None
+                    self._consumer_tags.pop(queue, None)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def consume_unrouted(self, handler: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
+        """Hand `handler` every message that reached the intake exchange's alternate exchange
+        (routed to no queue: a queue that does not exist, or was removed); it rejects them."""
+        assert self.topology is not None
+        self._unrouted_tag = await self.topology.unrouted.consume(handler, no_ack=False)
+
+    async def _on_message(self, message: AbstractIncomingMessage, queue: str = DEFAULT) -> None:
         self.consumed += 1
         try:
-            await self._handler(message)
+            await self._handler(message, queue)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -158,9 +175,12 @@ class Intake:
         await self._publish_topology.dlx.publish(copy, routing_key="")
         return await self.ack(message)
 
-    async def publish_retry(self, job: Job, next_attempt: int, *, released: bool = False) -> None:
-        """Put a job back in the intake queue for another attempt (confirmed); `released`: a
+    async def publish_retry(self, job: Job, next_attempt: int, preempted: bool = False, *,
+                            released: bool = False) -> None:
+        """Put a job back in its queue for another attempt (confirmed); after a preemption the
+        attempt is counted as one, so that it does not use up max_retries; `released`: a
         waiting job whose dependencies are met (the same attempt)."""
+        preemptions = job.preemptions + (1 if preempted else 0)
         data = orjson.loads(job.body) if job.body else {}
         data["submission_id"] = job.submission_id
         if "entrypoint" in data:  # native format; the seed formats carry their own job name
@@ -177,9 +197,10 @@ class Intake:
                 reply_to=job.reply_to,
                 user_id=self.user,
                 headers={ATTEMPT_HEADER: next_attempt, **({OWNER_HEADER: job.owner} if job.owner else {}),
-                         **({RELEASED_HEADER: 1} if released else {})},
+                         **({RELEASED_HEADER: 1} if released else {}),
+                         **({PREEMPTIONS_HEADER: preemptions} if preemptions else {})},
             ),
-            self.settings.intake_routing_key,
+            routing_key_of(self.settings.intake_routing_key, job.queue),
             self._closed,
         )
 
@@ -195,17 +216,29 @@ class Intake:
         except Exception:
             return False
 
-    async def queue_depth(self) -> int | None:
-        """Messages waiting in the intake queue, as the broker reports them."""
+    async def queue_depth(self, queue: str = DEFAULT) -> int | None:
+        """Messages waiting in the RabbitMQ queue of an rmcs queue, as the broker reports them
+        (None: not connected, or no such queue)."""
         if self.connection is None or self.connection.is_closed:
             return None
         if self._depth_channel is None or self._depth_channel.is_closed:
             self._depth_channel = await self.connection.channel()
-        result = await self._depth_channel.declare_queue(self.settings.intake_queue, passive=True)
+        try:
+            result = await self._depth_channel.declare_queue(queue_of_key(self.settings.intake_queue, queue),
+                                                             passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # no such queue: the broker closes the channel
+            return None
         return int(result.declaration_result.message_count or 0)
 
     async def stop_consuming(self) -> None:
-        await self.set_active(False)
+        for queue in list(self._consumer_tags):
+            await self.set_active(False, queue)
+        if self._unrouted_tag is not None and self.topology is not None:
+            tag, self._unrouted_tag = self._unrouted_tag, None
+            try:
+                await self.topology.unrouted.cancel(tag)
+            except Exception as exc:
+                log.warning("unrouted consumer cancel failed", error=str(exc))
 
     async def close(self) -> None:
         if self.connection is not None:

@@ -20,11 +20,12 @@ from producers.job import FIELDS
 from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
                               MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
 # The wire's names, re-exported: the daemon's modules take them from here.
-from producers.wire import (ATTEMPT_HEADER, OWNER_HEADER, RAY_STATES, REASON_HEADER, RELEASED_HEADER,  # noqa: F401
-                           TERMINAL, JobState)
+from producers.wire import (ATTEMPT_HEADER, OWNER_HEADER, PREEMPTIONS_HEADER, RAY_STATES, REASON_HEADER,  # noqa: F401
+                            RELEASED_HEADER, TERMINAL, JobState)
 
 from .formats import translate
 from .invalid import InvalidJob, parse_priority  # noqa: F401  (re-exported)
+from .queueconf import DEFAULT, QUEUE_NAME
 
 GIB = 1024 ** 3
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
@@ -55,6 +56,8 @@ class Job:
     depends_on: tuple[str, ...] = ()
     # Stop the job once it has been RUNNING this long.
     run_timeout_s: float | None = None
+    queue: str = "default"  # the queue it belongs to (docs/queues.md)
+    preemptions: int = 0    # attempts that ended PREEMPTED: not counted against max_retries
 
     @cached_property
     def command(self) -> Command:
@@ -121,6 +124,8 @@ class MessageMeta:
     reply_to: str | None = None
     attempt: int = 1
     owner: str | None = None
+    queue: str = "default"  # the rmcs queue whose RabbitMQ queue delivered it
+    preemptions: int = 0
 
 
 def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str, float],
@@ -151,13 +156,32 @@ def parse_job(body: bytes, meta: MessageMeta, *, default_resources: Mapping[str,
     ids = (sid if isinstance(sid, str) and SUBMISSION_ID.fullmatch(sid) else None,
            job_id if isinstance(job_id, str) else None)
     try:
-        return _parse_fields(data, meta, sid, default_resources, ceiling, body)
+        data, queue = _queue_of(data, meta, seed=translated is not None)
+        return _parse_fields(data, meta, sid, default_resources, ceiling, body, queue)
     except InvalidJob as exc:
         raise InvalidJob(exc.reason, *ids) from None
 
 
+def _queue_of(data: dict[str, Any], meta: MessageMeta, *, seed: bool) -> tuple[dict[str, Any], str]:
+    """The job's queue: the one that delivered it. A body may name it too and must then agree,
+    except a seed-format job sent to `default`: its queue (or virtual cluster) selects the queue."""
+    if "queue" not in data:
+        return data, meta.queue
+    data = dict(data)
+    named = data.pop("queue")
+    if named is None or named == meta.queue:
+        return data, meta.queue
+    if not isinstance(named, str) or not QUEUE_NAME.fullmatch(named):
+        raise InvalidJob(f"queue must be a queue name matching [A-Za-z0-9_-]{{1,64}}, got {named!r}")
+    if seed and meta.queue == DEFAULT:
+        return data, named
+    raise InvalidJob(f"the body names queue {named!r} but the message came through queue {meta.queue!r}; "
+                     f"publish it with routing key submit.{named}" if named != DEFAULT else
+                     f"the body names queue 'default' but the message came through queue {meta.queue!r}")
+
+
 def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_resources: Mapping[str, float],
-                  ceiling: Mapping[str, float] | None, body: bytes) -> Job:
+                  ceiling: Mapping[str, float] | None, body: bytes, queue: str = DEFAULT) -> Job:
     if not isinstance(sid, str) or not SUBMISSION_ID.fullmatch(sid):
         raise InvalidJob(f"submission_id must be {schema.SUBMISSION_ID_RULE}, got {sid!r}")
     entrypoint = data.get("entrypoint")
@@ -223,6 +247,8 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         owner=meta.owner,
         depends_on=depends_on,
         run_timeout_s=run_timeout,
+        queue=queue,
+        preemptions=meta.preemptions,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +35,8 @@ class SchedulerStats:
     messages_consumed: int
     events_unconfirmed: int
     clusters: tuple[tuple[str, str, float | None], ...] = ()  # (name, health, last probe's latency in s)
+    queues: tuple[Mapping[str, Any], ...] = ()  # the queues report (tenancy.Tenancy.report)
+    preempted: int = 0
 
 
 class SchedulerMetrics:
@@ -94,6 +96,31 @@ class _Snapshot(Collector):
                 latency.add_metric([name], latency_s)
         yield up
         yield latency
+        yield from _queue_families(s)
+
+
+def _queue_families(s: SchedulerStats) -> Iterator[Metric]:
+    """Per queue (label `queue`): jobs running and waiting, resources held, dominant share."""
+    running = GaugeMetricFamily("rmcs_queue_jobs_running", "Jobs of the queue dispatched and not final.",
+                                labels=["queue"])
+    waiting = GaugeMetricFamily("rmcs_queue_jobs_waiting", "Jobs of the queue waiting, in the daemon's window "
+                                "or in RabbitMQ.", labels=["queue", "where"])
+    held = GaugeMetricFamily("rmcs_queue_resources_held", "Resources held by the queue's jobs (memory in GiB).",
+                             labels=["queue", "resource"])
+    share = GaugeMetricFamily("rmcs_queue_dominant_share", "The queue's weighted dominant resource share.",
+                              labels=["queue"])
+    for q in s.queues:
+        name = str(q["name"])
+        running.add_metric([name], q["running"])
+        waiting.add_metric([name, "daemon"], q["waiting_in_daemon"])
+        if q.get("waiting_in_broker") is not None:
+            waiting.add_metric([name, "broker"], q["waiting_in_broker"])
+        for resource, amount in q["held"].items():
+            held.add_metric([name, resource], amount)
+        share.add_metric([name], q["dominant_share"])
+    yield from (running, waiting, held, share)
+    yield CounterMetricFamily("rmcs_jobs_preempted_total", "Jobs this daemon stopped to give a queue its "
+                              "guarantee back.", value=s.preempted)
 
 
 class ServiceMetrics:

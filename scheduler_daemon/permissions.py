@@ -34,7 +34,9 @@ from typing import Any, Mapping
 
 import orjson
 
+from .broker import alternate_exchange_policy, unrouted_name
 from .leadership import leader_queue
+from .queueconf import queue_of_key
 from .settings import ConfigError, Settings, load_settings
 
 SERVER_NAMED = r"amq\.gen-.*"
@@ -70,8 +72,9 @@ def reply_queues(s: Settings) -> str:
 
 def roles(s: Settings) -> dict[str, Role]:
     """The three roles for the broker names in `s`."""
-    queues = (s.intake_queue, s.dead_letter_queue, s.status_queue, s.control_queue, leader_queue(s))
-    exchanges = (s.intake_exchange, s.dead_letter_exchange, s.events_exchange)
+    queues = (*(queue_of_key(s.intake_queue, q.name) for q in s.queues), s.dead_letter_queue, s.status_queue,
+              s.control_queue, leader_queue(s), unrouted_name(s))
+    exchanges = (s.intake_exchange, s.dead_letter_exchange, s.events_exchange, unrouted_name(s))
     return {
         "daemon": Role(
             # The reply queues and control.stop: its status service asks it to stop jobs. Server-named:
@@ -128,6 +131,9 @@ def definitions(s: Settings, vhost: str, users: Mapping[str, str],
                                    "write": spec.write, "read": spec.read})
         out["topic_permissions"].append({"user": user, "vhost": vhost, "exchange": s.events_exchange,
                                          "write": spec.topic_write, "read": spec.topic_read})
+    name, pattern, definition = alternate_exchange_policy(s)  # messages to no queue are kept (docs/queues.md)
+    out["policies"] = [{"vhost": vhost, "name": name, "pattern": pattern, "apply-to": "exchanges", "priority": 0,
+                        "definition": orjson.loads(definition)}]
     return out
 
 

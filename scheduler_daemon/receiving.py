@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -18,7 +19,8 @@ from .book import JobBook
 from .dependents import Dependents, is_release
 from .events import EventPublisher, JobEvent
 from .intake import Intake, message_meta
-from .jobs import InvalidJob, JobState, parse_job
+from .jobs import SUBMISSION_ID, InvalidJob, JobState, parse_job
+from .queueconf import DEFAULT, queue_refusal
 from .scheduling import VERIFY_ALL
 from .settings import Settings
 from .status.store import StatusStore
@@ -40,20 +42,24 @@ class Receiver:
         self._stopping = stopping
         self._wake = wake
         self.clock = clock
+        self._queues = {q.name: q for q in settings.queues}
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: AbstractIncomingMessage, queue: str = DEFAULT) -> None:
         intake = self._intake()
         if self._stopping.is_set():
             await intake.requeue(message)
             return
-        meta = message_meta(message, intake.user, self.settings.default_owner)
+        meta = message_meta(message, intake.user, self.settings.default_owner, queue)
         try:
             job = parse_job(message.body, meta,
                             default_resources=self.settings.default_resources,
                             max_bytes=self.settings.max_message_bytes,
                             ceiling=self.settings.max_job_resources)
+            refusal = queue_refusal(job, self._queues)
+            if refusal is not None:
+                raise InvalidJob(refusal, job.submission_id, job.job_id)
         except InvalidJob as exc:
-            await self._reject(message, exc, meta.owner)
+            await self._reject(message, exc, meta.owner, queue)
             return
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id):
             # One trip to the journal's thread for all it knows of this id (the hot path).
@@ -124,19 +130,37 @@ class Receiver:
                      attempt=job.attempt, redelivered=message.redelivered)
         self._wake()
 
-    async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None) -> None:
+    async def on_unrouted(self, message: AbstractIncomingMessage) -> None:
+        """A message routed to no queue (through the alternate exchange): REJECTED with the reason
+        and dead-lettered, never dropped (docs/queues.md)."""
+        reason = (f"routing key {message.routing_key!r} reaches no queue; publish with key submit (queue "
+                  "default) or submit.<queue> for a configured queue")
+        sid = job_id = None
+        try:
+            data = orjson.loads(message.body)
+            if isinstance(data, dict):
+                given = data.get("submission_id")
+                sid = given if isinstance(given, str) and SUBMISSION_ID.fullmatch(given) else None
+                job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
+        except orjson.JSONDecodeError:
+            pass
+        owner = message_meta(message, self._intake().user, self.settings.default_owner).owner
+        await self._reject(message, InvalidJob(reason, sid, job_id), owner, None)
+
+    async def _reject(self, message: AbstractIncomingMessage, exc: InvalidJob, owner: str | None,
+                      queue: str | None) -> None:
         """Dead-letter an invalid message with its reason, and publish REJECTED under its id
         only when no job has that id: an invalid message naming someone else's job must not end
         it in everyone's eyes (the status cache, a waiting producer, the retention)."""
         sid = exc.submission_id or message.message_id
         if sid is not None and await self._taken(sid):
             log.warning("message rejected; its id belongs to a job, so no REJECTED event", submission_id=sid,
-                        reason=exc.reason, sender=owner)
+                        reason=exc.reason, sender=owner, queue=queue)
         else:
-            log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason)
+            log.warning("message rejected", submission_id=exc.submission_id, reason=exc.reason, queue=queue)
             event = JobEvent(JobState.REJECTED, sid, exc.job_id, None,
                              message=exc.reason, final=True, correlation_id=message.correlation_id,
-                             reply_to=message.reply_to, owner=owner)
+                             reply_to=message.reply_to, owner=owner, queue=queue)
             await self.publisher.publish(event)
         await self._intake().dead_letter(message, exc.reason)
 

@@ -21,13 +21,14 @@ from .dispatch import Outcome, dispatch, not_ours
 from .events import PublishAborted
 from .following import Follower, gone
 from .intake import Intake
-from .jobs import RAY_STATES, JobState
+from .jobs import RAY_STATES, Job, JobState
 from .placement import NoFit, Placer
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound
 from .settings import ClusterConfig, Settings
 from .stopping import stop_on_cluster
 from .tasks import Work
+from .tenancy import Tenancy
 from .tracking import Tracked
 
 log = structlog.get_logger("rmcs.scheduling")
@@ -42,6 +43,7 @@ class Scheduler:
     def __init__(self, settings: Settings, configs: dict[str, ClusterConfig], *, window: Window,
                  placer: Placer, prober: Prober, book: JobBook, follower: Follower, intake: Intake,
                  work: Work, may_send: Callable[[], bool], observe_dispatch: Callable[[float], None],
+                 tenancy: Tenancy, preempt: Callable[[Job], bool] = lambda job: False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.configs = configs
@@ -55,6 +57,8 @@ class Scheduler:
         self._may_send_at_all = may_send
         self._observe_dispatch = observe_dispatch
         self.clock = clock
+        self.tenancy = tenancy  # the queues (docs/queues.md); off with a lone plain `default`
+        self._preempt = preempt
         self._wake = asyncio.Event()
         self._probe_wake: asyncio.TimerHandle | None = None
         self._stop_after_dispatch: dict[str, str] = {}
@@ -108,7 +112,10 @@ class Scheduler:
                 continue  # ended or taken while this pass awaited
             await self.finish_held(held, JobState.EXPIRED,
                                    f"not dispatched within queue_timeout_s={held.job.queue_timeout_s:g}")
-        for held in self.window.waiting():
+        queues = self.tenancy if self.tenancy.enabled else None
+        if queues is not None:
+            queues.refresh()
+        for held in self.window.waiting() if queues is None else queues.order(self.window.waiting()):
             if self.window.get(held.job.submission_id) is not held or held.in_flight:
                 continue  # ended or taken while this pass awaited
             job = held.job
@@ -120,12 +127,24 @@ class Scheduler:
             if self._refused_everywhere(held):
                 await self.finish_held(held, JobState.REJECTED, f"every fitting cluster refused it: {held.last_reason}")
                 continue
+            if queues is not None:
+                never, why = queues.blocked(job)
+                if never or why is not None:
+                    if never:
+                        await self.finish_held(held, JobState.REJECTED, str(why))
+                    elif why != held.last_reason:
+                        held.last_reason = str(why)
+                        log.info("job waits for its queue", submission_id=job.submission_id, explanation=why)
+                    continue
             self.prober.refresh()  # the clusters that changed since the last job, if any
             decision = self.placer.choose(job, exclude)
             if isinstance(decision, NoFit):
                 if decision.infeasible:
                     await self.finish_held(held, JobState.REJECTED, decision.explanation)
-                elif decision.explanation != held.last_reason:
+                    continue
+                if queues is not None:
+                    self._preempt(job)  # a queue owed its guarantee takes it back
+                if decision.explanation != held.last_reason:
                     held.last_reason = decision.explanation
                     log.info("job waits for capacity", submission_id=job.submission_id,
                              explanation=decision.explanation)
@@ -134,11 +153,19 @@ class Scheduler:
                      node=decision.node_id, explanation=decision.explanation)
             state = self.prober.clusters[decision.cluster]
             state.ledger.reserve(job.ray_submission_id, decision.node_id, job.ray_resources)
+            if queues is not None:
+                queues.charge(job)
             held.in_flight = True
             held.placed_because = decision.explanation
             self._work.spawn(self._guarded(held, self._dispatch(held, decision.cluster, decision.node_id)),
                              f"dispatch-{job.submission_id}")
         self.prober.refresh()
+        if queues is not None:
+            spare = not self.window.full and self.placer.has_spare()
+            ready = self.intake.connected and self.prober.any_probed
+            for name, want in queues.wanted(spare).items():
+                await self.intake.set_active(ready and want, name)
+            return
         want = (not self.window.full and self.intake.connected and self.prober.any_probed
                 and self.placer.has_spare())
         await self.intake.set_active(want)

@@ -20,6 +20,7 @@ from producers.schema import MAX_MESSAGE_BYTES, RESOURCE_NAME
 
 from .clusterfile import (CLUSTER_NAME, ClusterConfig, ConfigError, Secret, _read_yaml,  # noqa: F401 (re-exported)
                           load_clusters)
+from .queueconf import QueueConfig, parse_queues
 
 USER_NAME = re.compile(r"^[^\x00-\x1f\x7f,\s][^\x00-\x1f\x7f,]{0,254}$")  # a broker or API user name
 
@@ -100,6 +101,7 @@ class Settings:
     # at most this many jobs (the oldest that have left their clusters go first).
     status_retention_s: float = 30 * 86400.0
     status_max_jobs: int = 1_000_000
+    queues: tuple[QueueConfig, ...] = (QueueConfig("default"),)  # docs/queues.md; `default` first
 
     def validate(self) -> "Settings":
         _check(self.placement_strategy in ("pack", "spread"), "placement_strategy", "must be 'pack' or 'spread'")
@@ -182,6 +184,8 @@ def parse_http_addr(addr: str) -> tuple[str, int]:
 def _coerce(key: str, raw: Any, default: Any) -> Any:
     """Turn a file or environment value into the type of the default."""
     try:
+        if key in ("queues", "RMCS_QUEUES"):
+            return parse_queues(raw)
         if isinstance(default, bool):
             if isinstance(raw, str):
                 if raw.lower() in ("1", "true", "yes", "on"):
@@ -216,8 +220,9 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
             if not isinstance(raw, Mapping):
                 raise ValueError(raw)
             return {str(k): float(v) for k, v in raw.items()}
-    except (TypeError, ValueError, yaml.YAMLError):
-        raise ConfigError(f"invalid setting {key!r}: {raw!r} is not a valid {type(default).__name__}") from None
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
+        why = str(exc) if key in ("queues", "RMCS_QUEUES") else f"{key!r}: {raw!r} is not a valid {type(default).__name__}"
+        raise ConfigError(f"invalid setting {why}") from None
     raise ConfigError(f"invalid setting {key!r}")
 
 

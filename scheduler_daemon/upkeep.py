@@ -4,7 +4,7 @@ reports the status service reads (the clusters as this daemon sees them, and its
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 import structlog
@@ -16,8 +16,9 @@ from .jobs import RAY_STATES, TERMINAL, JobState
 from .probing import Prober
 from .rayapi import RayError, RayNotFound, RayRejected
 from .settings import Settings
-from .status.store import (CLUSTERS_REPORT, METRICS_REPORT, SCHEDULER_REPORT, JobStatus, StatusStore,
-                           now_minus)
+from .queueconf import queue_of_key
+from .status.store import (CLUSTERS_REPORT, METRICS_REPORT, QUEUES_REPORT, SCHEDULER_REPORT, JobStatus,
+                           StatusStore, now_minus)
 
 log = structlog.get_logger("rmcs.upkeep")
 
@@ -32,8 +33,9 @@ class Upkeep:
     def __init__(self, settings: Settings, *, book: JobBook, prober: Prober, store: StatusStore,
                  publisher: EventPublisher, render_metrics: Callable[[], bytes],
                  is_held: Callable[[str], bool], window: Window | None = None,
-                 queue_depth: Callable[[], int | None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 queue_depths: Callable[[], Mapping[str, int | None]] = dict,
+                 clock: Callable[[], float] = time.monotonic,
+                 report_queues: Callable[[], list[Any]] = list) -> None:
         self.settings = settings
         self.book = book
         self.prober = prober
@@ -42,8 +44,9 @@ class Upkeep:
         self._render_metrics = render_metrics
         self._is_held = is_held
         self._window = window
-        self._queue_depth = queue_depth
+        self._queue_depths = queue_depths
         self._clock = clock
+        self._report_queues = report_queues
 
     async def reconcile(self) -> None:
         """At start: jobs the status cache thinks run, that ended while the daemon was away,
@@ -100,22 +103,24 @@ class Upkeep:
     async def report(self) -> None:
         """What the status service shows of this daemon: its clusters and its metrics."""
         views = [v.summary() for v in self.prober.views()]
-        await self.store.put_report(CLUSTERS_REPORT, orjson.dumps(views))
-        await self.store.put_report(METRICS_REPORT, self._render_metrics())
-        await self.store.put_report(SCHEDULER_REPORT, orjson.dumps(self.scheduler_report()))
+        await self.store.put_reports({  # one write
+            CLUSTERS_REPORT: orjson.dumps(views), METRICS_REPORT: self._render_metrics(),
+            SCHEDULER_REPORT: orjson.dumps(self.scheduler_report()),
+            QUEUES_REPORT: orjson.dumps(self._report_queues())})
 
     def scheduler_report(self) -> dict[str, Any]:
         """The jobs waiting in the window, in the order the next pass takes them, each with why it
-        waits, and the messages waiting in RabbitMQ per queue (only `default` until queues exist)."""
+        waits, and the messages waiting in RabbitMQ per queue (as last read, every 5 s)."""
         now = self._clock()
         waiting = [] if self._window is None else [
             {"submission_id": h.job.submission_id, "position": i, "priority": h.job.priority,
              "waited_s": round(now - h.accepted_at, 3), "reason": h.last_reason or None}
             for i, h in enumerate(self._window.waiting(), 1)]
         dispatching = 0 if self._window is None else len(self._window) - len(waiting)
+        depths = dict(self._queue_depths()) or {"default": None}
         return {"window_size": self.settings.window_size, "waiting": waiting, "dispatching": dispatching,
-                "queues": [{"name": "default", "broker_queue": self.settings.intake_queue,
-                            "waiting_in_broker": self._queue_depth()}]}
+                "queues": [{"name": name, "broker_queue": queue_of_key(self.settings.intake_queue, name),
+                            "waiting_in_broker": depth} for name, depth in depths.items()]}
 
 
 def _final_event(status: JobStatus, state: JobState, message: str) -> JobEvent:

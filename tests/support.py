@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator, Callable
 import aio_pika
 import orjson
 
+from producers.wire import submit_key
 from scheduler_daemon.daemon import Daemon
+from scheduler_daemon.queueconf import queue_of_key
 from scheduler_daemon.settings import ClusterConfig, Settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -53,10 +55,11 @@ async def delete_topology(s: Settings) -> None:
     conn = await aio_pika.connect(s.amqp_url, **s.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel()
-        for q in (s.intake_queue, s.dead_letter_queue, s.status_queue, s.control_queue):
+        queues = [queue_of_key(s.intake_queue, q.name) for q in s.queues]
+        for q in (*queues, s.dead_letter_queue, s.status_queue, s.control_queue, f"{s.intake_exchange}.unrouted"):
             with contextlib.suppress(Exception):
                 await ch.queue_delete(q)
-        for x in (s.intake_exchange, s.dead_letter_exchange, s.events_exchange):
+        for x in (s.intake_exchange, s.dead_letter_exchange, s.events_exchange, f"{s.intake_exchange}.unrouted"):
             with contextlib.suppress(Exception):
                 await ch.exchange_delete(x)
 
@@ -114,19 +117,21 @@ class Events:
 
 
 async def publish(settings: Settings, body: dict[str, Any] | bytes, *, priority: int = 0,
-                  message_id: str | None = None) -> None:
+                  message_id: str | None = None, queue: str | None = None, user_id: str | None = None,
+                  routing_key: str | None = None) -> None:
     conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
         ex = await ch.get_exchange(settings.intake_exchange)
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        await ex.publish(aio_pika.Message(data, priority=priority, message_id=message_id,
+        await ex.publish(aio_pika.Message(data, priority=priority, message_id=message_id, user_id=user_id,
                                           content_type="application/json",
                                           delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                         routing_key=settings.intake_routing_key)
+                         routing_key=routing_key or submit_key(queue, settings.intake_routing_key))
 
 
-async def publish_many(settings: Settings, bodies: list[tuple[dict[str, Any], int]]) -> None:
+async def publish_many(settings: Settings, bodies: list[tuple[dict[str, Any], int]], *,
+                       queue: str | None = None) -> None:
     conn = await aio_pika.connect(settings.amqp_url, **settings.amqp_connect_kwargs())
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
@@ -134,7 +139,7 @@ async def publish_many(settings: Settings, bodies: list[tuple[dict[str, Any], in
         for body, prio in bodies:
             await ex.publish(aio_pika.Message(orjson.dumps(body), priority=prio, content_type="application/json",
                                               delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                             routing_key=settings.intake_routing_key)
+                             routing_key=submit_key(queue, settings.intake_routing_key))
 
 
 async def queue_depth(settings: Settings, queue: str | None = None) -> int:

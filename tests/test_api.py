@@ -258,7 +258,7 @@ async def test_health_readiness_clusters_and_document(env: Env) -> None:
     assert doc == {**openapi.document(env.daemon.settings.max_log_bytes), "servers": [{"url": api.base}]}
     assert set(doc["paths"]) == {"/healthz", "/readyz", "/api/v1/jobs", "/api/v1/jobs/{submission_id}",
                                  "/api/v1/jobs/{submission_id}/logs", "/api/v1/jobs/{submission_id}/stop",
-                                 "/api/v1/clusters", "/api/v1/events", "/metrics", "/openapi.json"}
+                                 "/api/v1/clusters", "/api/v1/queues", "/api/v1/events", "/metrics", "/openapi.json"}
     for schema in doc["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     for path, ops in doc["paths"].items():
@@ -616,7 +616,9 @@ async def test_every_operation_answers_as_documented(env: Env) -> None:
     await api.get("/metrics")
     await api.get("/api/v1/clusters")
     await api.get("/api/v1/clusters", expect=400, x="1")
-    await api.get("/api/v1/jobs", limit=1)
+    await api.get("/api/v1/queues")
+    await api.get("/api/v1/queues", expect=400, x="1")
+    await api.get("/api/v1/jobs", limit=1, queue="default")
     await api.get("/api/v1/jobs", expect=400, limit="x")
     await api.get(f"/api/v1/jobs/{job}")
     await api.get("/api/v1/jobs/no~such", expect=400)

@@ -28,6 +28,8 @@ RUNS = {
     "broker_events": (["--seconds", "0.5"], ["bound on dispatch from the event path alone"]),
     "backlog_memory": (["--depths", "100,300"], ["RSS with 300 waiting is"]),
     "waiting_memory": (["--depths", "10,50"], ["RSS with 50 waiting is"]),
+    "fair_share": (["--scale", "30", "--minutes", "2", "--cpus-per-node", "4", "--guaranteed", "4",
+                    "--plot", "{tmp}/fair.png"], ["three queues, a minute after urgent", "got its guarantee"]),
     "placement_quality": (["--jobs-fraction", "0.1", "--png", "{tmp}/plot.png"],
                           ["target: mixed makespan", "target: fragmentation makespan"]),
 }

@@ -158,7 +158,9 @@ def seed(text: str) -> Any:
 
 
 def parse(data: dict[str, Any], meta: MessageMeta | None = None) -> Job:
-    return parse_job(orjson.dumps(data), meta or MessageMeta(), default_resources={"CPU": 1.0},
+    """Parse as the daemon does; a translated body arrives on the queue it names (docs/queues.md)."""
+    meta = meta or MessageMeta(queue=data.get("queue") if "entrypoint" in data and data.get("queue") else "default")
+    return parse_job(orjson.dumps(data), meta, default_resources={"CPU": 1.0},
                      max_bytes=1 << 20)
 
 
@@ -255,15 +257,16 @@ def test_seed003_jupyter_is_rejected_for_its_ports() -> None:
 def test_seed003_schema_example() -> None:
     out = translate(seed003_schema_example("/usr/bin/python3 /opt/lenet/train.py"))
     assert out is not None
-    assert out["cluster_tags"] == ["vc_a"]
+    assert out["queue"] == "vc_a" and "cluster_tags" not in out  # the virtual cluster selects the queue
     assert out["max_retries"] == 3
     assert out["resource_requirements"] == {"CPU": 4, "GPU": 2, "memory": 16.0, "accelerator_type:P100": 0.001}
     env = out["runtime_env"]["env_vars"]
     assert env["foo"] == "1" and env["key"] == "value" and "isDebug" not in env
     assert env["PAI_TASK_ROLE_TASK_COUNT_main"] == "1"
     assert out["metadata"]["extras.foo"] == "1" and out["metadata"]["extras.key"] == "value"
-    job = parse(out)
-    assert job.cluster_tags == frozenset({"vc_a"}) and job.max_retries == 3
+    job = parse(out, MessageMeta(queue="vc_a"))
+    assert job.queue == "vc_a" and job.max_retries == 3
+    assert parse(seed003_schema_example("/usr/bin/python3 /opt/lenet/train.py")).queue == "vc_a"
     assert job.entrypoint == "/usr/bin/python3 /opt/lenet/train.py"
     assert job.runtime_env == out["runtime_env"]
 
@@ -348,7 +351,7 @@ def test_seed003_details() -> None:
     role.update(gpuNumber=0, minFailedTaskCount=1, minSucceededTaskCount=1)
     out = translate(data)
     assert out is not None
-    assert "cluster_tags" not in out  # the default virtual cluster is no constraint
+    assert "cluster_tags" not in out and out["queue"] == "default"  # the default virtual cluster
     assert out["resource_requirements"] == {"CPU": 1, "GPU": 0, "memory": 8.0}
     assert out["runtime_env"]["env_vars"]["PAI_JOB_NAME"] == "mine"  # jobEnvs win
     assert out["runtime_env"]["env_vars"]["N"] == "2" and out["runtime_env"]["env_vars"]["ON"] == "true"
@@ -406,16 +409,16 @@ def test_seed004_jobspec() -> None:
     assert out["tags"] == ["label1=value1", "label2=value2"]
     assert out["metadata"] == {"label1": "value1", "label2": "value2", "owner": "zzc",
                                "rmcs_queue": "dzz", "rmcs_format": "seed004"}
-    assert out["cluster_tags"] == ["dzz"]
+    assert out["queue"] == "dzz" and "cluster_tags" not in out  # PaddleFlow's queue selects the queue
     assert out["priority"] == 9
     assert out["resource_requirements"] == {"CPU": 4.0, "memory": 8.0, "GPU": 1.0}
     assert out["runtime_env"] == {"env_vars": {"EPOCHS": "10", "LR": "0.1"},
                                   "image_uri": "paddlepaddle/paddle:2.0.2-gpu-cuda10.1-cudnn7"}
     assert out["entrypoint"] == ("/usr/bin/python3 /opt/train.py --data '/mnt/data set' "
                                  "'--name=it'\"'\"'s'")
-    job = parse(out, MessageMeta(message_id="ignored", priority=9))
+    job = parse(out, MessageMeta(message_id="ignored", priority=9, queue="dzz"))
     assert job.submission_id == "job-2d7655af86c94de4" and job.job_id == "zzc-test"
-    assert job.tags == ("label1=value1", "label2=value2") and job.cluster_tags == frozenset({"dzz"})
+    assert job.tags == ("label1=value1", "label2=value2") and job.queue == "dzz"
     assert job.priority == 9 and job.resources == {"CPU": 4.0, "memory": 8.0, "GPU": 1.0}
 
 
@@ -443,7 +446,7 @@ def test_seed004_flat_queue_and_priority_of_show_and_sdk() -> None:
     del data["schedulingPolicy"]
     data.update(queue="wf-143", priority="HIGH", status="succeeded", acceptTime="2022-07-12 22:31:43")
     out = translate(data)
-    assert out is not None and out["cluster_tags"] == ["wf-143"] and out["priority"] == 9
+    assert out is not None and out["queue"] == "wf-143" and out["priority"] == 9
     data["schedulingPolicy"] = {"queue": "other"}
     assert "disagree" in rejected(data).reason
 
@@ -621,3 +624,13 @@ def test_arbitrary_seed003_bodies_raise_only_invalid_job(data: dict[str, Any], t
 def test_arbitrary_seed004_bodies_raise_only_invalid_job(data: dict[str, Any], flavour: Any) -> None:
     data["flavour"] = flavour
     _check(data)
+
+
+def test_queue_field_must_agree_with_the_routing_queue() -> None:
+    body = {"entrypoint": "/bin/true", "queue": "research"}
+    assert parse(body, MessageMeta(queue="research")).queue == "research"
+    assert parse({"entrypoint": "/bin/true"}, MessageMeta(queue="research")).queue == "research"
+    with pytest.raises(InvalidJob, match="came through queue 'default'.*submit.research"):
+        parse(body, MessageMeta())  # a native job names its queue by routing key; the body must agree
+    with pytest.raises(InvalidJob, match="queue must be a queue name"):
+        parse({"entrypoint": "/bin/true", "queue": "no such!"}, MessageMeta(queue="x"))

@@ -26,12 +26,14 @@ import yaml
 from fakeray import FakeCluster, FakeServer
 from rmcs_cli import main
 from scheduler_daemon.settings import Settings
+from brokeradmin import rabbitmqctl
+from scheduler_daemon.broker import alternate_exchange_policy
 from support import delete_topology, make_settings, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 RMCS = str(Path(sys.executable).with_name("rmcs"))
-SUBCOMMANDS = ("submit", "list", "show", "logs", "stop", "clusters", "events", "declare")
+SUBCOMMANDS = ("submit", "list", "show", "logs", "stop", "clusters", "events", "declare", "queues")
 NAME_KEYS = ("amqp_url", "http_addr", "intake_exchange", "intake_queue", "intake_routing_key",
              "dead_letter_exchange", "dead_letter_queue", "events_exchange")
 
@@ -389,3 +391,4 @@ async def test_declare_then_submit_queues_the_job(tmp_path: Path) -> None:
             assert message.content_type == "application/json"
     finally:
         await delete_topology(s)
+        rabbitmqctl("clear_policy", "-p", "/", alternate_exchange_policy(s)[0])

@@ -89,8 +89,8 @@ class Seed003(Dialect):
         if retries is not None:
             out["max_retries"] = self.number(retries, "retryCount", integer=True)
         vc = self.text(d.get("virtualCluster"), "virtualCluster")
-        if vc and vc != "default":
-            out["cluster_tags"] = [vc]
+        if vc:  # the virtual cluster selects the rmcs queue of that name (docs/queues.md)
+            out["queue"] = vc
         env = self.pai_env(job_name, role_name)
         env.update(self.job_envs(d.get("jobEnvs")))
         for key, value in self.obj(d.get("extras"), "extras").items():

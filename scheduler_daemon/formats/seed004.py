@@ -67,7 +67,7 @@ class Seed004(Dialect):
         metadata = self.labels_and_annotations(d.get("labels"), d.get("annotations"), out)
         queue, priority = self.policy(d)
         if queue:
-            out["cluster_tags"] = [queue]
+            out["queue"] = queue  # selects the rmcs queue of that name (docs/queues.md)
             metadata["rmcs_queue"] = queue
         out["priority"] = priority
         resources = self.flavour(d.get("flavour"), metadata)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import orjson
 import structlog
@@ -32,19 +30,17 @@ from ..rayapi import RayError
 from ..settings import Settings, parse_http_addr
 from . import guard, openapi
 from .hub import EventHub
-from .store import BadQuery, ListQuery, StatusStore
+from .params import _CONTROL, ApiError, _limit, _params, _pattern, _stop_reason, _submission_id, _time
+from .store import QUEUES_REPORT, BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
 
 SUBMISSION_ID = schema.SUBMISSION_ID
-LIST_PARAMS = ("state", "cluster", "tag", "owner", "since", "until", "limit", "cursor")
-MAX_PARAM_CHARS = 1024
+LIST_PARAMS = ("state", "cluster", "tag", "owner", "queue", "since", "until", "limit", "cursor")
 MAX_BODY_BYTES = 64 * 1024
-MAX_REASON_CHARS = 1024
 PING_INTERVAL_S = 15.0     # SSE comment, keeps proxies from closing an idle stream
 DISCONNECT_CHECK_S = 1.0   # how soon a stream notices its client went away
 WRITE_TIMEOUT_S = 10.0     # a client that takes no bytes for this long is dropped
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Where a stop outcome puts the HTTP status: taken (202), refused by state (409), by the cluster (502).
 # Refused for the caller (not the job's owner nor an admin): 403.
 STOP_STATUS = {"cancelled": 202, "stopping": 202, "recorded": 202,
@@ -77,16 +73,6 @@ class Backend(Protocol):
 
     async def request_stop(self, submission_id: str, reason: str | None,
                            caller: access.Caller) -> Mapping[str, Any]: ...
-
-
-class ApiError(Exception):
-    """An answer other than 200, with `{"error": message}` as its body."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -122,77 +108,6 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _json({"error": "internal error"}, 500)
 
 
-def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
-    """The query parameters, each known, given once, non-empty and printable."""
-    allowed = tuple(allowed)
-    out: dict[str, str] = {}
-    for name, value in request.query.items():
-        if name not in allowed:
-            known = ", ".join(allowed) if allowed else "none"
-            raise ApiError(400, f"unknown query parameter {name!r} (allowed: {known})")
-        if name in out:
-            raise ApiError(400, f"query parameter {name!r} given more than once")
-        if not value:
-            raise ApiError(400, f"query parameter {name!r} is empty")
-        if len(value) > MAX_PARAM_CHARS or _CONTROL.search(value):
-            raise ApiError(400, f"query parameter {name!r} is too long or has control characters")
-        out[name] = value
-    return out
-
-
-def _submission_id(request: web.Request) -> str:
-    sid = request.match_info["submission_id"]
-    if not SUBMISSION_ID.fullmatch(sid):
-        raise ApiError(400, f"submission_id must be {schema.SUBMISSION_ID_RULE}")
-    return sid
-
-
-def _time(value: str, name: str) -> str:
-    """An RFC 3339 time (UTC when it has no offset), normalised to UTC with a Z."""
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    except (ValueError, OverflowError):
-        raise ApiError(400, f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
-
-
-def _limit(value: str | None) -> int:
-    if value is None:
-        return ListQuery.limit
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 1000:
-        raise ApiError(400, "limit must be an integer between 1 and 1000")
-    return int(value)
-
-
-def _pattern(value: str) -> str:
-    if len(value) > 255 or any(not word for word in value.split(".")):
-        raise ApiError(400, "pattern must be an AMQP topic pattern of non-empty dot-separated words, "
-                            "such as job.# or job.*.gpu (at most 255 characters)")
-    return value
-
-
-def _stop_reason(body: bytes) -> str | None:
-    if not body.strip():
-        return None
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body must be a JSON object such as {\"reason\": \"...\"}") from None
-    if not isinstance(request, dict):
-        raise ApiError(400, "the body must be a JSON object such as {\"reason\": \"...\"}")
-    unknown = sorted(set(request) - {"reason"})
-    if unknown:
-        raise ApiError(400, f"unknown field {unknown[0]!r} in the body (allowed: reason)")
-    reason = request.get("reason")
-    if reason is None:
-        return None
-    if not isinstance(reason, str) or not 1 <= len(reason) <= MAX_REASON_CHARS:
-        raise ApiError(400, f"reason must be a string of 1 to {MAX_REASON_CHARS} characters")
-    return reason
-
-
 def named_frame(event: Mapping[str, Any]) -> bytes:
     """An event as the API streams it: `event: <routing key>` and `data: <json>`."""
     name = _CONTROL.sub("", str(event.get("event") or "message"))
@@ -216,6 +131,7 @@ class HttpServer:
             web.get("/api/v1/jobs/{submission_id}/logs", self.logs),
             web.post("/api/v1/jobs/{submission_id}/stop", self.stop_job),
             web.get("/api/v1/clusters", self.clusters),
+            web.get("/api/v1/queues", self.queues),
             web.get("/api/v1/events", self.events, allow_head=False),
             web.get("/metrics", self.metrics),
             web.get("/openapi.json", self.openapi),
@@ -292,7 +208,7 @@ class HttpServer:
         q = _params(request, LIST_PARAMS)
         query = ListQuery(
             state=q.get("state"), cluster=q.get("cluster"), tag=q.get("tag"), owner=q.get("owner"),
-            since=_time(q["since"], "since") if "since" in q else None,
+            queue=q.get("queue"), since=_time(q["since"], "since") if "since" in q else None,
             until=_time(q["until"], "until") if "until" in q else None,
             limit=_limit(q.get("limit")), cursor=q.get("cursor"))
         try:
@@ -350,6 +266,13 @@ class HttpServer:
     async def clusters(self, request: web.Request) -> web.Response:
         _params(request, ())
         return _json({"clusters": await self.backend.clusters()})
+
+    async def queues(self, request: web.Request) -> web.Response:
+        """The queues as the scheduler last reported them (docs/queues.md)."""
+        _params(request, ())
+        report = await self.backend.store.report(QUEUES_REPORT)
+        queues = orjson.loads(report[0]) if report is not None else []
+        return _json({"queues": queues if isinstance(queues, list) else []})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each lifecycle event as `event: <routing key>` and `data: <json>`.

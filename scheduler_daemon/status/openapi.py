@@ -64,6 +64,7 @@ SCHEMAS: dict[str, Any] = {
             "null for a job recorded before owners")},
         "depends_on": {"type": "array", "items": _STR,
                        "description": "runs only after each of these SUCCEEDED (WAITING until then)"},
+        "queue": {"type": "string", "description": "its queue (docs/queues.md)"},
         "state": _STATE,
         "cluster": {"type": ["string", "null"], "description": "placed cluster, null before placement"},
         "attempt": {"type": "integer", "minimum": 1},
@@ -117,6 +118,15 @@ SCHEMAS: dict[str, Any] = {
         "error": {"type": ["string", "null"], "description": "the last probe's error"},
     }),
     "ClusterList": _object({"clusters": {"type": "array", "items": _ref("Cluster")}}),
+    "Queue": _object({
+        "name": _STR, "configured": {"type": "boolean", "description": "false: removed, messages may wait in it"},
+        "weight": {"type": ["number", "null"]}, "guaranteed": _NUMBERS, "limit": {"type": ["object", "null"]},
+        "max_running": {"type": ["integer", "null"]}, "publishers": {"type": ["array", "null"], "items": _STR},
+        "held": _NUMBERS, "running": {"type": "integer", "description": "jobs dispatched and not final"},
+        "waiting_in_daemon": {"type": "integer"}, "waiting_in_broker": {"type": ["integer", "null"]},
+        "dominant_share": {"type": "number", "description": "weighted dominant resource share"},
+    }),
+    "QueueList": _object({"queues": {"type": "array", "items": _ref("Queue")}}),
     "JobEvent": _object({
         "event": {"type": "string", "description": "routing key job.<state>.<cluster or _>"},
         "state": _STATE,
@@ -134,7 +144,8 @@ SCHEMAS: dict[str, Any] = {
         "correlation_id": _STR_OR_NULL,
         "reply_to": _STR_OR_NULL,
         "owner": {"type": ["string", "null"], "description": "the broker user that submitted the job"},
-    }, closed=False, optional=("owner",)),
+        "queue": {"type": ["string", "null"], "description": "its queue (docs/queues.md)"},
+    }, closed=False, optional=("owner", "queue")),
     "ClusterEvent": _object({
         "event": {"type": "string", "description": "routing key cluster.<health>.<cluster>"},
         "cluster": _STR,
@@ -163,6 +174,7 @@ _LIST_PARAMS = [
     _query("cluster", _PARAM, "only jobs placed on this cluster"),
     _query("tag", _PARAM, "only jobs carrying this tag"),
     _query("owner", _PARAM, "only jobs submitted by this broker user"),
+    _query("queue", _PARAM, "only jobs of this queue"),
     _query("since", {**_PARAM, **_TIME}, "only jobs created at or after this RFC 3339 time"),
     _query("until", {**_PARAM, **_TIME}, "only jobs created before this RFC 3339 time"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),
@@ -253,6 +265,10 @@ PATHS: dict[str, Any] = {
         "200": _json("ClusterList", "every configured cluster"),
         "400": _BAD,
     }, op_id="listClusters", tag="clusters")},
+    "/api/v1/queues": {"get": _op("the queues as the scheduler last reported them", {
+        "200": _json("QueueList", "every queue, and any removed one whose RabbitMQ queue still exists"),
+        "400": _BAD,
+    }, op_id="listQueues", tag="clusters")},
     "/api/v1/events": {"get": _op("live lifecycle events (server-sent events)", {
         "200": {"description": (
             "An endless `text/event-stream`. Each event: `event: <routing key>` and `data: <JSON>` "

@@ -91,6 +91,11 @@ MIGRATIONS = (
         kept DOUBLE PRECISION NOT NULL
     );
     """,
+    # Queues (docs/queues.md): each job's queue; NULL on a row from before queues (`default`).
+    """
+    ALTER TABLE status_jobs ADD COLUMN queue TEXT;
+    CREATE INDEX status_jobs_queue ON status_jobs (queue, seq);
+    """,
 )
 _PG_COLUMNS = _COLUMNS.replace("submission_id,", "j.submission_id,", 1)
 _GONE = "final AND (deleted OR cluster IS NULL)"  # final jobs off their cluster: what prune forgets
@@ -130,6 +135,7 @@ class PgStatusStore(StatusStore):
         owner = _opt_text(event.get("owner"))
         deps = event.get("depends_on")
         depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
+        queue = _opt_text(event.get("queue"))
         rank = RANK[state]
         tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
         step = (sid, state, attempt, cluster, ts, message)
@@ -151,12 +157,12 @@ class PgStatusStore(StatusStore):
                     break
                 inserted = await db.fetchval(
                     "INSERT INTO status_jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                    " priority, tags, metadata, resources, created, updated, owner, depends_on)"
-                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$13,$14,$15)"
+                    " priority, tags, metadata, resources, created, updated, owner, depends_on, queue)"
+                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$13,$14,$15,$16)"
                     " ON CONFLICT (submission_id) DO NOTHING RETURNING seq",
                     sid, job_id, state, rank, cluster, attempt, final, message, priority,
                     orjson.dumps(tags).decode(), orjson.dumps(event.get("metadata") or {}).decode(),
-                    orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, owner, depends_on)
+                    orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, owner, depends_on, queue)
                 if inserted is not None:
                     if tags:
                         await db.executemany("INSERT INTO status_job_tags VALUES ($1,$2) ON CONFLICT DO NOTHING",
@@ -166,8 +172,9 @@ class PgStatusStore(StatusStore):
                 return False
             await db.execute(
                 "UPDATE status_jobs SET state=$1, rank=$2, cluster=COALESCE($3, cluster), attempt=$4, final=$5,"
-                " message=$6, updated=$7, job_id=COALESCE(job_id, $8), owner=COALESCE(owner, $9)"
-                " WHERE submission_id=$10", state, rank, cluster, attempt, final, message, ts, job_id, owner, sid)
+                " message=$6, updated=$7, job_id=COALESCE(job_id, $8), owner=COALESCE(owner, $9),"
+                " queue=COALESCE(queue, $10) WHERE submission_id=$11",
+                state, rank, cluster, attempt, final, message, ts, job_id, owner, queue, sid)
             return True
 
     async def get(self, submission_id: str, *, history: bool = True) -> JobStatus | None:
@@ -199,6 +206,9 @@ class PgStatusStore(StatusStore):
             where.append(f"j.cluster = {arg(query.cluster)}")
         if query.owner:
             where.append(f"j.owner = {arg(query.owner)}")
+        if query.queue:  # a row from before queues has none: it was in `default`
+            q = arg(query.queue)
+            where.append(f"(j.queue = {q} OR (j.queue IS NULL AND {q} = 'default'))")
         if query.tag:
             where.append(f"EXISTS (SELECT 1 FROM status_job_tags t WHERE t.tag = {arg(query.tag)}"
                          " AND t.submission_id = j.submission_id)")
@@ -284,6 +294,12 @@ class PgStatusStore(StatusStore):
         await self._pool.execute(
             "INSERT INTO status_reports VALUES ($1,$2,$3) ON CONFLICT (name) DO UPDATE SET"
             " body = excluded.body, written = excluded.written", name, body, time.time())
+
+    async def put_reports(self, reports: Mapping[str, bytes]) -> None:
+        written = time.time()
+        await self._pool.executemany(
+            "INSERT INTO status_reports VALUES ($1,$2,$3) ON CONFLICT (name) DO UPDATE SET"
+            " body = excluded.body, written = excluded.written", [(n, b, written) for n, b in reports.items()])
 
     async def report(self, name: str) -> tuple[bytes, float] | None:
         row = await self._pool.fetchrow("SELECT body, written FROM status_reports WHERE name = $1", name)

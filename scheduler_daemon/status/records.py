@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 # Order of states within one attempt; a later attempt always wins over an earlier one.
 RANK = {"ACCEPTED": 1, "WAITING": 1.5, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
-        "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5}
+        "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5, "PREEMPTED": 5}
 STATES = frozenset(RANK)
 
 
@@ -50,12 +50,14 @@ class JobStatus:
     transitions: tuple[Transition, ...] = field(default_factory=tuple)
     owner: str | None = None  # the broker user that submitted it (docs/security.md)
     depends_on: tuple[str, ...] = ()  # run only after each of these SUCCEEDED
+    queue: str = "default"    # its queue (docs/queues.md)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "submission_id": self.submission_id,
             "job_id": self.job_id,
             "owner": self.owner,
+            "queue": self.queue,
             "depends_on": list(self.depends_on),
             "state": self.state,
             "cluster": self.cluster,
@@ -95,6 +97,7 @@ class ListQuery:
     cluster: str | None = None
     tag: str | None = None
     owner: str | None = None
+    queue: str | None = None
     since: str | None = None      # RFC 3339, on the job's creation time
     until: str | None = None
     limit: int = 100

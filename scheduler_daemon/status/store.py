@@ -27,6 +27,7 @@ T = TypeVar("T")
 # The reports the scheduler writes for the status service: its clusters (JSON), its metrics, and
 # its window and queues (JSON: the jobs waiting in order, with why; messages waiting in RabbitMQ).
 CLUSTERS_REPORT = "clusters"
+QUEUES_REPORT = "queues"  # the scheduler's queues (docs/queues.md), for GET /api/v1/queues
 METRICS_REPORT = "metrics"
 SCHEDULER_REPORT = "scheduler"
 
@@ -126,6 +127,7 @@ class SqliteStatusStore(StatusStore):
         owner = _opt_text(event.get("owner"))
         deps = event.get("depends_on")
         depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
+        queue = _opt_text(event.get("queue"))
 
         def _apply(db: sqlite3.Connection) -> bool:
             # A write first: it takes the write lock, waiting for it (a read first would make the
@@ -147,12 +149,13 @@ class SqliteStatusStore(StatusStore):
                 tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
                 db.execute(
                     "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
-                    " priority, tags, metadata, resources, created, updated, owner, depends_on)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " priority, tags, metadata, resources, created, updated, owner, depends_on, queue)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (sid, job_id, state, rank, cluster, attempt, int(final), message,
                      priority, orjson.dumps(tags).decode(),
                      orjson.dumps(event.get("metadata") or {}).decode(),
-                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner, depends_on))
+                     orjson.dumps(event.get("resource_requirements") or {}).decode(), ts, ts, owner, depends_on,
+                     queue))
                 db.executemany("INSERT OR IGNORE INTO job_tags VALUES (?,?)", [(sid, t) for t in tags])
                 changed = True
             else:
@@ -161,9 +164,9 @@ class SqliteStatusStore(StatusStore):
                 if newer and not cur_final:
                     db.execute(
                         "UPDATE jobs SET state=?, rank=?, cluster=COALESCE(?, cluster), attempt=?, final=?,"
-                        " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?)"
-                        " WHERE submission_id=?",
-                        (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, sid))
+                        " message=?, updated=?, job_id=COALESCE(job_id, ?), owner=COALESCE(owner, ?),"
+                        " queue=COALESCE(queue, ?) WHERE submission_id=?",
+                        (state, rank, cluster, attempt, int(final), message, ts, job_id, owner, queue, sid))
                     changed = True
                 else:
                     changed = False
@@ -202,6 +205,9 @@ class SqliteStatusStore(StatusStore):
             if query.owner:
                 where.append("j.owner = ?")
                 args.append(query.owner)
+            if query.queue:  # a row from before queues has none: it was in `default`
+                where.append("(j.queue = ? OR (j.queue IS NULL AND ? = 'default'))")
+                args.extend((query.queue, query.queue))
             if query.tag:
                 where.append("EXISTS (SELECT 1 FROM job_tags t WHERE t.tag = ? AND t.submission_id = j.submission_id)")
                 args.append(query.tag)
@@ -317,6 +323,10 @@ class SqliteStatusStore(StatusStore):
 
     async def prune_log_tails(self, before: float) -> int:
         return await self._run(lambda db: db.execute("DELETE FROM log_tails WHERE kept < ?", (before,)).rowcount)
+    async def put_reports(self, reports: Mapping[str, bytes]) -> None:
+        written = time.time()
+        rows = [(name, body, written) for name, body in reports.items()]
+        await self._run(lambda db: db.executemany("INSERT OR REPLACE INTO reports VALUES (?,?,?)", rows))
 
     async def report(self, name: str) -> tuple[bytes, float] | None:
         def _read(db: sqlite3.Connection) -> tuple[bytes, float] | None:
@@ -329,15 +339,15 @@ class SqliteStatusStore(StatusStore):
 HEALTH_KEPT = 100  # health changes kept per cluster
 
 _COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
-            " resources, created, updated, deleted, owner, depends_on")
+            " resources, created, updated, deleted, owner, depends_on, COALESCE(queue, 'default')")
 
 
 def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
     (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
-     created, updated, deleted, owner, depends_on) = row
+     created, updated, deleted, owner, depends_on, queue) = row
     return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
                      tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
-                     created, updated, bool(deleted), steps, owner, tuple(orjson.loads(depends_on or "[]")))
+                     created, updated, bool(deleted), steps, owner, tuple(orjson.loads(depends_on or "[]")), queue)
 
 
 def _opt_text(value: Any) -> str | None:
@@ -361,3 +371,6 @@ def _setup(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (final, updated)")
     if "depends_on" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
         db.execute("ALTER TABLE jobs ADD COLUMN depends_on TEXT")  # a store from before depends_on
+    if "queue" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN queue TEXT")  # a store from before queues
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (queue, seq)")

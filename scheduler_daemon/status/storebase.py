@@ -68,6 +68,11 @@ class StatusStore(abc.ABC):
     async def put_report(self, name: str, body: bytes) -> None:
         """The scheduler's latest report `name` (its clusters, its metrics), replacing the last."""
 
+    async def put_reports(self, reports: Mapping[str, bytes]) -> None:
+        """Several reports at once (one write where the store can: the status process writes too)."""
+        for name, body in reports.items():
+            await self.put_report(name, body)
+
     @abc.abstractmethod
     async def report(self, name: str) -> tuple[bytes, float] | None:
         """The latest report `name` and when it was written (Unix time), or None."""
