@@ -115,7 +115,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"urgent got its guarantee of CPU {args.guaranteed:g} back "
           + (f"{reclaim / args.scale:.2f} wall s ({reclaim:.0f} simulated s)" if reclaim is not None else "never")
           + " after it started to publish")
-    plot(samples, args, Path(args.plot))
+    try:
+        plot(samples, args, Path(args.plot))
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
 
 
 def plot(samples: list[tuple[float, dict[str, float], dict[str, float]]], args: argparse.Namespace, path: Path) -> None:
