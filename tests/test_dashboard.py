@@ -148,7 +148,7 @@ async def test_a_published_job_moves_through_its_states_without_a_reload(world: 
     await page.goto(f"{world.base}/jobs?tag={tag}")
     await page.get_by_text("Live").first.wait_for()
     await page.evaluate("""(tag) => { window.__sameDocument = tag; }""", tag)
-    blocker = await world.submit("solo", "/bin/sleep 3", tags=(tag,), name="blocker")
+    blocker = await world.submit("solo", "/bin/sleep 8", tags=(tag,), name="blocker")
     await world.wait_state(blocker, "RUNNING")
     job = await world.submit("solo", "/bin/sleep 2", tags=(tag,), name="watched")
     # Record, in the page, every state the job's row shows and when.
@@ -166,7 +166,11 @@ async def test_a_published_job_moves_through_its_states_without_a_reload(world: 
     }""", job)
     # While it waits behind the blocker, its own page says where it stands and why.
     other = await page.context.new_page()
-    await other.goto(f"{world.base}/jobs/{job}")
+    for _ in range(20):  # the scheduler reports the jobs it holds once a second: load until it has
+        await other.goto(f"{world.base}/jobs/{job}")
+        if await other.locator("#position").count():
+            break
+        await asyncio.sleep(0.25)
     await expect(other.locator("#position")).to_contain_text("position 1 of 1", timeout=5000)
     await expect(other.locator("#h-why + p + p")).to_contain_text("Why it waits: no cluster fits now")
     await other.close()
