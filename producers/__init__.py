@@ -7,7 +7,7 @@ standard library; never the daemon or Ray.
     sid = submit_job("python /opt/jobs/train.py --epochs 3", resource_requirements={"CPU": 2})
     wait_for_all_jobs([sid], timeout=3600)
 
-`producers.aio` has the same functions as coroutines; `producers._core.Client` is the asyncio
+`producers.aio` has the same functions as coroutines; `producers.core.Client` is the asyncio
 engine under both (and under `rmcs`); `producers.wire` and `producers.schema` hold the names and
 rules the daemon shares. See docs/producers.md.
 """

@@ -18,7 +18,7 @@ import weakref
 from typing import Any, Awaitable, Callable, TypeVar
 
 from . import state
-from ._core import Client
+from .core import Client
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 
-from producers._core import Client
+from producers.core import Client
 from producers.config import ProducerConfig
 from producers.errors import BrokerUnreachable, DaemonUnreachable, MissingExchange, NotConfirmed, NotRouted, StreamBroken
 from scheduler_daemon.settings import ConfigError, Settings, load_settings

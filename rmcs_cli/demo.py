@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from producers._core import Client
+from producers.core import Client
 from scheduler_daemon.broker import declare
 from scheduler_daemon.localray import HeadSpec, LocalHead
 from scheduler_daemon.settings import ClusterConfig, load_clusters, load_settings
