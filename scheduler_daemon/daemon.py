@@ -25,7 +25,6 @@ from .amqp_wire import AmqpWire
 from .following import Follower
 from .health_events import HealthEvents
 from .intake import Intake
-from .logtails import LogKeeper
 from .metrics import SchedulerMetrics, SchedulerStats
 from .placement import Placer
 from .preempting import Preempting
@@ -80,12 +79,10 @@ class Daemon:
                                      status=self.store, intake=lambda: self.intake)
         self.health = HealthEvents(self.publisher, self.work)
         self.prober = Prober(settings, clusters, self.health.changed, self._on_probed, on_view=self.placer.update)
-        self.log_keeper = LogKeeper(settings, self.prober, self.store)
         self.tenancy = Tenancy(settings, book=self.book, window=self.window, placer=self.placer)
         self.preempting = Preempting(book=self.book, prober=self.prober, placer=self.placer, tenancy=self.tenancy,
                                      work=self.work)
-        self.follower = Follower(settings, self.book, self.prober, self._wake, on_end=self.log_keeper.ended,
-                                 preempted=self.preempting.take)
+        self.follower = Follower(settings, self.book, self.prober, self._wake, preempted=self.preempting.take)
         self.timeouts = RunTimeouts(self.book, self.prober, self.work, settings.autoscale_timeout_s)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,
                                    prober=self.prober, book=self.book, follower=self.follower,
@@ -157,7 +154,6 @@ class Daemon:
         self._own(self.scheduler.run(self.stopping), "scheduler")
         self._own(self.follower.run(self.stopping), "follower")
         self._own(self.dependents.run(self.stopping), "dependents")
-        self._own(self.log_keeper.run(self.stopping), "log-tails")
         self._own(every("run-timeouts", self.settings.track_interval_s, self.timeouts.check, self.stopping), "run-timeouts")
         self._own(every("maintenance", MAINTENANCE_INTERVAL_S, self._maintain, self.stopping), "maintenance")
         self._own(every("report", REPORT_INTERVAL_S, self._report, self.stopping), "report")
@@ -172,7 +168,9 @@ class Daemon:
             await self.service.start()
         elif self.service_process is not None:
             self._own(self.service_process.run(self.stopping), "status-service")
-            if self.leadership is None and not await self.service_process.wait_serving(SERVICE_START_S):
+            # Serving means its consumer has bound the status queue: a leader that dispatched before
+            # then would publish its first events where no status store hears them.
+            if not await self.service_process.wait_serving(SERVICE_START_S):
                 log.warning("status service not serving yet", http_addr=self.settings.http_addr)
 
     async def _report(self) -> None:

@@ -36,10 +36,8 @@ def gone(state: ClusterState, lost_after_s: float) -> bool:
 
 class Follower:
     def __init__(self, settings: Settings, book: JobBook, prober: Prober, wake: Callable[[], None],
-                 on_end: Callable[[Tracked], None] = lambda t: None,
                  preempted: Callable[[str], str | None] = lambda sid: None) -> None:
         self.settings = settings
-        self._on_end = on_end  # a dispatched attempt ended on its cluster (its log tail is kept)
         self._preempted = preempted  # the reason a job was stopped for a queue's guarantee, if it was
         self.book = book
         self.prober = prober
@@ -181,7 +179,5 @@ class Follower:
                 self.book.confirm_later(t)
         self._missing.pop(job.submission_id, None)
         if ended:
-            if new in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED):
-                self._on_end(t)
             self._wake()
         return t

@@ -15,7 +15,7 @@ import yaml
 from fakeray import FakeServer, _start
 from fakescale import ScalingCluster
 from rmcs_cli import main
-from scheduler_daemon.logtails import tail_of
+from scheduler_daemon.status.tails import tail_of
 from scheduler_daemon.nodetypes import parse_autoscaling
 from support import Events, make_settings, publish, running_daemon, sid
 
@@ -44,7 +44,7 @@ async def test_rmcs_logs_answers_after_the_node_is_gone(tmp_path) -> None:
             await ev.wait_final([job], 30)
             assert ev.states(job)[-1] == "SUCCEEDED"
             for _ in range(100):  # the tail is kept, and the node removed
-                if daemon.log_keeper.kept and c.removed:
+                if daemon.service.log_keeper.kept and c.removed:
                     break
                 await asyncio.sleep(0.1)
             assert c.route("GET", f"/api/jobs/{job}/logs", b"")[0] == 500  # Ray's logs are gone

@@ -7,6 +7,8 @@ has it. (Stop requests are the scheduler's own: `control.py`.)
 
 from __future__ import annotations
 
+from typing import Callable
+
 import aio_pika
 import orjson
 import structlog
@@ -22,10 +24,12 @@ log = structlog.get_logger("rmcs.status")
 
 
 class StatusConsumer:
-    def __init__(self, settings: Settings, store: StatusStore, hub: EventHub) -> None:
+    def __init__(self, settings: Settings, store: StatusStore, hub: EventHub,
+                 on_job_event: Callable[[dict[str, object]], None] = lambda event: None) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
+        self._on_job_event = on_job_event  # after the store has it (the log tails look at it)
         self.applied = 0
         self._live_apart = False
 
@@ -62,6 +66,7 @@ class StatusConsumer:
             if key.startswith("job."):
                 await self.store.apply(event)
                 self.applied += 1
+                self._on_job_event(event)
             elif key.startswith("cluster."):
                 await self.store.set_cluster_health(str(event.get("cluster")), str(event.get("health")),
                                                     str(event.get("ts")), event.get("message"))

@@ -27,10 +27,10 @@ async def log_tail(dashboard: RayDashboard, ray_id: str, tail: int) -> tuple[str
     buf = bytearray()
     seen = 0
     try:
-        async with dashboard.session.get(dashboard._url(job_path(ray_id, "/logs")),
+        async with dashboard.session.get(dashboard.url(job_path(ray_id, "/logs")),
                                          timeout=dashboard.timeout) as resp:
             if resp.status >= 400:
-                text = dashboard._text(await resp.content.read(4096))
+                text = dashboard.error_text(await resp.content.read(4096))
                 raise (RayNotFound if resp.status == 404 else RayRejected)(resp.status, text)
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 seen += len(chunk)

@@ -10,10 +10,9 @@ from typing import Any, Mapping
 import asyncpg
 import orjson
 
-from ..pgbase import connect, migrate
-from .records import (RANK, ForeignOwner, JobStatus, ListQuery, LogTail, Page, Transition, decode_cursor,
-                      encode_cursor, _norm)
-from .store import _COLUMNS, HEALTH_KEPT, _now, _opt_text, _status
+from ..pgbase import close_pool, connect, migrate
+from .records import (HEALTH_KEPT, JOB_COLUMNS, RANK, ForeignOwner, JobStatus, ListQuery, LogTail, Page, Transition,
+                      decode_cursor, encode_cursor, normal_ts, now_text, parse_event, status_of_row)
 from .storebase import StatusStore
 
 MIGRATIONS = (
@@ -97,7 +96,7 @@ MIGRATIONS = (
     CREATE INDEX status_jobs_queue ON status_jobs (queue, seq);
     """,
 )
-_PG_COLUMNS = _COLUMNS.replace("submission_id,", "j.submission_id,", 1)
+_PG_COLUMNS = JOB_COLUMNS.replace("submission_id,", "j.submission_id,", 1)
 _GONE = "final AND (deleted OR cluster IS NULL)"  # final jobs off their cluster: what prune forgets
 
 
@@ -112,7 +111,7 @@ class PgStatusStore(StatusStore):
 
     async def close(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
             self.pool = None
 
     @property
@@ -121,23 +120,13 @@ class PgStatusStore(StatusStore):
         return self.pool
 
     async def apply(self, event: Mapping[str, Any]) -> bool:
-        sid = event.get("submission_id")
-        state = str(event.get("state", "")).upper()
-        if not isinstance(sid, str) or state not in RANK:
+        e = parse_event(event)
+        if e is None:
             return False
-        attempt = int(event.get("attempt") or 1)  # ValueError for a foreign shape: the caller drops it
-        cluster = _opt_text(event.get("cluster"))
-        ts = str(event.get("ts") or _now())
-        message = _opt_text(event.get("message"))
-        final = bool(event.get("final"))
-        priority = event.get("priority") if isinstance(event.get("priority"), int) else None
-        job_id = _opt_text(event.get("job_id"))
-        owner = _opt_text(event.get("owner"))
-        deps = event.get("depends_on")
-        depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
-        queue = _opt_text(event.get("queue"))
-        rank = RANK[state]
-        tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
+        sid, state, rank, attempt = e.submission_id, e.state, e.rank, e.attempt
+        cluster, ts, message, final, priority = e.cluster, e.ts, e.message, e.final, e.priority
+        job_id, owner, depends_on, queue = e.job_id, e.owner, e.depends_on, e.queue
+        tags = list(e.tags)
         step = (sid, state, attempt, cluster, ts, message)
         async with self._pool.acquire() as db, db.transaction():  # undone if refused (ForeignOwner)
             await db.execute("INSERT INTO status_transitions VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING", *step)
@@ -179,7 +168,7 @@ class PgStatusStore(StatusStore):
 
     async def get(self, submission_id: str, *, history: bool = True) -> JobStatus | None:
         async with self._pool.acquire() as db:
-            row = await db.fetchrow(f"SELECT {_COLUMNS} FROM status_jobs WHERE submission_id = $1", submission_id)
+            row = await db.fetchrow(f"SELECT {JOB_COLUMNS} FROM status_jobs WHERE submission_id = $1", submission_id)
             if row is None:
                 return None
             steps: tuple[Transition, ...] = ()
@@ -187,7 +176,7 @@ class PgStatusStore(StatusStore):
                 rows = await db.fetch("SELECT state, attempt, cluster, ts, message FROM status_transitions"
                                       " WHERE submission_id = $1", submission_id)
                 steps = tuple(sorted((Transition(*r) for r in rows), key=lambda t: (t.attempt, RANK[t.state], t.ts)))
-        return _status(tuple(row), steps)
+        return status_of_row(tuple(row), steps)
 
     async def list(self, query: ListQuery) -> Page:
         query = query.validate()
@@ -213,37 +202,38 @@ class PgStatusStore(StatusStore):
             where.append(f"EXISTS (SELECT 1 FROM status_job_tags t WHERE t.tag = {arg(query.tag)}"
                          " AND t.submission_id = j.submission_id)")
         if query.since:
-            where.append(f"j.created >= {arg(_norm(query.since))}")
+            where.append(f"j.created >= {arg(normal_ts(query.since))}")
         if query.until:
-            where.append(f"j.created < {arg(_norm(query.until))}")
+            where.append(f"j.created < {arg(normal_ts(query.until))}")
         rows = await self._pool.fetch(
             f"SELECT {_PG_COLUMNS}, j.seq FROM status_jobs j WHERE {' AND '.join(where)}"
             f" ORDER BY j.seq {'DESC' if query.newest_first else 'ASC'} LIMIT {arg(query.limit + 1)}", *args)
         more = len(rows) > query.limit
         rows = rows[: query.limit]
-        return Page([_status(tuple(r)[:-1], ()) for r in rows], encode_cursor(rows[-1]["seq"]) if more and rows else None)
+        return Page([status_of_row(tuple(r)[:-1], ()) for r in rows],
+                    encode_cursor(rows[-1]["seq"]) if more and rows else None)
 
     async def counts_by_state(self) -> dict[str, int]:
         rows = await self._pool.fetch("SELECT state, COUNT(*) FROM status_jobs GROUP BY state")
         return {r[0]: int(r[1]) for r in rows}
 
     async def open_jobs(self) -> list[JobStatus]:
-        rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM status_jobs WHERE NOT final")
-        return [_status(tuple(r), ()) for r in rows]
+        rows = await self._pool.fetch(f"SELECT {JOB_COLUMNS} FROM status_jobs WHERE NOT final")
+        return [status_of_row(tuple(r), ()) for r in rows]
 
     async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM status_jobs WHERE final AND NOT deleted AND cluster IS NOT NULL"
+            f"SELECT {JOB_COLUMNS} FROM status_jobs WHERE final AND NOT deleted AND cluster IS NOT NULL"
             " AND updated < $1 AND (retry_delete_at IS NULL OR retry_delete_at < $2) ORDER BY updated LIMIT $3",
-            _norm(before), _now(), limit)
-        return [_status(tuple(r), ()) for r in rows]
+            normal_ts(before), now_text(), limit)
+        return [status_of_row(tuple(r), ()) for r in rows]
 
     async def postpone_deletion(self, submission_id: str, until: str) -> None:
         await self._pool.execute("UPDATE status_jobs SET retry_delete_at = $1 WHERE submission_id = $2",
-                                 _norm(until), submission_id)
+                                 normal_ts(until), submission_id)
 
     async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
-        before = _norm(before)
+        before = normal_ts(before)
         async with self._pool.acquire() as db, db.transaction():
             # Locked, so a job that another service replaces meanwhile (see apply) is not forgotten
             # in its new shape; skipped if locked: the next prune takes it.
@@ -283,7 +273,7 @@ class PgStatusStore(StatusStore):
         return out
 
     async def activity(self, since: str) -> dict[str, int]:
-        since = _norm(since)
+        since = normal_ts(since)
         async with self._pool.acquire() as db:
             dispatched = await db.fetchval(
                 "SELECT COUNT(*) FROM status_transitions WHERE state = 'DISPATCHED' AND ts >= $1", since)

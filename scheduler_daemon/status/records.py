@@ -8,10 +8,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import orjson
+
 # Order of states within one attempt; a later attempt always wins over an earlier one.
 RANK = {"ACCEPTED": 1, "WAITING": 1.5, "DISPATCHED": 2, "RUNNING": 3, "SUCCEEDED": 4, "FAILED": 4, "STOPPED": 4,
         "LOST": 4, "REJECTED": 4, "CANCELLED": 4, "EXPIRED": 4, "RETRYING": 5, "PREEMPTED": 5}
 STATES = frozenset(RANK)
+
+
+HEALTH_KEPT = 100  # health changes kept per cluster
+
+# A job's columns as both stores read them, in `status_of_row`'s order.
+JOB_COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
+               " resources, created, updated, deleted, owner, depends_on, COALESCE(queue, 'default')")
 
 
 class ForeignOwner(Exception):
@@ -120,7 +129,7 @@ class ListQuery:
 
 def _check_time(value: str, name: str) -> None:
     try:
-        _norm(value)
+        normal_ts(value)
     except (ValueError, OverflowError):
         raise BadQuery(f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
 
@@ -140,7 +149,7 @@ def decode_cursor(cursor: str) -> int:
         raise BadQuery("cursor is not one this API gave out") from None
 
 
-def _norm(ts: str) -> str:
+def normal_ts(ts: str) -> str:
     """Times are stored as RFC 3339 UTC with milliseconds and Z, so they sort as text."""
     from datetime import datetime, timezone
 
@@ -153,4 +162,59 @@ def _norm(ts: str) -> str:
 def now_minus(seconds: float) -> str:
     from datetime import datetime, timezone
 
-    return _norm(datetime.fromtimestamp(time.time() - seconds, timezone.utc).isoformat())
+    return normal_ts(datetime.fromtimestamp(time.time() - seconds, timezone.utc).isoformat())
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A job event as a status store takes it: parsed once, the same for both stores."""
+    submission_id: str
+    state: str
+    rank: float
+    attempt: int
+    cluster: str | None
+    ts: str
+    message: str | None
+    final: bool
+    priority: int | None
+    job_id: str | None
+    owner: str | None
+    depends_on: str | None  # a JSON list, when the event names its dependencies
+    queue: str | None
+    tags: tuple[str, ...]
+
+
+def parse_event(event: Mapping[str, Any]) -> StatusEvent | None:
+    """None for what is not a job event; ValueError for a foreign shape (the caller drops it)."""
+    sid = event.get("submission_id")
+    state = str(event.get("state", "")).upper()
+    if not isinstance(sid, str) or state not in RANK:
+        return None
+    deps = event.get("depends_on")
+    priority = event.get("priority")
+    return StatusEvent(
+        submission_id=sid, state=state, rank=RANK[state], attempt=int(event.get("attempt") or 1),
+        cluster=_opt_text(event.get("cluster")), ts=str(event.get("ts") or now_text()),
+        message=_opt_text(event.get("message")), final=bool(event.get("final")),
+        priority=priority if isinstance(priority, int) else None, job_id=_opt_text(event.get("job_id")),
+        owner=_opt_text(event.get("owner")),
+        depends_on=orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None,
+        queue=_opt_text(event.get("queue")), tags=tuple(t for t in event.get("tags") or [] if isinstance(t, str)))
+
+
+def status_of_row(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
+    """A job's status from its `JOB_COLUMNS` and its transitions."""
+    (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
+     created, updated, deleted, owner, depends_on, queue) = row
+    return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
+                     tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
+                     created, updated, bool(deleted), steps, owner, tuple(orjson.loads(depends_on or "[]")), queue)
+
+
+def now_text() -> str:
+    """Now, as the events write their `ts` (RFC 3339, milliseconds, Z)."""
+    return now_minus(0.0)
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)

@@ -27,6 +27,7 @@ from producers.wire import STOP_KEY
 
 from ..access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, load_api_tokens
 from ..metrics import ServiceMetrics
+from ..jobs import attempt_ray_id
 from ..rayapi import RayDashboard, RayError
 from ..settings import ClusterConfig, Settings
 from .api import HttpServer, LogsUnavailable, StopTimeout
@@ -35,6 +36,7 @@ from .dashboard import Dashboard
 from .hub import EventHub
 from .backend import status_store
 from .logtail import log_tail
+from .tails import LogKeeper
 from .store import CLUSTERS_REPORT, METRICS_REPORT, StatusStore
 
 log = structlog.get_logger("rmcs.status")
@@ -56,7 +58,8 @@ class StatusService:
         self.stopping = asyncio.Event()
         self.store: StatusStore = status_store(settings)
         self.hub = EventHub()
-        self.consumer = StatusConsumer(settings, self.store, self.hub)
+        self.log_keeper = LogKeeper(settings, self.dashboard, self.store)
+        self.consumer = StatusConsumer(settings, self.store, self.hub, self.log_keeper.event)
         self.http = HttpServer(self)
         self.http.app.add_routes(Dashboard(self, self.http).routes())  # GET /: the web dashboard
         self.metrics = ServiceMetrics()
@@ -68,9 +71,11 @@ class StatusService:
         self._answers: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
         self._dashboards: dict[str, RayDashboard] = {}
         self._log_fetches = asyncio.Semaphore(LOG_FETCHES)
+        self._keeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.open()
+        self._keeping = asyncio.create_task(self.log_keeper.run(self.stopping), name="log-tails")
         self._connection = await aio_pika.connect_robust(self.settings.amqp_url, client_properties={
             "connection_name": f"rmcs-status {socket.gethostname()}:{os.getpid()}"},
             **self.settings.amqp_connect_kwargs())
@@ -90,6 +95,8 @@ class StatusService:
     async def stop(self) -> None:
         self.stopping.set()
         await _quietly(self.http.stop())
+        if self._keeping is not None:
+            await _quietly(self._keeping)
         for dashboard in self._dashboards.values():
             await _quietly(dashboard.close())
         if self._connection is not None:
@@ -146,16 +153,12 @@ class StatusService:
                 return kept
         if status.deleted_from_cluster:
             raise LogsUnavailable(f"job {submission_id!r} was deleted from {cluster} after its retention")
-        config = self.configs.get(cluster)
-        if config is None:
-            raise LogsUnavailable(f"cluster {cluster} is not configured")
-        dashboard = self._dashboards.get(cluster)
+        dashboard = self.dashboard(cluster)
         if dashboard is None:
-            dashboard = self._dashboards[cluster] = RayDashboard(config, self.settings.dispatch_timeout_s)
-        ray_id = submission_id if status.attempt == 1 else f"{submission_id}~{status.attempt}"
+            raise LogsUnavailable(f"cluster {cluster} is not configured")
         try:
             async with self._log_fetches:
-                text, truncated = await log_tail(dashboard, ray_id, tail)
+                text, truncated = await log_tail(dashboard, attempt_ray_id(submission_id, status.attempt), tail)
             return cluster, text, truncated
         except RayError:
             kept = await self._kept_logs(submission_id, tail)
@@ -163,8 +166,18 @@ class StatusService:
                 raise
             return kept
 
+    def dashboard(self, cluster: str) -> RayDashboard | None:
+        """This service's client for a configured cluster (made on first use), None for another."""
+        dashboard = self._dashboards.get(cluster)
+        if dashboard is None:
+            config = self.configs.get(cluster)
+            if config is None:
+                return None
+            dashboard = self._dashboards[cluster] = RayDashboard(config, self.settings.dispatch_timeout_s)
+        return dashboard
+
     async def _kept_logs(self, submission_id: str, tail: int) -> tuple[str, str, bool] | None:
-        """The log tail kept when the job ended (scheduler_daemon/logtails.py), with a first line
+        """The log tail kept when the job ended (`tails.py`), with a first line
         saying so: the cluster no longer has the logs (its node removed, the job deleted)."""
         kept = await self.store.log_tail(submission_id)
         if kept is None:

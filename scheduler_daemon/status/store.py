@@ -19,8 +19,9 @@ import orjson
 
 from ..dbthread import DbThread
 from .storebase import StatusStore  # noqa: F401 (the interface, re-exported)
-from .records import (RANK, STATES, BadQuery, ForeignOwner, JobStatus, ListQuery, LogTail, Page, Transition,  # noqa: F401
-                      decode_cursor, encode_cursor, now_minus, _norm)
+from .records import (HEALTH_KEPT, JOB_COLUMNS, RANK, STATES, BadQuery, ForeignOwner, JobStatus,  # noqa: F401
+                      ListQuery, LogTail, Page, Transition, decode_cursor, encode_cursor, normal_ts, now_minus,
+                      now_text, parse_event, status_of_row)
 
 T = TypeVar("T")
 
@@ -113,21 +114,12 @@ class SqliteStatusStore(StatusStore):
         await self._db.close()
 
     async def apply(self, event: Mapping[str, Any]) -> bool:
-        sid = event.get("submission_id")
-        state = str(event.get("state", "")).upper()
-        if not isinstance(sid, str) or state not in RANK:
+        e = parse_event(event)
+        if e is None:
             return False
-        attempt = int(event.get("attempt") or 1)  # ValueError for a foreign shape: the caller drops it
-        cluster = _opt_text(event.get("cluster"))
-        ts = str(event.get("ts") or _now())
-        message = _opt_text(event.get("message"))
-        final = bool(event.get("final"))
-        priority = event.get("priority") if isinstance(event.get("priority"), int) else None
-        job_id = _opt_text(event.get("job_id"))
-        owner = _opt_text(event.get("owner"))
-        deps = event.get("depends_on")
-        depends_on = orjson.dumps([d for d in deps if isinstance(d, str)]).decode() if isinstance(deps, list) else None
-        queue = _opt_text(event.get("queue"))
+        sid, state, rank, attempt = e.submission_id, e.state, e.rank, e.attempt
+        cluster, ts, message, final, priority = e.cluster, e.ts, e.message, e.final, e.priority
+        job_id, owner, depends_on, queue = e.job_id, e.owner, e.depends_on, e.queue
 
         def _apply(db: sqlite3.Connection) -> bool:
             # A write first: it takes the write lock, waiting for it (a read first would make the
@@ -144,9 +136,8 @@ class SqliteStatusStore(StatusStore):
                     db.execute(f"DELETE FROM {table} WHERE submission_id = ?", (sid,))
                 db.execute("INSERT INTO transitions VALUES (?,?,?,?,?,?)", (sid, state, attempt, cluster, ts, message))
                 row = None
-            rank = RANK[state]
             if row is None:
-                tags = [t for t in event.get("tags") or [] if isinstance(t, str)]
+                tags = list(e.tags)
                 db.execute(
                     "INSERT INTO jobs (submission_id, job_id, state, rank, cluster, attempt, final, message,"
                     " priority, tags, metadata, resources, created, updated, owner, depends_on, queue)"
@@ -176,7 +167,7 @@ class SqliteStatusStore(StatusStore):
 
     async def get(self, submission_id: str, *, history: bool = True) -> JobStatus | None:
         def _get(db: sqlite3.Connection) -> JobStatus | None:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE submission_id = ?", (submission_id,)).fetchone()
+            row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE submission_id = ?", (submission_id,)).fetchone()
             if row is None:
                 return None
             steps: tuple[Transition, ...] = ()
@@ -184,7 +175,7 @@ class SqliteStatusStore(StatusStore):
                 rows = db.execute("SELECT state, attempt, cluster, ts, message FROM transitions"
                                   " WHERE submission_id = ?", (submission_id,)).fetchall()
                 steps = tuple(sorted((Transition(*r) for r in rows), key=lambda t: (t.attempt, RANK[t.state], t.ts)))
-            return _status(row, steps)
+            return status_of_row(row, steps)
 
         return await self._run(_get, read=True)
 
@@ -213,17 +204,17 @@ class SqliteStatusStore(StatusStore):
                 args.append(query.tag)
             if query.since:
                 where.append("j.created >= ?")
-                args.append(_norm(query.since))
+                args.append(normal_ts(query.since))
             if query.until:
                 where.append("j.created < ?")
-                args.append(_norm(query.until))
+                args.append(normal_ts(query.until))
             rows = db.execute(
-                f"SELECT {_COLUMNS}, j.seq FROM jobs j WHERE {' AND '.join(where)}"
+                f"SELECT {JOB_COLUMNS}, j.seq FROM jobs j WHERE {' AND '.join(where)}"
                 f" ORDER BY j.seq {'DESC' if query.newest_first else 'ASC'} LIMIT ?",
                 (*args, query.limit + 1)).fetchall()
             more = len(rows) > query.limit
             rows = rows[: query.limit]
-            jobs = [_status(r[:-1], ()) for r in rows]
+            jobs = [status_of_row(r[:-1], ()) for r in rows]
             return Page(jobs, encode_cursor(rows[-1][-1]) if more and rows else None)
 
         return await self._run(_list, read=True)
@@ -234,19 +225,19 @@ class SqliteStatusStore(StatusStore):
 
     async def open_jobs(self) -> list[JobStatus]:
         return await self._run(lambda db: [
-            _status(r, ()) for r in db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE final = 0")])
+            status_of_row(r, ()) for r in db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE final = 0")])
 
     async def due_for_deletion(self, before: str, limit: int = 100) -> list[JobStatus]:
-        now = _now()
+        now = now_text()
         return await self._run(lambda db: [
-            _status(r, ()) for r in db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE final = 1 AND deleted = 0 AND cluster IS NOT NULL"
+            status_of_row(r, ()) for r in db.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE final = 1 AND deleted = 0 AND cluster IS NOT NULL"
                 " AND updated < ? AND (retry_delete_at IS NULL OR retry_delete_at < ?) ORDER BY updated LIMIT ?",
-                (_norm(before), now, limit))])
+                (normal_ts(before), now, limit))])
 
     async def postpone_deletion(self, submission_id: str, until: str) -> None:
         await self._run(lambda db: db.execute("UPDATE jobs SET retry_delete_at = ? WHERE submission_id = ?",
-                                              (_norm(until), submission_id)))
+                                              (normal_ts(until), submission_id)))
 
     async def prune(self, before: str, keep: int, limit: int = 1000) -> int:
         gone = "final = 1 AND (deleted = 1 OR cluster IS NULL)"
@@ -255,12 +246,12 @@ class SqliteStatusStore(StatusStore):
             db.execute("UPDATE jobs SET seq = seq WHERE 0")  # the write lock first (see apply)
             sids = [r[0] for r in db.execute(
                 f"SELECT submission_id FROM jobs WHERE {gone} AND updated < ? ORDER BY seq LIMIT ?",
-                (_norm(before), limit))]
+                (normal_ts(before), limit))]
             excess = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] - len(sids) - keep
             if excess > 0 and len(sids) < limit:
                 sids += [r[0] for r in db.execute(
                     f"SELECT submission_id FROM jobs WHERE {gone} AND updated >= ? ORDER BY seq LIMIT ?",
-                    (_norm(before), min(excess, limit - len(sids))))]
+                    (normal_ts(before), min(excess, limit - len(sids))))]
             for table in ("jobs", "transitions", "job_tags"):
                 db.executemany(f"DELETE FROM {table} WHERE submission_id = ?", [(sid,) for sid in sids])
             return len(sids)
@@ -293,7 +284,7 @@ class SqliteStatusStore(StatusStore):
         return await self._run(_read, read=True)
 
     async def activity(self, since: str) -> dict[str, int]:
-        since = _norm(since)
+        since = normal_ts(since)
 
         def _count(db: sqlite3.Connection) -> dict[str, int]:
             dispatched = db.execute("SELECT COUNT(*) FROM transitions WHERE state = 'DISPATCHED' AND ts >= ?",
@@ -334,30 +325,6 @@ class SqliteStatusStore(StatusStore):
             return None if row is None else (bytes(row[0]), float(row[1]))
 
         return await self._run(_read, read=True)
-
-
-HEALTH_KEPT = 100  # health changes kept per cluster
-
-_COLUMNS = ("submission_id, job_id, state, cluster, attempt, final, message, priority, tags, metadata,"
-            " resources, created, updated, deleted, owner, depends_on, COALESCE(queue, 'default')")
-
-
-def _status(row: tuple[Any, ...], steps: tuple[Transition, ...]) -> JobStatus:
-    (sid, job_id, state, cluster, attempt, final, message, priority, tags, metadata, resources,
-     created, updated, deleted, owner, depends_on, queue) = row
-    return JobStatus(sid, job_id, state, cluster, attempt, bool(final), message, priority,
-                     tuple(orjson.loads(tags)), orjson.loads(metadata), orjson.loads(resources),
-                     created, updated, bool(deleted), steps, owner, tuple(orjson.loads(depends_on or "[]")), queue)
-
-
-def _opt_text(value: Any) -> str | None:
-    return None if value is None else value if isinstance(value, str) else str(value)
-
-
-def _now() -> str:
-    from .. import events
-
-    return events.now_rfc3339()
 
 
 def _setup(db: sqlite3.Connection) -> None:

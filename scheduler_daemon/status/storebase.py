@@ -79,7 +79,7 @@ class StatusStore(abc.ABC):
 
     @abc.abstractmethod
     async def put_log_tail(self, submission_id: str, attempt: int, cluster: str, tail: str, cut: bool) -> None:
-        """The end of a job's logs, kept when it ended (scheduler_daemon/logtails.py)."""
+        """The end of a job's logs, kept when it ended (scheduler_daemon/status/tails.py)."""
 
     @abc.abstractmethod
     async def log_tail(self, submission_id: str) -> LogTail | None: ...
