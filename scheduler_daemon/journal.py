@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from .dbthread import DbThread
+from .intentfile import IntentFile
 from .jobs import Job, JobState
 from .journal_base import EMPTY as _EMPTY, JournalStore, Lookup, job_from_json, job_to_json
 from .tracking import Tracked
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS ended (
     reason TEXT NOT NULL,
     ts REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS intents (
+CREATE TABLE IF NOT EXISTS intents  -- before intentfile.py; moved there at open
+(
     submission_id TEXT PRIMARY KEY,
     attempt INTEGER NOT NULL,
     cluster TEXT NOT NULL,
@@ -97,7 +100,7 @@ class IdFilter:
 
 
 _ALL_IDS = ("SELECT submission_id FROM tracked UNION SELECT submission_id FROM ended"
-            " UNION SELECT submission_id FROM cancellations UNION SELECT submission_id FROM intents")
+            " UNION SELECT submission_id FROM cancellations")
 
 
 class Journal(JournalStore):
@@ -107,6 +110,7 @@ class Journal(JournalStore):
     def __init__(self, path: str | Path, *, exclusive: bool = True) -> None:
         self.path = Path(path)
         self._db = DbThread(path, "rmcs-journal", _setup)
+        self._intents = IntentFile(self.path.with_suffix(".intents" + self.path.suffix))
         self._exclusive = exclusive
         self._ids: IdFilter | None = None
         self._seen_while_rebuilding: list[str] | None = None
@@ -117,13 +121,23 @@ class Journal(JournalStore):
     async def open(self) -> None:
         await self._db.open()
         self.intents_trusted = await self._db.run(_mark_open)
+        self._intents.open()
+        for sid, attempt, cluster in await self._db.run(_take_old_intents):
+            self._intents.put(sid, attempt, cluster)
+        for sid, (_, attempt) in list(self._intents.live.items()):
+            t = await self.get(sid)
+            if t is not None:  # written after its record, before a crash could clear it
+                self._intents.clear(sid, t.job.attempt)
         if self._exclusive:
             self._ids = await self._db.run(_id_filter, read=True)
+            for sid in self._intents.live:
+                self._ids.add(sid)
 
     async def close(self) -> None:
         if self._db.is_open:  # a clean stop: committed with FULL, after (and so with) every write before it
             await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')"))
         await self._db.close()
+        self._intents.close()
 
     def _saw(self, submission_id: str) -> None:
         if self._ids is not None:
@@ -157,12 +171,13 @@ class Journal(JournalStore):
                 (t.job.submission_id, t.job.attempt, t.cluster, t.node_id, t.state.value,
                  int(t.published), int(t.final), int(t.seen_running), job_json, time.time(), t.running_since),
             )
-            db.execute("DELETE FROM intents WHERE submission_id = ? AND attempt <= ?",
-                       (t.job.submission_id, t.job.attempt))
 
         # Durable (synchronous=FULL) where a message is acknowledged on it: the dispatch's record.
         # Later records (states Ray tells again, confirms) need only survive a killed process.
+        superseded = self._intents.get(t.job.submission_id)  # an intent written meanwhile stays
         await self._db.run(_write, durable=t.state == JobState.DISPATCHED and not t.published)
+        if superseded is not None and self._intents.get(t.job.submission_id) is superseded:
+            self._intents.clear(t.job.submission_id, t.job.attempt)
 
     async def get(self, submission_id: str) -> Tracked | None:
         def _read(db: sqlite3.Connection) -> Tracked | None:
@@ -182,12 +197,12 @@ class Journal(JournalStore):
             ended = db.execute("SELECT state, reason FROM ended WHERE submission_id = ?", (submission_id,)).fetchone()
             cancel = db.execute("SELECT reason, requester FROM cancellations WHERE submission_id = ?",
                                 (submission_id,)).fetchone()
-            intent = db.execute("SELECT cluster, attempt FROM intents WHERE submission_id = ?",
-                                (submission_id,)).fetchone()
             return Lookup(_row(row) if row else None, (ended[0], ended[1]) if ended else None,
-                          (cancel[0], cancel[1]) if cancel else None, (intent[0], intent[1]) if intent else None)
+                          (cancel[0], cancel[1]) if cancel else None)
 
-        return await self._db.run(_read, read=True)
+        found = await self._db.run(_read, read=True)
+        intent = self._intents.get(submission_id)
+        return found if intent is None else replace(found, intent=intent)
 
     async def open_jobs(self) -> list[Tracked]:
         """Jobs still to follow, or whose last event was not confirmed."""
@@ -214,11 +229,8 @@ class Journal(JournalStore):
 
     async def intend(self, job: Job, cluster: str) -> None:
         self._saw(job.submission_id)
-        # Not waiting for the disk (it is on the path of every dispatch): an intent survives a killed
-        # process; after an OS crash or a power loss `intents_trusted` is False (see `_mark_open`).
-        await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO intents VALUES (?,?,?,?)",
-                                              (job.submission_id, job.attempt, cluster, time.time())),
-                           durable=False)
+        # On the loop, in a file of its own, not waiting for the disk (see `intentfile`).
+        self._intents.put(job.submission_id, job.attempt, cluster)
 
     async def remember_lost(self, ray_id: str, cluster: str, submission_id: str) -> None:
         await self._db.run(lambda db: db.execute("INSERT OR REPLACE INTO lost_attempts VALUES (?,?,?,?)",
@@ -239,11 +251,11 @@ class Journal(JournalStore):
             cur = db.execute("DELETE FROM tracked WHERE final = 1 AND published = 1 AND updated < ?", (before,))
             db.execute("DELETE FROM cancellations WHERE ts < ?", (before,))
             db.execute("DELETE FROM ended WHERE ts < ?", (before,))
-            db.execute("DELETE FROM intents WHERE ts < ?", (before,))
             db.execute("DELETE FROM lost_attempts WHERE ts < ?", (before,))
             return cur.rowcount
 
         removed = await self._db.run(_delete, durable=False)
+        self._intents.prune(before)
         if self._ids is not None and self._ids.count > self._ids.capacity:
             # Past its capacity the filter answers "maybe" more often: rebuilt for what is left,
             # with room to grow. (Pruned ids left in it cost nothing but a look-up if they come back.)
@@ -264,6 +276,13 @@ def _id_filter(db: sqlite3.Connection) -> IdFilter:
     for (sid,) in db.execute(_ALL_IDS):
         found.add(sid)
     return found
+
+
+def _take_old_intents(db: sqlite3.Connection) -> list[tuple[str, int, str]]:
+    """Intents a journal from before `intentfile` holds, moved out (the caller writes them there)."""
+    rows = [(r[0], r[1], r[2]) for r in db.execute("SELECT submission_id, attempt, cluster FROM intents")]
+    db.execute("DELETE FROM intents")
+    return rows
 
 
 def _boot_id() -> str:

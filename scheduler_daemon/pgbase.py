@@ -48,14 +48,30 @@ class Fenced(Exception):
         self.current = current
 
 
-async def connect(dsn: str, *, max_size: int = 8, idle_in_transaction_s: float = 5.0) -> asyncpg.Pool:
+async def connect(dsn: str, *, max_size: int = 8, idle_in_transaction_s: float = 5.0,
+                  synchronous_commit: str = "on", init: Any = None) -> asyncpg.Pool:
     """A pool whose sessions the server ends when one sits in a transaction for
     `idle_in_transaction_s`: a daemon frozen (SIGSTOP) in the middle of a fenced write then
-    releases the leader row, and the takeover does not wait for it to thaw."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30, server_settings={
-        "idle_in_transaction_session_timeout": str(max(100, int(idle_in_transaction_s * 1000)))})
+    releases the leader row, and the takeover does not wait for it to thaw. `synchronous_commit`
+    "off": its sessions' commits do not wait for the server's disk. `init(conn)`: run on each new
+    session (the pool opens new ones after the server restarts)."""
+    settings = {"idle_in_transaction_session_timeout": str(max(100, int(idle_in_transaction_s * 1000))),
+                "synchronous_commit": synchronous_commit}
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30, init=init,
+                                     server_settings=settings)
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
+    """Close `pool`, waiting at most `timeout_s` for its sessions to be given back, then
+    terminate what is left: a session wedged by the server going away under it (asyncpg's
+    "another operation is in progress") is never given back, and a plain close waits for it for
+    ever (seen when a test ended the journal's sessions with pg_terminate_backend)."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        pool.terminate()
 
 
 async def migrate(pool: asyncpg.Pool, component: str, steps: Sequence[str]) -> int:
@@ -93,10 +109,13 @@ async def check_epoch(conn: asyncpg.Connection, epoch: int | None) -> None:
 
 class GroupCommit:
     """Writes in order, with group commit. `epoch()`: the epoch each write is fenced with
-    (None: not fenced)."""
+    (None: not fenced). `lazy`: a pool whose sessions commit with synchronous_commit off, where a
+    lone statement that need not be durable goes in one round trip (else it needs a transaction
+    and a SET LOCAL: four)."""
 
-    def __init__(self, pool: asyncpg.Pool, epoch: Any = lambda: None) -> None:
+    def __init__(self, pool: asyncpg.Pool, epoch: Any = lambda: None, lazy: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.lazy = lazy
         self._epoch = epoch
         self._queued: list[tuple[list[Stmt], asyncio.Future[Any], bool]] = []
         self._busy = False
@@ -147,9 +166,21 @@ class GroupCommit:
 
     async def _commit(self, units: list[list[Stmt]], durable: bool) -> list[Any]:
         epoch = self._epoch()
-        if durable and epoch is None and len(units) == 1 and len(units[0]) == 1 and not units[0][0].many:
+        if epoch is None and len(units) == 1 and len(units[0]) == 1 and not units[0][0].many:
             # One statement, not fenced: its own transaction, one round trip (a dispatch's intent).
-            return [await self.pool.execute(units[0][0].sql, *units[0][0].args)]
+            lone = units[0][0]
+            if durable:
+                return [await self.pool.execute(lone.sql, *lone.args)]
+            if self.lazy is not None:
+                return [await self.lazy.execute(lone.sql, *lone.args)]
+        unfenced_lazy = epoch is None and not durable and self.lazy is not None
+        groups = _grouped(units) if unfenced_lazy or len(units) > 1 else {}  # not for one record
+        if unfenced_lazy and len(groups) == 1 and self.lazy is not None:
+            # One statement text, not fenced (a burst of intents): one atomic executemany
+            # (asyncpg >= 0.22), one round trip, not four.
+            ((sql, args),) = groups.items()
+            await self.lazy.executemany(sql, args)
+            return [None] * len(units)
         async with self.pool.acquire() as conn, conn.transaction():
             await check_epoch(conn, epoch)
             if not durable:
@@ -165,10 +196,15 @@ class GroupCommit:
             # Many units: each statement text once, with every unit's arguments in one pipelined
             # executemany, in the order the texts first came (a job's intent before the delete
             # of it that its record carries; one job's records in the order they were written).
-            groups: dict[str, list[tuple[Any, ...]]] = {}
-            for stmts in units:
-                for s in stmts:
-                    groups.setdefault(s.sql, []).extend(s.args if s.many else [s.args])
             for sql, args in groups.items():
                 await conn.executemany(sql, args)
             return [None] * len(units)
+
+
+def _grouped(units: list[list[Stmt]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Each statement text once, with every unit's arguments, in the order the texts first came."""
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    for stmts in units:
+        for s in stmts:
+            groups.setdefault(s.sql, []).extend(s.args if s.many else [s.args])
+    return groups
