@@ -30,7 +30,7 @@ from .jobs import Job, JobState
 from .settings import Settings
 from .status.store import StatusStore
 from .tasks import pause
-from .waiting import WaitingStore
+from .waiting import Waiter, WaitingStore
 
 log = structlog.get_logger("rmcs.dependents")
 
@@ -160,8 +160,8 @@ class Dependents:
                 ended, self._ended = self._ended, set()
                 if ended:
                     memo: dict[str, tuple[Condition, str | None]] = {}
-                    for job in await self.store.waiters_of(ended):
-                        await self._evaluate(job, memo)
+                    for waiter in await self.store.waiters_of(ended):
+                        await self._evaluate(waiter, memo)
                 for job in await self.store.expired(self.clock()):
                     await self.end(job, JobState.EXPIRED, f"dependencies not met within queue_timeout_s="
                                                           f"{job.queue_timeout_s:g}")
@@ -183,12 +183,18 @@ class Dependents:
         after = ""
         while page := await self.store.page(after, PAGE):
             memo: dict[str, tuple[Condition, str | None]] = {}
-            for job in page:
-                await self._evaluate(job, memo)
+            for waiter in page:
+                await self._evaluate(waiter, memo)
             after = page[-1].submission_id
 
-    async def _evaluate(self, job: Job, memo: dict[str, tuple[Condition, str | None]] | None = None) -> None:
-        resolution = resolve(job.depends_on, await self._conditions(job.depends_on, memo))
+    async def _evaluate(self, waiter: Job | Waiter, memo: dict[str, tuple[Condition, str | None]] | None = None
+                        ) -> None:
+        resolution = resolve(waiter.depends_on, await self._conditions(waiter.depends_on, memo))
+        if resolution.verdict == Verdict.WAIT:
+            return
+        job = waiter if isinstance(waiter, Job) else await self.store.get(waiter.submission_id)
+        if job is None:  # released or ended meanwhile
+            return
         if resolution.verdict == Verdict.READY:
             await self._intake().publish_retry(job, job.attempt, released=True)
             if await self.store.remove(job.submission_id):

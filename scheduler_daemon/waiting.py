@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+import orjson
 
 from .dbthread import DbThread
 from .jobs import Job
@@ -33,6 +36,22 @@ CREATE TABLE IF NOT EXISTS waiting_deps (
     PRIMARY KEY (dep, waiter)
 ) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A waiting job as a look at its dependencies needs it: a sweep over thousands reads these,
+    and the whole job only for the few it releases or ends."""
+    submission_id: str
+    depends_on: tuple[str, ...]
+
+
+# The columns of a Waiter; SQLite takes the list out of the stored JSON, in the job's order.
+_WAITER = "submission_id, json_extract(job, '$.depends_on')"
+
+
+def _waiters(rows: Iterable[tuple[str, str | None]]) -> list[Waiter]:
+    return [Waiter(sid, tuple(orjson.loads(deps)) if deps else ()) for sid, deps in rows]
 
 
 class WaitingStore:
@@ -99,29 +118,29 @@ class WaitingStore:
             "SELECT job FROM waiting WHERE submission_id = ?", (submission_id,)).fetchone(), read=True)
         return job_from_json(row[0]) if row else None
 
-    async def waiters_of(self, deps: Iterable[str]) -> list[Job]:
+    async def waiters_of(self, deps: Iterable[str]) -> list[Waiter]:
         """The jobs waiting for any of `deps`."""
         deps = list(deps)
 
-        def _read(db: sqlite3.Connection) -> list[str]:
-            out: list[str] = []
+        def _read(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
+            out: list[tuple[str, str | None]] = []
             for i in range(0, len(deps), 500):
                 some = deps[i:i + 500]
-                out += [r[0] for r in db.execute(
-                    "SELECT DISTINCT w.job FROM waiting_deps d JOIN waiting w ON w.submission_id = d.waiter"
-                    f" WHERE d.dep IN ({','.join('?' * len(some))})", some)]
+                out += db.execute(
+                    f"SELECT {_WAITER} FROM waiting WHERE submission_id IN"
+                    f" (SELECT waiter FROM waiting_deps WHERE dep IN ({','.join('?' * len(some))}))",
+                    some).fetchall()
             return out
 
-        return [job_from_json(text) for text in await self._db.run(_read, read=True)]
+        return _waiters(await self._db.run(_read, read=True))
 
-    async def page(self, after: str, limit: int) -> list[Job]:
+    async def page(self, after: str, limit: int) -> list[Waiter]:
         """Waiting jobs in id order after `after` (a sweep goes over them a page at a time)."""
-        rows = await self._db.run(lambda db: db.execute(
-            "SELECT job FROM waiting WHERE submission_id > ? ORDER BY submission_id LIMIT ?",
-            (after, limit)).fetchall(), read=True)
-        return [job_from_json(r[0]) for r in rows]
+        return _waiters(await self._db.run(lambda db: db.execute(
+            f"SELECT {_WAITER} FROM waiting WHERE submission_id > ? ORDER BY submission_id LIMIT ?",
+            (after, limit)).fetchall(), read=True))
 
-    async def expired(self, now: float | None = None, limit: int = 500) -> list[Job]:
+    async def expired(self, now: float | None = None, limit: int = 50) -> list[Job]:
         """Waiting jobs whose queue_timeout_s has passed (unix time)."""
         at = time.time() if now is None else now
         rows = await self._db.run(lambda db: db.execute(
@@ -132,4 +151,4 @@ class WaitingStore:
 
 def _setup(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
-    db.execute("PRAGMA cache_size=-256")  # KiB: the rows are read a page at a time, rarely twice
+    db.execute("PRAGMA cache_size=-64")  # KiB: the rows are read a page at a time, rarely twice

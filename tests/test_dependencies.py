@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from fakeray import fake_fleet
@@ -14,6 +15,7 @@ from producers.job import build_job
 from producers.pipeline import plan
 from scheduler_daemon.dependencies import Condition, Known, Verdict, condition, resolve
 from scheduler_daemon.jobs import InvalidJob, MessageMeta, parse_job
+from scheduler_daemon.waiting import Waiter, WaitingStore
 from support import Events, make_settings, publish, request_stop, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
@@ -42,6 +44,28 @@ def test_a_job_cannot_depend_on_itself() -> None:
     with pytest.raises(InvalidJob, match="at most 64"):
         parse_job(b'{"entrypoint": "/bin/true", "depends_on": [' + b",".join(b'"d%d"' % i for i in range(65)) + b"]}",
                   MessageMeta(), default_resources={}, max_bytes=1 << 20)
+
+
+async def test_the_store_hands_a_sweep_ids_and_dependencies_and_the_whole_job_on_request(tmp_path) -> None:
+    """A sweep over thousands of waiting jobs reads each one's id and dependencies (in the job's
+    order), not the whole job: the whole job is read only for one that is released or ended."""
+    store = WaitingStore(tmp_path / "waiting.db")
+    await store.open()
+    try:
+        for i, deps in enumerate((["z", "a"], ["m"], ["a", "m", "b"])):
+            job = parse_job(orjson.dumps({"submission_id": f"w{i}", "entrypoint": "/bin/true", "depends_on": deps}),
+                            MessageMeta(), default_resources={}, max_bytes=1 << 20)
+            assert await store.add(job, 0.0, None)
+        assert await store.page("", 2) == [Waiter("w0", ("z", "a")), Waiter("w1", ("m",))]
+        assert await store.page("w1", 2) == [Waiter("w2", ("a", "m", "b"))]
+        assert sorted(await store.waiters_of(["m", "nobody"]), key=lambda w: w.submission_id) == [
+            Waiter("w1", ("m",)), Waiter("w2", ("a", "m", "b"))]
+        assert await store.waiters_of(["a", "b"]) in ([Waiter("w0", ("z", "a")), Waiter("w2", ("a", "m", "b"))],
+                                                      [Waiter("w2", ("a", "m", "b")), Waiter("w0", ("z", "a"))])
+        whole = await store.get("w2")
+        assert whole is not None and whole.depends_on == ("a", "m", "b") and whole.entrypoint == "/bin/true"
+    finally:
+        await store.close()
 
 
 def test_pipeline_plan_orders_stages_and_rejects_cycles() -> None:
