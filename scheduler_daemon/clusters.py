@@ -225,29 +225,34 @@ class Ledger:
         return out
 
     def adjust(self, nodes: tuple[Node, ...], remap: Mapping[str, str] | None = None) -> tuple[Node, ...]:
-        """Nodes with this ledger applied: reservations used, releases freed. `remap`: node ids
-        whose entries count on another node (a launch that landed on a node now up)."""
-        delta: dict[str, dict[str, float]] = {}
+        """Nodes with this ledger applied: releases free what the snapshot counts (never below
+        nothing used), then reservations use what is left (never beyond the node). A release is
+        booked on the node rmcs chose, and Ray may have run the job on another, so a node can
+        have more released than it uses: that surplus must not offset a new reservation. `remap`:
+        node ids whose entries count on another node (a launch that landed on a node now up)."""
+        released: dict[str, dict[str, float]] = {}
+        reserved: dict[str, dict[str, float]] = {}
         for entry in self.entries.values():
             if entry.release and entry.node_id.startswith("+"):
                 continue  # ended after a launch: Ray's node it ran on is not known here
-            sign = -1.0 if entry.release else 1.0
             node_id = remap.get(entry.node_id, entry.node_id) if remap else entry.node_id
-            d = delta.setdefault(node_id, {})
+            d = (released if entry.release else reserved).setdefault(node_id, {})
             for res, amount in entry.resources.items():
                 name = ray_name(res)
-                d[name] = d.get(name, 0.0) + sign * amount
-        if not delta:
+                d[name] = d.get(name, 0.0) + amount
+        if not released and not reserved:
             return nodes
         out = []
         for node in nodes:
-            d = delta.get(node.node_id)
-            if not d:
+            freed, taken = released.get(node.node_id), reserved.get(node.node_id)
+            if not freed and not taken:
                 out.append(node)
                 continue
             used = dict(node.used)
-            for name, amount in d.items():
-                used[name] = min(node.total.get(name, 0.0), max(0.0, used.get(name, 0.0) + amount))
+            for name, amount in (freed or {}).items():
+                used[name] = max(0.0, used.get(name, 0.0) - amount)
+            for name, amount in (taken or {}).items():
+                used[name] = min(node.total.get(name, 0.0), used.get(name, 0.0) + amount)
             out.append(Node(node.node_id, node.total, used))
         return tuple(out)
 

@@ -74,6 +74,18 @@ def test_ledger_finished_without_reservation() -> None:
     assert not other.entries
 
 
+def test_a_surplus_release_does_not_offset_a_new_reservation() -> None:
+    """Releases are booked on the node rmcs chose; Ray may have run those jobs elsewhere, so a
+    node can show more released than it uses. A job placed there then fills it all the same."""
+    ledger = Ledger()
+    ledger.finished("a", at=1.0, node_id="n1", resources={"GPU_fake": 2.0})  # n1 used no GPU
+    ledger.finished("b", at=1.0, node_id="n1", resources={"CPU": 1.0})
+    ledger.finished("c", at=1.0, node_id="n1", resources={"CPU": 1.0})  # one CPU more than n1 uses
+    assert free(ledger)["CPU"] == 4.0 and free(ledger)["GPUFake"] == 2.0
+    ledger.reserve("d", "n1", {"CPU": 3.0, "GPU_fake": 2.0})
+    assert free(ledger)["CPU"] == 1.0 and free(ledger)["GPUFake"] == 0.0
+
+
 def test_ledger_adjust_clamps_to_the_node() -> None:
     ledger = Ledger()
     ledger.reserve("r1", "n1", {"CPU": 10.0})
