@@ -21,7 +21,7 @@ from typing import Callable
 import asyncpg
 import structlog
 
-from .pgbase import LEADER_TABLE, connect, migrate
+from .pgbase import LEADER_TABLE, close_pool, connect, migrate
 from .settings import Settings
 
 log = structlog.get_logger("rmcs.leadership")
@@ -64,7 +64,7 @@ class DbLeadership:
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool)
             self._pool = None
 
     async def _try_acquire(self) -> None:

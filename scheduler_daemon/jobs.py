@@ -31,6 +31,12 @@ GIB = 1024 ** 3
 _JOB_ID_NAMESPACE = uuid.UUID("7c1d6f0e-3a52-4d0b-9a57-3f1c8e2b6a10")
 
 
+def attempt_ray_id(submission_id: str, attempt: int) -> str:
+    """The id an attempt of a job has on its Ray cluster: the submission id, with the attempt
+    after the first (the `~` cannot occur in a submission id, so no two jobs collide)."""
+    return submission_id if attempt == 1 else f"{submission_id}~{attempt}"
+
+
 @dataclass(frozen=True)
 class Job:
     submission_id: str
@@ -71,9 +77,7 @@ class Job:
 
     @property
     def ray_submission_id(self) -> str:
-        """The id the job has on its Ray cluster: the submission id, with the attempt after
-        the first (the `~` cannot occur in a submission id, so no two jobs collide)."""
-        return self.submission_id if self.attempt == 1 else f"{self.submission_id}~{self.attempt}"
+        return attempt_ray_id(self.submission_id, self.attempt)
 
 
 def ray_id_to_submission(ray_id: str) -> tuple[str, int]:

@@ -94,7 +94,7 @@ class RayDashboard:
         if self._session is not None:
             await self._session.close()
 
-    def _url(self, path: str) -> yarl.URL:
+    def url(self, path: str) -> yarl.URL:
         """Parsed once per path (the probe and the job list ask the same ones every second)."""
         url = self._urls.get(path)
         if url is None:
@@ -109,7 +109,7 @@ class RayDashboard:
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         try:
-            async with self.session.request(method, self._url(path), data=data, headers=headers,
+            async with self.session.request(method, self.url(path), data=data, headers=headers,
                                             timeout=timeout or self.timeout) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
@@ -117,7 +117,7 @@ class RayDashboard:
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise RayAmbiguous(f"{self.config.name}: {type(exc).__name__} on {method} {path}: {exc}") from None
 
-    def _text(self, raw: bytes) -> str:
+    def error_text(self, raw: bytes) -> str:
         """The last line of an answer, for an error message, with any header secret blanked."""
         text = _last_line(raw.decode(errors="replace"))
         for secret in self._secrets:
@@ -130,13 +130,13 @@ class RayDashboard:
 
     def _decode(self, status: int, raw: bytes) -> Any:
         if status == 404:
-            raise RayNotFound(status, self._text(raw))
+            raise RayNotFound(status, self.error_text(raw))
         if status >= 400:
-            raise RayRejected(status, self._text(raw))
+            raise RayRejected(status, self.error_text(raw))
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise RayRejected(status, f"answer is not JSON: {self._text(raw[:80])!r}") from None
+            raise RayRejected(status, f"answer is not JSON: {self.error_text(raw[:80])!r}") from None
 
     async def version(self) -> Any:
         return await self._json("GET", "/api/version")
@@ -160,7 +160,7 @@ class RayDashboard:
             return True
         if b"already exists" in raw:
             return False
-        raise RayRejected(status, self._text(raw))
+        raise RayRejected(status, self.error_text(raw))
 
     async def job(self, ray_id: str) -> Mapping[str, Any]:
         return await self._json("GET", job_path(ray_id))

@@ -119,6 +119,9 @@ class Scheduler:
             if self.window.get(held.job.submission_id) is not held or held.in_flight:
                 continue  # ended or taken while this pass awaited
             job = held.job
+            if not self.intake.is_live(held.delivery):
+                self._let_go(held)
+                continue
             if held.verify_on is not None:
                 held.in_flight = True
                 self._work.spawn(self._guarded(held, self._verify(held)), f"verify-{job.submission_id}")
@@ -206,6 +209,16 @@ class Scheduler:
             return False
         return True
 
+    def _let_go(self, held: Held) -> None:
+        """After `_may_send` said no. A job whose delivery died with its channel leaves the window:
+        the broker has put its message back, and it is held anew when it comes again (to this daemon
+        after the reconnect, or to the other of a pair). Kept, it would fill the window for good,
+        and a full window stops the consumer that would bring it back."""
+        held.in_flight = False
+        if not self.intake.is_live(held.delivery) and self.window.get(held.job.submission_id) is held:
+            self.window.remove(held.job.submission_id)
+            self.wake()
+
     def _refused_everywhere(self, held: Held) -> bool:
         if math.inf not in held.exclude_until.values():
             return False
@@ -232,7 +245,7 @@ class Scheduler:
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=cluster):
             if not self._may_send(held):
                 state.ledger.forget(job.ray_submission_id)
-                held.in_flight = False
+                self._let_go(held)
                 return
             # Write-ahead: the intent is journaled before the POST, and until the job is journaled any
             # failure (an exception too) re-checks this cluster first (`_verify`).
@@ -293,7 +306,7 @@ class Scheduler:
             state = self.prober.clusters[name]
             if held.verify_on != VERIFY_ALL:
                 if not self._may_send(held):
-                    held.in_flight = False
+                    self._let_go(held)
                     return
                 try:
                     found_state, unsure_why = await self._recheck(held, state)

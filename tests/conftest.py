@@ -3,7 +3,6 @@ without it) and two real local Ray clusters shared by the whole session."""
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Iterator
 
@@ -11,16 +10,12 @@ import pytest
 
 from scheduler_daemon.localray import HeadSpec, LocalHead
 from scheduler_daemon.settings import ClusterConfig
+from slots import BLOCK, DASHBOARD, TEMP_ROOT
 
-# Every port pinned. RMCS_TEST_SLOT (0-4) moves them all, so that two checkouts can run their
-# suites side by side on one machine.
-SLOT = int(os.environ.get("RMCS_TEST_SLOT", "0"))
-# Slot 3's GPU head takes worker ports 28100-28299, where the dashboards of that slot would be.
-DASHBOARD = 28265 + 10 * SLOT if SLOT != 3 else 20265
-CPU = HeadSpec("cpu_cluster", dashboard_port=DASHBOARD, port_base=21000 + 2000 * SLOT, num_cpus=2,
-               temp_root=f"/tmp/rmcs-t{SLOT or ''}")
-GPU = HeadSpec("gpu_cluster", dashboard_port=DASHBOARD + 1, port_base=22000 + 2000 * SLOT, num_cpus=2,
-               num_gpus=2, temp_root=f"/tmp/rmcs-t{SLOT or ''}")
+# Every port pinned, in this process's slot (slots.py).
+CPU = HeadSpec("cpu_cluster", dashboard_port=DASHBOARD, port_base=BLOCK, num_cpus=2, temp_root=TEMP_ROOT)
+GPU = HeadSpec("gpu_cluster", dashboard_port=DASHBOARD + 1, port_base=BLOCK + 1000, num_cpus=2,
+               num_gpus=2, temp_root=TEMP_ROOT)
 
 
 @pytest.fixture(scope="session")

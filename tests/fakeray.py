@@ -145,6 +145,9 @@ class Snapshot:
     waiting: list[dict[str, float]]
 
 
+_STREAM_CHUNK = 1 << 20  # a larger answer goes out in pieces of this size
+
+
 @functools.lru_cache(maxsize=2)
 def big_log_body(size: int) -> bytes:
     """A logs answer of `size` bytes of log lines, encoded once and shared by every cluster."""
@@ -176,6 +179,7 @@ class FakeCluster:
         # "no_agent" (500, job not created), "refuse" (400), "hang_after_create", "created_then_504".
         self.submit_faults: list[str] = []
         self.log_bytes = 0  # > 0: every started job's logs are this many bytes (big_log_body)
+        self.log_bytes_prefix = ""  # only the jobs whose submission id starts with this
         self.garbage_body = b"<html><body>502 Bad Gateway</body></html>"
         self._mode = "ok"
         self._release = asyncio.Event()
@@ -519,7 +523,7 @@ class FakeCluster:
             return 404, f"Job {sid} does not exist"
         if job.status(now) == "PENDING":
             return 200, {"logs": ""}
-        if self.log_bytes:
+        if self.log_bytes and sid.startswith(self.log_bytes_prefix):
             return 200, big_log_body(self.log_bytes)
         return 200, {"logs": f"fake ray {self.name}: running {job.entrypoint}\n"}
 
@@ -682,7 +686,20 @@ class FakeServer:
         if isinstance(answer, str):
             return web.Response(status=status, text=answer)
         if isinstance(answer, bytes):  # already JSON (a large log, encoded once)
-            return web.Response(status=status, body=answer, content_type="application/json")
+            if len(answer) <= _STREAM_CHUNK:
+                return web.Response(status=status, body=answer, content_type="application/json")
+            # In pieces, waiting for the socket between them: one write of 200 MB holds this
+            # process's loop (a copy into the transport's buffer, then its sends) for 0.1-0.4 s,
+            # and with it every other simulated cluster here, where a real cluster's dashboard
+            # stalls only itself (bench/README.md, "Ninth round").
+            resp = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+            resp.content_length = len(answer)
+            await resp.prepare(request)
+            view = memoryview(answer)
+            for at in range(0, len(answer), _STREAM_CHUNK):
+                await resp.write(view[at:at + _STREAM_CHUNK])
+            await resp.write_eof()
+            return resp
         return web.Response(status=status, body=orjson.dumps(answer), content_type="application/json")
 
 
@@ -786,6 +803,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--snapshot-every", type=float, default=None, help="Ray snapshot period, simulated s")
     p.add_argument("--history", type=int, default=0, help="past jobs each cluster lists from the start")
     p.add_argument("--log-bytes", type=int, default=0, help="every job's logs are this many bytes")
+    p.add_argument("--log-bytes-prefix", default="", help="only the jobs whose submission id starts with this")
     p.add_argument("--report-submissions", action="store_true",
                    help="print a JSON line (submission id, wall time) for every POST /api/jobs/ received")
     return p.parse_args(argv)
@@ -801,6 +819,7 @@ async def serve(argv: list[str] | None = None) -> None:
     for cluster in fleet.clusters:
         cluster.add_history(a.history)
         cluster.log_bytes = a.log_bytes
+        cluster.log_bytes_prefix = a.log_bytes_prefix
     if a.report_submissions:
         for cluster in fleet.clusters:
             def submit(body: Any, _submit: Callable[[Any], tuple[int, Any]] = cluster.submit) -> tuple[int, Any]:

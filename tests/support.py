@@ -101,6 +101,11 @@ class Events:
     def states(self, sid: str) -> list[str]:
         return [e["state"] for e in self.of(sid)]
 
+    def first(self, sid: str, state: str, attempt: int | None = None) -> float:
+        """When the first event of `state` (of `attempt`, if given) arrived, by time.time()."""
+        return next(e["_recv"] for e in self.of(sid)
+                    if e["state"] == state and (attempt is None or e["attempt"] == attempt))
+
     async def wait_for(self, pred: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
         while not pred():

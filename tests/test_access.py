@@ -148,7 +148,7 @@ def test_the_user_a_url_logs_in_as() -> None:
 
 
 def test_producer_helper_sends_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from producers._core import Client
+    from producers.core import Client
     from producers.config import load_config
 
     config = load_config(None, {"RMCS_API_TOKEN": TOKEN_A, "RMCS_HTTP_ADDR": "127.0.0.1:1"})
@@ -168,7 +168,7 @@ def test_producer_helper_sends_its_token(monkeypatch: pytest.MonkeyPatch) -> Non
         async def close(self) -> None:
             pass
 
-    monkeypatch.setattr("producers._core.aiohttp.ClientSession", Session)
+    monkeypatch.setattr("producers.core.aiohttp.ClientSession", Session)
 
     async def call() -> str:
         client = Client(config)

@@ -530,10 +530,12 @@ async def test_slow_stream_client_loses_old_events_not_the_daemon(env: Env) -> N
                 hub.publish({**big, "n": i})
                 if i % 20 == 0:
                     await asyncio.sleep(0.005)
-            assert time.monotonic() - t0 < 3.0
+            # Bounds far above the few ms these take, to tell "not held up" from "held up" on a
+            # loaded machine (how fast is bench/api_load.py's question).
+            assert time.monotonic() - t0 < 10.0, "offering events to a stuck client held up the publisher"
             t1 = time.monotonic()
             assert await api.get("/healthz") == {"status": "ok"}
-            assert time.monotonic() - t1 < 1.0, "the API answers while a stream client is stuck"
+            assert time.monotonic() - t1 < 5.0, "the API answers while a stream client is stuck"
             numbers, dropped = [], 0
             while not numbers or numbers[-1] != 399:
                 item = await stream.next()

@@ -7,7 +7,6 @@ rmcs still answers for the job's logs (the tail it kept)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Iterator
 
 import aiohttp
@@ -18,14 +17,13 @@ from scheduler_daemon.localray import HeadSpec
 from scheduler_daemon.nodetypes import parse_autoscaling
 from scheduler_daemon.rayapi import RayDashboard, RayError
 from scheduler_daemon.settings import ClusterConfig
+from slots import BLOCK, SLOT
 from support import Events, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
-SLOT = int(os.environ.get("RMCS_TEST_SLOT", "0"))
-# Between the port blocks of tests/conftest.py's heads (base to base + 299), below the ephemeral
-# ports (32768 and up), where another process's connection could take a port first.
-BASE = 21400 + 2000 * SLOT
+# Between the port blocks of tests/conftest.py's heads, in this process's slot (slots.py).
+BASE = BLOCK + 400
 SPEC = HeadSpec("ascluster", dashboard_port=BASE + 500, port_base=BASE, num_cpus=1,
                 temp_root=f"/tmp/rmcs-a{SLOT or ''}")
 WORKER = {"CPU": 1, "GPU": 1}

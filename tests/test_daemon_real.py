@@ -145,7 +145,11 @@ async def test_queue_timeout_expires_a_waiting_job(tmp_path, ray_clusters):
         # All 2 GPUs busy, then a GPU job that may wait 2 s.
         await publish(s, {"submission_id": blocker, "entrypoint": "/bin/sleep 6",
                           "resource_requirements": {"GPU": 2}})
-        await ev.wait_for(lambda: "DISPATCHED" in ev.states(blocker), 30)
+        # Until a snapshot shows the GPUs used: the daemon's reservation ends with the first
+        # snapshot after the job's start on Ray, which may come before its driver holds them.
+        gpus_used = lambda: any(n.used.get("GPU", 0) >= 2 for c in daemon.prober.clusters.values()  # noqa: E731
+                                if c.snapshot is not None for n in c.snapshot.nodes)
+        await ev.wait_for(lambda: "RUNNING" in ev.states(blocker) and gpus_used(), 30, "Ray shows the GPUs used")
         await publish(s, {"submission_id": waiting, "entrypoint": "/bin/true",
                           "resource_requirements": {"GPU": 1}, "queue_timeout_s": 2})
         await ev.wait_final([waiting], timeout=30)

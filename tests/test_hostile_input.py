@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fakeray import fake_fleet
 from producers import schema
-from producers._core import build_job
+from producers.core import build_job
 from scheduler_daemon.clusters import ClusterView, HealthState, Node
 from scheduler_daemon.jobs import InvalidJob, Job, MessageMeta, parse_job
 from scheduler_daemon.placement import NoFit, Placement, choose
@@ -166,7 +166,7 @@ def test_message_size_limit() -> None:
 
 
 async def _encode_only(body: dict[str, Any]) -> None:
-    from producers._core import Client
+    from producers.core import Client
     from producers.config import load_config
 
     client = Client(load_config(None, environ={}), False)

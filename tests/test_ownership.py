@@ -22,7 +22,7 @@ import yaml
 
 from brokeradmin import BrokerUsers, broker_users, settings_in
 from fakeray import GIB, FakeCluster, FakeServer
-from producers._core import Client, build_job
+from producers.core import Client, build_job
 from producers.config import ProducerConfig
 from scheduler_daemon.daemon import Daemon
 from scheduler_daemon.jobs import ATTEMPT_HEADER, OWNER_HEADER

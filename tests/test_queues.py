@@ -154,15 +154,16 @@ async def test_an_idle_queue_gets_its_guarantee_back_by_preemption(tmp_path: Any
                                for i, b in enumerate(batch)], queue="batch")
         await ev.wait_for(lambda: all("RUNNING" in ev.states(b) for b in batch), 15, "batch holds the fleet")
         prod = [sid("prod"), sid("prod")]
-        t0 = asyncio.get_running_loop().time()
         await publish_many(s, [({"submission_id": p, "entrypoint": "/bin/sleep 1"}, 0) for p in prod], queue="prod")
         await ev.wait_for(lambda: all("DISPATCHED" in ev.states(p) for p in prod), 10, "prod dispatched")
-        took = asyncio.get_running_loop().time() - t0
-        assert took < 5.0, took
         await ev.wait_final(batch + prod, 40)
         preempted = [b for b in batch if "PREEMPTED" in ev.states(b)]
         print("preempted", preempted, "max demand", cluster.max_demand)
         assert 1 <= len(preempted) <= 2, {b: ev.states(b) for b in batch}
+        # prod got its place from preemption, before any batch job ended by itself (how fast:
+        # bench/fair_share.py).
+        first_end = min(ev.first(b, "SUCCEEDED", attempt=1) for b in batch if b not in preempted)
+        assert max(ev.first(p, "DISPATCHED") for p in prod) < first_end, ev.items
         # The lowest priority go first (the batch jobs have priorities 0, 1, 2, 3).
         assert set(preempted) <= set(batch[:2]) and batch[0] in preempted
         for b in preempted:
@@ -185,14 +186,15 @@ async def test_several_waiting_jobs_preempt_at_once_and_never_below_a_guarantee(
         await publish_many(s, [({"submission_id": b, "entrypoint": "/bin/sleep 5"}, 0) for b in batch], queue="batch")
         await ev.wait_for(lambda: all("RUNNING" in ev.states(b) for b in batch), 15, "batch holds the fleet")
         prod = [sid("prod") for _ in range(6)]
-        t0 = asyncio.get_running_loop().time()
         await publish_many(s, [({"submission_id": p, "entrypoint": "/bin/sleep 2"}, 0) for p in prod], queue="prod")
         await ev.wait_for(lambda: sum("RUNNING" in ev.states(p) for p in prod) >= 4, 10, "prod holds its guarantee")
-        took = asyncio.get_running_loop().time() - t0
+        held = sorted(ev.first(p, "RUNNING") for p in prod if "RUNNING" in ev.states(p))[3]
         preempted = [b for b in batch if "PREEMPTED" in ev.states(b)]
-        print(f"prod held its 4 CPUs after {took:.2f} s; {len(preempted)} batch jobs preempted")
-        assert took < 5.0
+        print(f"{len(preempted)} batch jobs preempted")
         assert len(preempted) <= 5, "batch keeps its own guarantee of 3 of the 8 CPUs"
+        # prod held its guarantee by preemption, before any batch job ended by itself.
+        ended = [e["_recv"] for b in batch for e in ev.of(b) if e["state"] == "SUCCEEDED" and e["attempt"] == 1]
+        assert not ended or held < min(ended), ev.items
         await ev.wait_final(batch + prod, 60)
         assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + prod)
         ray_ids = [name for _, name in cluster.submissions]

@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 from fakeray import FakeCluster, FakeServer
-from producers._core import Client, build_job
+from producers.core import Client, build_job
 from producers.config import ProducerConfig
 from support import make_settings, publish_many, running_daemon, sid
 
-pytestmark = pytest.mark.usefixtures("rabbitmq")
+pytestmark = [pytest.mark.usefixtures("rabbitmq"), pytest.mark.alone]  # it restarts the broker every test shares
 
 
 def rabbitmqctl(*args: str) -> None:

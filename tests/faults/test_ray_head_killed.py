@@ -10,11 +10,12 @@ import pytest
 
 from scheduler_daemon.localray import HeadSpec, LocalHead, kill_processes_of
 from scheduler_daemon.settings import ClusterConfig
+from slots import BLOCK, TEMP_ROOT
 from support import Events, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
-DOOMED = HeadSpec("doomed", dashboard_port=28267, port_base=23000, num_cpus=2, temp_root="/tmp/rmcs-t")
+DOOMED = HeadSpec("doomed", dashboard_port=BLOCK + 1800, port_base=BLOCK + 1500, num_cpus=2, temp_root=TEMP_ROOT)
 # Sleeps only where the cluster's runtime_env says it is the doomed one.
 ENTRYPOINT = "/bin/sh -c 'if [ \"$RMCS_CLUSTER\" = doomed ]; then sleep 60; fi'"
 
