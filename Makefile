@@ -35,7 +35,8 @@ test: install
 	scripts/ensure-rabbitmq
 	scripts/ensure-chromium  # Debian's chromium, for the dashboard's browser tests
 	scripts/ensure-postgres
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m 'not alone' --durations=15  # two workers, a port slot each; the slowest listed
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone  # last: what restarts the shared broker, by itself
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/api_load.py [--n 200] [--streams 500] [--log-workers 20] [--log-mb 8]
 
-The real RabbitMQ, simulated Ray dashboards in a process of their own (tests/fakeray.py, every
-job's log `--log-mb` MB), the daemon in this process with failover on (so its leadership loop
+The real RabbitMQ, simulated Ray dashboards in a process of their own (tests/fakeray.py; one
+job's log, the one the readers fetch, is `--log-mb` MB, the others a line: with every log that
+big, the status service would read each one whole at its job's end to keep its tail, and the
+"idle" figure would not be idle), the daemon in this process with failover on (so its leadership loop
 runs and would step down on a stalled loop) and its status service in a process of its own, as
 in production. The load comes from a client process of its own (this script with `--client`):
 `--streams` event streams open and read (it stands for clients on other machines, so it runs
@@ -36,6 +38,7 @@ from support import make_settings, running_daemon
 
 # The clients stand for people on other machines: on this one they run below everything of rmcs.
 CLIENT_NICE = 10
+BIG_LOG_JOB = "logs-of-this-one"
 
 
 async def client(a: argparse.Namespace) -> None:
@@ -99,7 +102,7 @@ async def main() -> None:
     quiet_logs()
     print(f"machine: {machine()}")
     async with sim_fleet(a.clusters, servers=2, cpus=64, duration=0.05, report_submissions=True,
-                         log_bytes=int(a.log_mb * 1e6)) as fleet:
+                         log_bytes=int(a.log_mb * 1e6), log_bytes_prefix=BIG_LOG_JOB) as fleet:
         with tempfile.TemporaryDirectory() as tmp:
             s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5, status_service="process",
                               failover=True, max_event_streams=a.streams + 100, api_rate_limit=0.0)
@@ -113,7 +116,7 @@ async def main() -> None:
                     ch = await conn.channel(publisher_confirms=True)
                     ex = await ch.get_exchange(s.intake_exchange)
                     await one_at_a_time(fleet, ex, s.intake_routing_key, 10, "warm")
-                    job = "logs-of-this-one"
+                    job = BIG_LOG_JOB
                     await ex.publish(aio_pika.Message(orjson.dumps({"submission_id": job,
                                                                     "entrypoint": "/bin/true"})),
                                      routing_key=s.intake_routing_key)
