@@ -110,8 +110,11 @@ class Prober:
         return [state.view() for state in self.clusters.values()]
 
     @property
-    def any_probed(self) -> bool:
-        return any(c.snapshot is not None for c in self.clusters.values())
+    def first_round_in(self) -> bool:
+        """Whether every cluster's first probe has answered or failed (within `probe_timeout_s`).
+        Intake waits for it: a job placed before then would go to whichever cluster answered
+        first, not to the one that fits it best."""
+        return all(c.probes > 0 for c in self.clusters.values())
 
     @property
     def in_child(self) -> bool:

@@ -165,11 +165,11 @@ class Scheduler:
         self.prober.refresh()
         if queues is not None:
             spare = not self.window.full and self.placer.has_spare()
-            ready = self.intake.connected and self.prober.any_probed
+            ready = self.intake.connected and self.prober.first_round_in
             for name, want in queues.wanted(spare).items():
                 await self.intake.set_active(ready and want, name)
             return
-        want = (not self.window.full and self.intake.connected and self.prober.any_probed
+        want = (not self.window.full and self.intake.connected and self.prober.first_round_in
                 and self.placer.has_spare())
         await self.intake.set_active(want)
 

@@ -44,7 +44,8 @@ def assert_in_order(events: Events, sids: list[str]) -> None:
 
 async def test_gpu_job_goes_to_gpu_cluster_and_cpu_job_to_cpu_cluster(tmp_path, ray_clusters):
     s = make_settings(tmp_path)
-    async with running_daemon(s, ray_clusters), Events(s) as ev:
+    async with running_daemon(s, ray_clusters) as daemon, Events(s) as ev:
+        await wait_idle(daemon)  # an earlier test's jobs may still hold a CPU in Ray's snapshot
         gpu_job, cpu_job = sid("gpu"), sid("cpu")
         await publish(s, {"submission_id": gpu_job, "entrypoint": "/bin/true",
                           "resource_requirements": {"CPU": 1, "GPU": 1}})
@@ -61,7 +62,8 @@ async def test_gpu_job_goes_to_gpu_cluster_and_cpu_job_to_cpu_cluster(tmp_path, 
 
 async def test_preferred_cluster_is_used_and_fallen_back_from(tmp_path, ray_clusters):
     s = make_settings(tmp_path)
-    async with running_daemon(s, ray_clusters), Events(s) as ev:
+    async with running_daemon(s, ray_clusters) as daemon, Events(s) as ev:
+        await wait_idle(daemon)  # an earlier test's jobs may still hold a CPU in Ray's snapshot
         preferred, fallback = sid("pref"), sid("fall")
         # A CPU job would normally avoid the GPU cluster; preferred, it goes there.
         await publish(s, {"submission_id": preferred, "entrypoint": "/bin/true",

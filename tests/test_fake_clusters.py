@@ -159,6 +159,23 @@ async def test_dead_cluster_goes_down_and_comes_back(tmp_path: Any) -> None:
             assert len(a.submissions) == 2
 
 
+async def test_intake_waits_for_every_clusters_first_probe(tmp_path: Any) -> None:
+    """A job that arrives at start goes to the cluster that fits it best, not to whichever
+    answered first: the slow cluster, weighted far higher (it is degraded by its slow answer,
+    which halves its score), gets it."""
+    s = make_settings(tmp_path)
+    async with fake_fleet(2, name="first") as fleet:
+        fast, slow = fleet
+        slow.status_latency_s = 1.5
+        configs = (fast.config(), slow.config(weight=10.0))
+        async with Events(s) as ev, running_daemon(s, configs):
+            first = job()
+            await publish(s, first)
+            await ev.wait_final([first["submission_id"]], timeout=15)
+            assert dispatched_to(ev, [first["submission_id"]]) == {first["submission_id"]: slow.name}
+            assert not fast.submissions
+
+
 @pytest.mark.parametrize("probe_process_from", [200, 1], ids=["in-process", "probe process"])
 async def test_hanging_cluster_does_not_delay_others_and_nothing_leaks(tmp_path: Any, probe_process_from: int) -> None:
     """The probe process gives the probes it starts together one deadline, not a timer each."""
