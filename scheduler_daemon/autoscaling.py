@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .clusters import Node, ray_name
+from .clusters import Ledger, Node, ray_name
 from .nodetypes import Autoscaling, NodeType, type_key
 
 GIB = 1024 ** 3
@@ -43,13 +43,16 @@ def ray_resources(t: NodeType) -> dict[str, float]:
     return {ray_name(k): v * (GIB if k == "memory" else 1.0) for k, v in t.resources.items()}
 
 
-def virtual_nodes(scaling: Autoscaling, counts: Mapping[str, int], launched: Iterable[str],
+def virtual_nodes(scaling: Autoscaling, counts: Mapping[str, tuple[int, int]], launched: Iterable[str],
                   held_back: Iterable[str] = ()) -> tuple[Node, ...]:
     """Nodes yet to launch: per type, the launches rmcs counted (`launched`: the virtual node
     ids its reservations are on, not landed yet) and the room left: max_workers minus the nodes
-    Ray has up or coming (`counts`), or minus rmcs's own launches when those are more (Ray may
-    not have seen them yet; its count includes them once it has). A type `held_back` (its last
-    launch never came) shows its room as busy: it still makes a job feasible, but takes none."""
+    Ray has up, minus the nodes coming (`counts`: up, coming) or rmcs's own launches when those
+    are more (Ray may not have seen them yet; its count includes them once it has). A launch of
+    rmcs's is never one of the nodes up: a node up is counted once, whatever runs on it (a
+    launch that landed there is counted twice until Ray's snapshot shows its job, which errs
+    on the side of room left unused). A type `held_back` (its last launch never came) shows its
+    room as busy: it still makes a job feasible, but takes none."""
     mine: dict[str, set[str]] = {}
     for node_id in launched:
         mine.setdefault(type_of(node_id), set()).add(node_id)
@@ -57,7 +60,8 @@ def virtual_nodes(scaling: Autoscaling, counts: Mapping[str, int], launched: Ite
     out: list[Node] = []
     for t in scaling.node_types:
         ours = mine.get(t.name, set())
-        room = max(0, t.max_workers - max(counts.get(type_key(t.name), 0), len(ours)))
+        up, coming = counts.get(type_key(t.name), (0, 0))
+        room = max(0, t.max_workers - up - max(coming, len(ours)))
         ids, n = sorted(ours), 0
         while len(ids) < len(ours) + room:
             if virtual_id(t.name, n) not in ours:
@@ -97,11 +101,12 @@ def landing(nodes: Iterable[Node], scaling: Autoscaling, reservations: Mapping[s
     return out
 
 
-def expand(nodes: tuple[Node, ...], scaling: Autoscaling, counts: Mapping[str, int],
-           reservations: Mapping[str, Mapping[str, float]], held_back: Iterable[str] = ()
-           ) -> tuple[tuple[Node, ...], dict[str, str]]:
-    """A snapshot's nodes with the nodes yet to launch after them, and the landed launches (the
-    remap for the ledger). `reservations`: the ledger's, per virtual node id."""
-    landed = landing(nodes, scaling, reservations)
+def expand(nodes: tuple[Node, ...], scaling: Autoscaling, counts: Mapping[str, tuple[int, int]],
+           ledger: Ledger, held_back: Iterable[str] = ()) -> tuple[Node, ...]:
+    """A snapshot's nodes with the nodes yet to launch after them, and the ledger applied. A
+    launch lands on an up node with room once the ledger's reservations there are counted: the
+    room a job of rmcs's has just been given is not room for a launch too."""
+    reservations = ledger.reserved_on(VIRTUAL)
+    landed = landing(ledger.adjust(nodes), scaling, reservations)
     launched = [vid for vid in reservations if vid not in landed]
-    return nodes + virtual_nodes(scaling, counts, launched, held_back), landed
+    return ledger.adjust(nodes + virtual_nodes(scaling, counts, launched, held_back), landed)

@@ -48,32 +48,33 @@ class Node:
 @dataclass(frozen=True)
 class Snapshot:
     """One probe's picture: Ray's snapshot time (its clock, seconds) and the nodes; for an
-    autoscaling cluster, its nodes of each type up or coming (`autoscaling.scaling_counts`)."""
+    autoscaling cluster, its nodes of each type up and coming (`scaling_counts`)."""
 
     time: float
     nodes: tuple[Node, ...]
-    scaling: Mapping[str, int] = field(default_factory=dict)
+    scaling: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def scaling_counts(report: Any) -> dict[str, int]:
-    """Nodes of each type (by `type_key`) up, pending or being launched, from
-    `autoscalerReport` of Ray's cluster_status."""
-    counts: dict[str, int] = {}
+def scaling_counts(report: Any) -> dict[str, tuple[int, int]]:
+    """Nodes of each type (by `type_key`) from `autoscalerReport` of Ray's cluster_status:
+    (up, coming), coming being pending or being launched."""
+    counts: dict[str, tuple[int, int]] = {}
     if not isinstance(report, Mapping):
         return counts
 
-    def add(name: Any, n: Any = 1) -> None:
+    def add(name: Any, n: Any = 1, *, up: bool) -> None:
         if isinstance(name, str) and isinstance(n, int):
-            counts[type_key(name)] = counts.get(type_key(name), 0) + n
+            have_up, coming = counts.get(type_key(name), (0, 0))
+            counts[type_key(name)] = (have_up + n, coming) if up else (have_up, coming + n)
 
     for key in ("activeNodes", "idleNodes", "pendingLaunches"):
         value = report.get(key)
         if isinstance(value, Mapping):
             for name, n in value.items():
-                add(name, n)
+                add(name, n, up=key != "pendingLaunches")
     for entry in report.get("pendingNodes") or []:
         if isinstance(entry, (list, tuple)) and len(entry) >= 2:
-            add(entry[1])
+            add(entry[1], up=False)
     return counts
 
 

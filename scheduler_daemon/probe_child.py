@@ -15,7 +15,7 @@ its standard output: the results gathered over FLUSH_S, each
 
 `nodes` is `[[node_id, {total}, {used}], ...]` when they differ from the last result sent for
 that cluster, and null when they do not; a failed probe has an `error` and no snapshot time.
-An autoscaling cluster's result has a sixth item, its nodes of each type up or coming.
+An autoscaling cluster's result has a sixth item, its nodes of each type: {type: [up, coming]}.
 The child ends when its standard input closes, so it never outlives the daemon.
 """
 
@@ -99,7 +99,7 @@ def decode(item: Sequence[Any], previous: Snapshot | None) -> Result:
     name, latency, error, when, nodes, *rest = item
     if when is None:
         return name, None, error, latency
-    scaling = rest[0] if rest else {}
+    scaling = {k: (v[0], v[1]) for k, v in rest[0].items()} if rest else {}
     if nodes is None:
         if previous is None:
             raise ValueError(f"{name}: unchanged nodes, but none were sent before")

@@ -18,7 +18,7 @@ import orjson
 import structlog
 
 from . import probe_child
-from .autoscaling import VIRTUAL, expand
+from .autoscaling import expand
 from .clusters import ClusterView, Health, HealthState, Ledger, Node, Snapshot
 from .probe_child import fetch
 from .rayapi import RayDashboard
@@ -62,11 +62,11 @@ class ClusterState:
             return cached[2]
         nodes: tuple[Node, ...] = ()
         if self.snapshot is not None:
-            nodes, remap = self.snapshot.nodes, None
             if self.config.autoscaling is not None:  # with the nodes yet to launch
-                nodes, remap = expand(nodes, self.config.autoscaling, self.snapshot.scaling,
-                                      self.ledger.reserved_on(VIRTUAL), self.held_back)
-            nodes = self.ledger.adjust(nodes, remap)
+                nodes = expand(self.snapshot.nodes, self.config.autoscaling, self.snapshot.scaling,
+                               self.ledger, self.held_back)
+            else:
+                nodes = self.ledger.adjust(self.snapshot.nodes)
         view = ClusterView(self.config, self.health.state, nodes, self.last_probe, self.latency_s, self.error)
         self._view = (self.snapshot, key, view)
         return view

@@ -193,6 +193,7 @@ class FakeCluster:
         self.requests: Counter[str] = Counter()
         self.submissions: list[tuple[float, str]] = []
         self.max_demand: dict[str, float] = {}
+        self.max_demand_jobs: dict[str, tuple[float | None, list[tuple[Any, ...]]]] = {}
         self.max_reserved: dict[str, float] = {}
         self.reuse_delays: list[float] = []
         self.snapshots_taken = 0
@@ -306,7 +307,13 @@ class FakeCluster:
             for res, amount in job.need.items():
                 demand[res] = demand.get(res, 0.0) + amount
         for res, amount in demand.items():
-            self.max_demand[res] = max(self.max_demand.get(res, 0.0), amount)
+            if amount > self.max_demand.get(res, 0.0):
+                self.max_demand[res] = amount
+                # What Ray held then: each job's id, node (None: waiting), submitted and started
+                # (Ray's clock) and the last snapshot's time, for a test's failure message.
+                self.max_demand_jobs[res] = (self._snap.time if self._snap else None, [
+                    (j.submission_id, j.node_id, round(j.submitted_at, 3), j.reserved_at and round(j.reserved_at, 3))
+                    for j in (*self._active, *self._waiting) if res in j.need])
 
     def _take_snapshot(self, at: float) -> Snapshot:
         self.snapshots_taken += 1

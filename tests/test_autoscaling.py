@@ -30,9 +30,11 @@ def test_node_types_are_parsed_and_checked() -> None:
 
 
 def test_scaling_counts_read_every_stage_of_a_launch() -> None:
-    assert scaling_counts({"pendingLaunches": {"gpuWorker": 1}}) == {"gpuworker": 1}
-    assert scaling_counts({"pendingNodes": [["1.2.3.4", "gpu_worker", "uninitialized"]]}) == {"gpuworker": 1}
-    assert scaling_counts({"activeNodes": {"headgroup": 1, "gpuWorker": 2}}) == {"headgroup": 1, "gpuworker": 2}
+    """Per type: (nodes up, nodes coming)."""
+    assert scaling_counts({"pendingLaunches": {"gpuWorker": 1}}) == {"gpuworker": (0, 1)}
+    assert scaling_counts({"pendingNodes": [["1.2.3.4", "gpu_worker", "uninitialized"]]}) == {"gpuworker": (0, 1)}
+    assert scaling_counts({"activeNodes": {"headgroup": 1, "gpuWorker": 2}, "idleNodes": {"gpuWorker": 1},
+                           "pendingLaunches": {"gpuWorker": 1}}) == {"headgroup": (1, 0), "gpuworker": (3, 1)}
     assert scaling_counts(None) == {}
 
 
@@ -42,9 +44,11 @@ def test_room_counts_ray_and_rmcs_launches_once() -> None:
     assert [n.node_id for n in virtual_nodes(scaling, {}, [])] == ["+gpuworker#0", "+gpuworker#1"]
     # One launch of rmcs's, not yet seen by Ray, then seen: room 1 either way.
     assert len(virtual_nodes(scaling, {}, ["+gpuworker#0"])) == 2
-    assert len(virtual_nodes(scaling, {"gpuworker": 1}, ["+gpuworker#0"])) == 2
+    assert len(virtual_nodes(scaling, {"gpuworker": (0, 1)}, ["+gpuworker#0"])) == 2
+    # One up, and a launch of rmcs's Ray has not seen: no room left (the launch is not the node up).
+    assert [n.node_id for n in virtual_nodes(scaling, {"gpuworker": (1, 0)}, ["+gpuworker#0"])] == ["+gpuworker#0"]
     # Two up (not rmcs's): no room; one busy node keeps GPU jobs feasible.
-    full = virtual_nodes(scaling, {"gpuworker": 2}, [])
+    full = virtual_nodes(scaling, {"gpuworker": (2, 0)}, [])
     assert len(full) == 1 and full[0].free("GPU") == 0
     held = virtual_nodes(scaling, {}, [], held_back=["gpuworker"])
     assert all(n.free("GPU") == 0 for n in held)
@@ -55,9 +59,11 @@ def test_a_launch_lands_on_the_node_that_came_up() -> None:
     assert scaling is not None
     up = Node("abc123", {"CPU": 8.0, "GPU": 1.0}, {})
     assert landing((HEAD, up), scaling, {"+gpuworker#0": {"GPU": 1.0}}) == {"+gpuworker#0": "abc123"}
-    nodes, remap = expand((HEAD, up), scaling, {"gpuworker": 1}, {"+gpuworker#0": {"GPU": 1.0}})
-    assert remap == {"+gpuworker#0": "abc123"}
+    ledger = Ledger()
+    ledger.reserve("j0", "+gpuworker#0", {"GPU": 1.0})
+    nodes = expand((HEAD, up), scaling, {"gpuworker": (1, 0)}, ledger)
     assert [n.node_id for n in nodes] == ["head", "abc123", "+gpuworker#0"]  # room for one more
+    assert nodes[1].free("GPU") == 0  # the launch counts on the node it landed on
 
 
 def _view(name: str, nodes: tuple[Node, ...], **kw) -> ClusterView:
@@ -92,8 +98,8 @@ def test_n_jobs_never_ask_for_more_launches_than_the_room() -> None:
     ledger = Ledger()
     placed = []
     for i in range(3):
-        nodes, remap = expand((HEAD,), scaling, {}, ledger.reserved_on("+"))
-        view = _view("auto", ledger.adjust(nodes, remap), autoscaling=scaling)
+        nodes = expand((HEAD,), scaling, {}, ledger)
+        view = _view("auto", nodes, autoscaling=scaling)
         decision = Placer("spread", [view]).choose(_gpu_job(f"j{i}"))
         if isinstance(decision, Placement):
             ledger.reserve(f"j{i}", decision.node_id, {"GPU": 1.0})
@@ -102,6 +108,26 @@ def test_n_jobs_never_ask_for_more_launches_than_the_room() -> None:
             assert isinstance(decision, NoFit) and not decision.infeasible
             assert "busy" in decision.explanation
     assert sorted(placed) == ["+gpuworker#0", "+gpuworker#1"]
+
+
+def test_a_node_up_and_a_launch_of_rmcs_fill_a_room_of_two() -> None:
+    """One node of the type up and idle, none coming: the first job goes to it, the second
+    launches the other node, and the third waits. A launch Ray has not seen yet adds to the
+    nodes up; it is not one of them."""
+    scaling = parse_autoscaling(GPU_TYPE, "k")
+    up = Node("abc123", {"CPU": 8.0, "GPU": 1.0}, {})
+    ledger = Ledger()
+    placed = []
+    for i in range(3):
+        nodes = expand((HEAD, up), scaling, {"gpuworker": (1, 0)}, ledger)
+        view = _view("auto", nodes, autoscaling=scaling)
+        decision = Placer("spread", [view]).choose(_gpu_job(f"j{i}"))
+        if isinstance(decision, Placement):
+            ledger.reserve(f"j{i}", decision.node_id, {"GPU": 1.0})
+            placed.append(decision.node_id)
+        else:
+            assert isinstance(decision, NoFit) and "busy" in decision.explanation
+    assert placed == ["abc123", "+gpuworker#0"]
 
 
 def test_cluster_summary_lists_nodes_yet_to_launch_apart() -> None:

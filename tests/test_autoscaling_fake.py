@@ -46,7 +46,7 @@ async def test_many_jobs_on_many_autoscaling_clusters_never_exceed_the_room(tmp_
             assert scaled, "no job was sent to a node yet to launch"
         for c in clusters:
             # Ray never had more GPU demand than two nodes hold: rmcs sent no job beyond the room.
-            assert c.max_demand.get("GPU", 0.0) <= 2.0, (c.name, c.max_demand)
+            assert c.max_demand.get("GPU", 0.0) <= 2.0, (c.name, c.max_demand, c.max_demand_jobs["GPU"])
             assert c.max_nodes["gpuworker"] <= 2
         assert sum(c.launches["gpuworker"] for c in clusters) >= len(clusters)
     finally:
