@@ -91,15 +91,14 @@ def test_placer_prefers_capacity_that_exists_and_explains_scale_up() -> None:
     assert isinstance(cpu, Placement) and cpu.node_id == "head"
 
 
-def test_n_jobs_never_ask_for_more_launches_than_the_room() -> None:
-    """The ledger's reservations on nodes yet to launch are the launches: with room for two
-    nodes, two GPU jobs are placed and the third waits (busy, not infeasible)."""
+def _place_gpu_jobs(n: int, nodes: tuple[Node, ...], counts: dict[str, tuple[int, int]]) -> list[str]:
+    """Place `n` one-GPU jobs one after another on an autoscaling cluster, each reserved in its
+    ledger as the daemon does; the nodes they went to. A job that does not fit waits (busy)."""
     scaling = parse_autoscaling(GPU_TYPE, "k")
     ledger = Ledger()
     placed = []
-    for i in range(3):
-        nodes = expand((HEAD,), scaling, {}, ledger)
-        view = _view("auto", nodes, autoscaling=scaling)
+    for i in range(n):
+        view = _view("auto", expand(nodes, scaling, counts, ledger), autoscaling=scaling)
         decision = Placer("spread", [view]).choose(_gpu_job(f"j{i}"))
         if isinstance(decision, Placement):
             ledger.reserve(f"j{i}", decision.node_id, {"GPU": 1.0})
@@ -107,27 +106,21 @@ def test_n_jobs_never_ask_for_more_launches_than_the_room() -> None:
         else:
             assert isinstance(decision, NoFit) and not decision.infeasible
             assert "busy" in decision.explanation
-    assert sorted(placed) == ["+gpuworker#0", "+gpuworker#1"]
+    return placed
+
+
+def test_n_jobs_never_ask_for_more_launches_than_the_room() -> None:
+    """The ledger's reservations on nodes yet to launch are the launches: with room for two
+    nodes, two GPU jobs are placed and the third waits (busy, not infeasible)."""
+    assert sorted(_place_gpu_jobs(3, (HEAD,), {})) == ["+gpuworker#0", "+gpuworker#1"]
 
 
 def test_a_node_up_and_a_launch_of_rmcs_fill_a_room_of_two() -> None:
     """One node of the type up and idle, none coming: the first job goes to it, the second
     launches the other node, and the third waits. A launch Ray has not seen yet adds to the
-    nodes up; it is not one of them."""
-    scaling = parse_autoscaling(GPU_TYPE, "k")
+    nodes up; it is not one of them, and it does not land where the first job went."""
     up = Node("abc123", {"CPU": 8.0, "GPU": 1.0}, {})
-    ledger = Ledger()
-    placed = []
-    for i in range(3):
-        nodes = expand((HEAD, up), scaling, {"gpuworker": (1, 0)}, ledger)
-        view = _view("auto", nodes, autoscaling=scaling)
-        decision = Placer("spread", [view]).choose(_gpu_job(f"j{i}"))
-        if isinstance(decision, Placement):
-            ledger.reserve(f"j{i}", decision.node_id, {"GPU": 1.0})
-            placed.append(decision.node_id)
-        else:
-            assert isinstance(decision, NoFit) and "busy" in decision.explanation
-    assert placed == ["abc123", "+gpuworker#0"]
+    assert _place_gpu_jobs(3, (HEAD, up), {"gpuworker": (1, 0)}) == ["abc123", "+gpuworker#0"]
 
 
 def test_cluster_summary_lists_nodes_yet_to_launch_apart() -> None:
