@@ -6,8 +6,9 @@ their dependencies (`depends_on`, a dependency that never comes).
 As bench/backlog_memory.py: the daemon runs as a real process (`python -m scheduler_daemon`)
 against two simulated clusters; the jobs are published first, then the daemon takes them all
 in (each stored in waiting.db and acknowledged). RSS is read from /proc once the intake queue
-is empty and every job is stored, after the daemon has settled (maximum of 10 samples over
-5 s), with the peak (VmHWM) beside it.
+is empty and every job is stored, after the daemon has settled (5 s, `--settle-s`; then the
+most of 10 samples over as long), with the peak (VmHWM) beside it. Depths may repeat
+(`--depths 100,10000,10000,100`): each depth's median is compared.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from backlog_memory import status_kb
+from backlog_memory import compare, settled_rss, status_kb
 from common import machine, publish_fast, sim_fleet, SimFleet
 from scheduler_daemon.broker import declare
 from support import daemon_launcher, delete_topology, make_settings, queue_depth
@@ -38,7 +39,7 @@ def stored(path: Path) -> int:
             return 0
 
 
-async def measure(fleet: SimFleet, depth: int) -> tuple[float, float, float]:
+async def measure(fleet: SimFleet, depth: int, settle_s: float) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory(prefix="rmcs-bench-") as tmp:
         s = make_settings(Path(tmp), probe_interval_s=1.0, track_interval_s=0.5, status_service="off")
         await declare(s)
@@ -56,12 +57,7 @@ async def measure(fleet: SimFleet, depth: int) -> tuple[float, float, float]:
                     break
                 await asyncio.sleep(0.5)
             took = time.monotonic() - t0
-            await asyncio.sleep(5)
-            samples = []
-            for _ in range(10):
-                samples.append(status_kb(proc.pid, "VmRSS"))
-                await asyncio.sleep(0.5)
-            return max(samples) / 1024, status_kb(proc.pid, "VmHWM") / 1024, took
+            return await settled_rss(proc.pid, settle_s), status_kb(proc.pid, "VmHWM") / 1024, took
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
@@ -74,19 +70,18 @@ async def measure(fleet: SimFleet, depth: int) -> tuple[float, float, float]:
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depths", default="100,10000")
+    p.add_argument("--depths", default="100,10000", help="comma-separated; repeat them to alternate")
+    p.add_argument("--settle-s", type=float, default=5.0, help="wait this long, then sample over as long")
     a = p.parse_args()
     print(f"machine: {machine()}")
-    depths = [int(x) for x in a.depths.split(",")]
-    results = {}
-    for depth in depths:
+    results: dict[int, list[float]] = {}
+    for depth in (int(x) for x in a.depths.split(",")):
         async with sim_fleet(2, cpus=4, duration=3600, name="wait") as fleet:
-            rss, peak, took = await measure(fleet, depth)
-            results[depth] = rss
+            rss, peak, took = await measure(fleet, depth, a.settle_s)
+            results.setdefault(depth, []).append(rss)
         print(f"{depth:>7,} jobs waiting: daemon RSS {rss:.1f} MB (peak {peak:.1f} MB); "
               f"all stored in {took:.1f} s ({depth / took:,.0f} jobs/s)")
-    lo, hi = results[depths[0]], results[depths[-1]]
-    print(f"RSS with {depths[-1]:,} waiting is {100 * (hi / lo - 1):+.1f}% of that with {depths[0]:,}")
+    print(compare(results))
 
 
 if __name__ == "__main__":
