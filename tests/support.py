@@ -117,8 +117,13 @@ class Events:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
 
     async def wait_final(self, sids: list[str], timeout: float = 120.0) -> None:
-        await self.wait_for(lambda: all(any(e.get("final") for e in self.of(s)) for s in sids),
-                            timeout, f"final states of {sids}")
+        def pending() -> dict[str, list[str]]:
+            return {s: self.states(s) for s in sids if not any(e.get("final") for e in self.of(s))}
+        try:
+            await self.wait_for(lambda: not pending(), timeout, "final states")
+        except AssertionError:
+            raise AssertionError(f"no final state after {timeout} s for {len(pending())} of {len(sids)} jobs;"
+                                 f" their states: {pending()}") from None
 
 
 async def publish(settings: Settings, body: dict[str, Any] | bytes, *, priority: int = 0,
