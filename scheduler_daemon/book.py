@@ -12,6 +12,8 @@ import asyncio
 from dataclasses import replace
 from typing import Awaitable, Callable
 
+import structlog
+
 from .events import EventPublisher, JobEvent
 from .jobs import Job, JobState
 from .journal_base import JournalStore
@@ -19,6 +21,10 @@ from .tracking import Tracked
 from .tasks import Work
 
 RetryPublisher = Callable[[Job, int, bool], Awaitable[None]]
+
+log = structlog.get_logger("rmcs.book")
+
+MARK_RETRY_S = 1.0  # a record the journal failed to mark published is tried again after this long
 
 
 class JobBook:
@@ -81,8 +87,15 @@ class JobBook:
         holds it unpublished, and a restart publishes its events again."""
         async def mark() -> None:
             await self.all_confirmed(t.job.submission_id)
-            if self.tracked.get(t.job.submission_id) is t:
-                await self.record(t, published=True)
+            while self.tracked.get(t.job.submission_id) is t:
+                try:
+                    await self.record(t, published=True)
+                    return
+                except Exception as exc:  # the journal failed it (a database session ended, say)
+                    # Unpublished, the job is not followed on its cluster: try until it is marked.
+                    log.error("record not marked published; will try again", submission_id=t.job.submission_id,
+                              error=repr(exc))
+                    await asyncio.sleep(MARK_RETRY_S)
 
         self._work.spawn(mark(), f"confirm-{t.job.submission_id}")
 
@@ -91,14 +104,24 @@ class JobBook:
     async def record(self, t: Tracked, *, published: bool) -> Tracked:
         """Journal `t` and make it the job's record. It is the record from before the write
         on: a confirm of an older state that arrives meanwhile then sees that the job has moved
-        on, and does not write its own (older) record over this one."""
+        on, and does not write its own (older) record over this one. If the write fails, the
+        record is again what it was, and the error is raised: a change the journal does not
+        hold is not the job's state (the follower's next look finds it again)."""
         sid = t.job.submission_id
         current = self.tracked.get(sid)
         if current is not None and current.job.attempt > t.job.attempt:
             return t  # a later attempt already owns the record
         t = replace(t, published=published)
         self.tracked[sid] = t
-        await self.journal.record(t)
+        try:
+            await self.journal.record(t)
+        except BaseException:
+            if self.tracked.get(sid) is t:
+                if current is None:
+                    del self.tracked[sid]
+                else:
+                    self.tracked[sid] = current
+            raise
         if t.final and t.published and self.tracked.get(sid) is t:
             del self.tracked[sid]  # done; unless the next attempt took the place meanwhile
         return t
