@@ -2,11 +2,12 @@
 
 Its queue is durable, on the event exchange, so nothing is missed while the status service is
 down: `rmcs.status` (bound to `job.#` and `cluster.#`). A message is acknowledged once the store
-has it. (Stop requests are the scheduler's own: `control.py`.)
+has it; one the store fails on (its database session ended, say) goes back to the queue. (Stop requests are the scheduler's own: `control.py`.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 import aio_pika
@@ -21,6 +22,9 @@ from .hub import EventHub
 from .store import ForeignOwner, StatusStore
 
 log = structlog.get_logger("rmcs.status")
+
+# A store that failed an event gets it again after this long (its pool opens a new session).
+STORE_RETRY_S = 0.5
 
 
 class StatusConsumer:
@@ -77,6 +81,11 @@ class StatusConsumer:
         except (TypeError, ValueError, OverflowError) as exc:  # a foreign event of the wrong shape
             log.warning("malformed event dropped", error=str(exc), routing_key=key)
             await message.ack()
+            return
+        except Exception as exc:  # the store could not take it now (its database session ended, say)
+            log.error("event not stored; it goes back to the queue", error=repr(exc), routing_key=key)
+            await asyncio.sleep(STORE_RETRY_S)
+            await message.nack(requeue=True)
             return
         if not self._live_apart:
             self.hub.publish(event)

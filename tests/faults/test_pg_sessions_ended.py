@@ -1,0 +1,55 @@
+"""The database's sessions end under a running daemon (a PostgreSQL restart or failover, or an
+administrator), twice, while jobs stream through: against the real RabbitMQ and PostgreSQL, on
+simulated clusters (what is under test is the state, not Ray)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import asyncpg
+import pytest
+
+from fakeray import fake_fleet
+from pgkit import pg_url  # noqa: F401  (fixture)
+from support import Events, make_settings, publish_many, running_daemon, sid
+
+pytestmark = pytest.mark.usefixtures("rabbitmq")
+
+
+async def end_sessions(url: str) -> int:
+    """End every other session on the database, as a server restart does; how many there were."""
+    conn = await asyncpg.connect(url)
+    try:
+        return len(await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    finally:
+        await conn.close()
+
+
+async def test_ended_database_sessions_lose_no_job_and_run_none_twice(tmp_path, pg_url) -> None:
+    s = make_settings(tmp_path, state_url=pg_url)
+    jobs = [{"submission_id": sid("pgend"), "entrypoint": "/bin/sleep 0.3", "resource_requirements": {"CPU": 0.5}}
+            for _ in range(60)]
+    sids = [j["submission_id"] for j in jobs]
+    async with fake_fleet(2, name="pgend") as fleet:
+        async with running_daemon(s, fleet.configs()) as daemon, Events(s) as ev:
+            await publish_many(s, [(j, 0) for j in jobs])
+            for dispatched in (15, 40):
+                await ev.wait_for(lambda: sum(1 for x in sids if "DISPATCHED" in ev.states(x)) >= dispatched,
+                                  60, f"{dispatched} jobs dispatched")
+                assert await end_sessions(pg_url) > 0
+            await ev.wait_final(sids, 120)
+            assert {x: ev.states(x)[-1] for x in sids} == {x: "SUCCEEDED" for x in sids}
+            assert daemon.service is not None
+            await ev.wait_for(lambda: daemon.service.consumer.applied >= 4 * len(sids), 60, "the status service")
+            for x in sids:
+                status = await daemon.store.get(x)
+                assert status is not None and status.state == "SUCCEEDED", (x, status)
+    posts = Counter(s_id for c in fleet.clusters for _, s_id in c.submissions)
+    assert {x: posts[x] for x in sids} == {x: 1 for x in sids}  # each POSTed once, none lost
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT submission_id, state FROM rmcs_tracked")
+        assert {r["submission_id"]: r["state"] for r in rows} == {x: "SUCCEEDED" for x in sids}
+    finally:
+        await conn.close()
