@@ -91,6 +91,7 @@ class Prober:
         self._on_view = on_view
         self._clock = clock
         self.rounds = 0
+        self._first_round_in = False
         self.child: asyncio.subprocess.Process | None = None  # the probe process, while one runs
         # A cluster whose nodes, health or ledger changed is marked; `refresh` passes its new
         # view to `on_view` (placement). A probe that saw nothing new marks nothing: with a
@@ -114,7 +115,9 @@ class Prober:
         """Whether every cluster's first probe has answered or failed (within `probe_timeout_s`).
         Intake waits for it: a job placed before then would go to whichever cluster answered
         first, not to the one that fits it best."""
-        return all(c.probes > 0 for c in self.clusters.values())
+        if not self._first_round_in:  # once in, always in: asked on every scheduling pass
+            self._first_round_in = all(c.probes > 0 for c in self.clusters.values())
+        return self._first_round_in
 
     @property
     def in_child(self) -> bool:
