@@ -36,7 +36,7 @@ test: install
 	scripts/ensure-chromium  # Debian's chromium, for the dashboard's browser tests
 	scripts/ensure-postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m 'not alone' --durations=15  # two workers, a port slot each; the slowest listed
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone  # last: what restarts the shared broker, by itself
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone  # last: what restarts a shared service (RabbitMQ, PostgreSQL), by itself
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

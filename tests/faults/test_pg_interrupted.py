@@ -1,10 +1,14 @@
-"""The database's sessions end under a running daemon (a PostgreSQL restart or failover, or an
-administrator), twice, while jobs stream through: against the real RabbitMQ and PostgreSQL, on
-simulated clusters (what is under test is the state, not Ray)."""
+"""The database goes away under a running daemon, twice, while jobs stream through: every
+session ended (as a failover or an administrator does), or the server restarted. Against the
+real RabbitMQ and PostgreSQL, on simulated clusters (what is under test is the state, not Ray)."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections import Counter
+from pathlib import Path
+from typing import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -16,17 +20,38 @@ from support import Events, make_settings, publish_many, running_daemon, sid
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 
-async def end_sessions(url: str) -> int:
-    """End every other session on the database, as a server restart does; how many there were."""
+async def end_sessions(url: str) -> None:
+    """End every other session on the database, as a server restart does to its clients."""
     conn = await asyncpg.connect(url)
     try:
-        return len(await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        ended = await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                 " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert ended, "the daemon had no session to end"
     finally:
         await conn.close()
 
 
-async def test_ended_database_sessions_lose_no_job_and_run_none_twice(tmp_path, pg_url) -> None:
+async def restart_server(url: str) -> None:
+    """Restart the local PostgreSQL (Debian's cluster, as scripts/ensure-postgres starts it) and
+    wait until it answers again."""
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    await asyncio.to_thread(subprocess.run, ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main",
+                                             "restart", "-m", "fast"], check=True, timeout=60)
+    for _ in range(60):
+        try:
+            await (await asyncpg.connect(url)).close()
+            return
+        except (OSError, asyncpg.PostgresError):
+            await asyncio.sleep(0.5)
+    raise AssertionError("PostgreSQL did not answer within 30 s of its restart")
+
+
+@pytest.mark.parametrize("interrupt", [
+    pytest.param(end_sessions, id="sessions-ended"),
+    pytest.param(restart_server, id="server-restarted", marks=pytest.mark.alone),  # every test's server
+])
+async def test_the_database_going_away_twice_loses_no_job_and_runs_none_twice(
+        tmp_path, pg_url, interrupt: Callable[[str], Awaitable[None]]) -> None:
     s = make_settings(tmp_path, state_url=pg_url)
     jobs = [{"submission_id": sid("pgend"), "entrypoint": "/bin/sleep 0.3", "resource_requirements": {"CPU": 0.5}}
             for _ in range(60)]
@@ -37,7 +62,7 @@ async def test_ended_database_sessions_lose_no_job_and_run_none_twice(tmp_path, 
             for dispatched in (15, 40):
                 await ev.wait_for(lambda: sum(1 for x in sids if "DISPATCHED" in ev.states(x)) >= dispatched,
                                   60, f"{dispatched} jobs dispatched")
-                assert await end_sessions(pg_url) > 0
+                await interrupt(pg_url)
             await ev.wait_final(sids, 120)
             assert {x: ev.states(x)[-1] for x in sids} == {x: "SUCCEEDED" for x in sids}
             assert daemon.service is not None
