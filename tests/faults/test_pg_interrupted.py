@@ -34,7 +34,8 @@ async def end_sessions(url: str) -> None:
 async def restart_server(url: str) -> None:
     """Restart the local PostgreSQL (Debian's cluster, as scripts/ensure-postgres starts it) and
     wait until it answers again."""
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    version = max((p.name for p in Path("/etc/postgresql").iterdir()),
+                  key=lambda v: [int(x) for x in v.split(".") if x.isdigit()])  # as `sort -V | tail -1`
     await asyncio.to_thread(subprocess.run, ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main",
                                              "restart", "-m", "fast"], check=True, timeout=60)
     for _ in range(60):
