@@ -124,7 +124,7 @@ class Journal(JournalStore):
         self._intents.open()
         for sid, attempt, cluster in await self._db.run(_take_old_intents):
             self._intents.put(sid, attempt, cluster)
-        for sid, (_, attempt) in list(self._intents.live.items()):
+        for sid in list(self._intents.live):
             t = await self.get(sid)
             if t is not None:  # written after its record, before a crash could clear it
                 self._intents.clear(sid, t.job.attempt)

@@ -157,7 +157,6 @@ class PgJournal(JournalStore):
             self.on_fenced(exc)
             raise
 
-
     async def record(self, t: Tracked) -> None:
         sid = t.job.submission_id
         self._saw(sid)
