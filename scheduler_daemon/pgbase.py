@@ -63,11 +63,12 @@ async def connect(dsn: str, *, max_size: int = 8, idle_in_transaction_s: float =
     return pool
 
 
-async def close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = 3.0) -> None:
     """Close `pool`, waiting at most `timeout_s` for its sessions to be given back, then
     terminate what is left: a session wedged by the server going away under it (asyncpg's
     "another operation is in progress") is never given back, and a plain close waits for it for
-    ever (seen when a test ended the journal's sessions with pg_terminate_backend)."""
+    ever (seen when a test ended the journal's sessions with pg_terminate_backend). 3 s: within
+    the daemon's shutdown step for the journal (5 s), which closes its two pools together."""
     try:
         await asyncio.wait_for(pool.close(), timeout_s)
     except TimeoutError:

@@ -139,12 +139,11 @@ class PgJournal(JournalStore):
         for writes in (self._intents, self._writes):
             if writes is not None:
                 await writes.flush()
-        if self._lazy is not None:
-            await close_pool(self._lazy)
-            self._lazy = None
-        if self.pool is not None and self._own_pool:
-            await close_pool(self.pool)
+        pools = [pool for pool in (self._lazy, self.pool if self._own_pool else None) if pool is not None]
+        self._lazy = None
+        if self._own_pool:
             self.pool = None
+        await asyncio.gather(*(close_pool(pool) for pool in pools))  # together: within the shutdown's step
 
     async def _write(self, *stmts: Stmt, durable: bool = True) -> Any:
         assert self._writes is not None, "journal not open"
