@@ -21,6 +21,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from fakeray import GIB, FakeCluster, FakeServer
 from scheduler_daemon.daemon import Daemon
+from scheduler_daemon.queueconf import parse_queues
 from support import daemon_launcher, delete_topology, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
@@ -40,10 +41,11 @@ class World:
     tokens: dict[str, str]  # user -> API token
     shots: Path
 
-    async def submit(self, where: str, entrypoint: str, *, tags: tuple[str, ...] = (), name: str = "d") -> str:
+    async def submit(self, where: str, entrypoint: str, *, tags: tuple[str, ...] = (), name: str = "d",
+                     queue: str | None = None) -> str:
         job = sid(name)
         await publish(self.daemon.settings, {"submission_id": job, "entrypoint": entrypoint,
-                                             "cluster_tags": [where], "tags": list(tags)})
+                                             "cluster_tags": [where], "tags": list(tags)}, queue=queue)
         return job
 
     async def job(self, job: str) -> dict[str, Any]:
@@ -76,7 +78,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     for server in servers:
         await server.start()
     # Jobs published without a broker user belong to default_owner: alice here.
-    s = make_settings(tmp, window_size=8, default_owner="alice", api_tokens_file=str(tmp / "tokens.yaml"))
+    s = make_settings(tmp, window_size=8, default_owner="alice", api_tokens_file=str(tmp / "tokens.yaml"),
+                      queues=parse_queues({"research": {"weight": 2}}))
     shots = Path(os.environ.get("RMCS_SCREENSHOTS") or tmp)
     shots.mkdir(parents=True, exist_ok=True)
     try:
@@ -214,6 +217,24 @@ async def test_a_filter_in_the_url_is_honoured(world: World, page: Page) -> None
     assert "unknown filter 'limit'" in await page.get_by_role("alert").inner_text()
     await page.goto(f"{world.base}/jobs?tag=demo")
     await world.shot(page, "jobs")
+
+
+async def test_the_queues_show_on_the_overview_and_filter_the_jobs(world: World, page: Page) -> None:
+    ours = await world.submit("big", "/bin/true", name="research", queue="research")
+    theirs = await world.submit("big", "/bin/true", name="plain")
+    for job in (ours, theirs):
+        await world.wait_state(job, "SUCCEEDED")
+    await page.goto(world.base + "/")
+    queues = page.get_by_role("table", name="Jobs per queue")
+    await expect(queues.get_by_role("link", name="research")).to_be_visible(timeout=10_000)  # reported every 5 s
+    assert "default" in await queues.inner_text()
+    await queues.get_by_role("link", name="research").click()
+    await page.wait_for_url("**queue=research**")
+    text = await page.locator("table.jobs").inner_text()
+    assert ours in text and theirs not in text and "research" in text
+    assert await page.locator("select[name=queue]").input_value() == "research"
+    await page.goto(f"{world.base}/jobs?queue=nope")
+    assert "no queue 'nope'; the queues are default, research" in await page.get_by_role("alert").inner_text()
 
 
 async def test_the_job_page_shows_timeline_placement_and_log_tail(world: World, page: Page) -> None:

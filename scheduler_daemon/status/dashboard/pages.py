@@ -11,8 +11,6 @@ from typing import Any, Mapping, Sequence
 from ..records import STATES, JobStatus
 from .layout import FINAL, age, amount, badge, bars, esc, health, table, url, when
 
-QUEUES = ("default",)  # the queues issue has not landed: one queue
-
 
 @dataclass(frozen=True)
 class Parts:
@@ -35,6 +33,7 @@ class Overview:
     dispatched_last_5_min: int
     clusters: Sequence[Mapping[str, Any]]
     report_age_s: float | None
+    queues: Sequence[Mapping[str, Any]] = ()  # GET /api/v1/queues: each queue's use and share
 
 
 def overview(o: Overview) -> Parts:
@@ -55,17 +54,32 @@ def overview(o: Overview) -> Parts:
         f'<div class="stat"><dt>{esc(label)}</dt><dd id="{key}">'
         + (f'<a href="{link}">{value}</a>' if link else value) + "</dd></div>"
         for key, label, value, link in stats)
-    queue_rows = [[f'<a href="{url("/jobs", queue=name)}">{esc(name)}</a>', f"{waiting}",
-                   "—" if in_broker is None else f"{in_broker}", f"{running + dispatched}"] for name in QUEUES]
     live = (f'<section aria-labelledby="h-jobs"><h2 id="h-jobs">Jobs</h2><dl class="stats">{cells}</dl></section>'
             '<section aria-labelledby="h-queues"><h2 id="h-queues">Queues</h2>'
-            + table("Jobs per queue", ("Queue", "Waiting in the daemon", "Waiting in RabbitMQ", "Dispatched or running"),
-                    queue_rows, empty="no queues") + "</section>"
+            + table("Jobs per queue", ("Queue", "Weight", "Waiting in the daemon", "Waiting in RabbitMQ",
+                                       "Dispatched or running", "Resources held", "Dominant share"),
+                    _queue_rows(o.queues, waiting, in_broker, running + dispatched), empty="no queues") + "</section>"
             + '<section aria-labelledby="h-clusters"><h2 id="h-clusters">Clusters</h2>'
             + _report_note(o.report_age_s)
             + ('<div class="cards">' + "".join(_cluster_card(c) for c in o.clusters) + "</div>"
                if o.clusters else '<p class="empty">No cluster reported yet.</p>') + "</section>")
     return Parts("Overview", "<h1>Fleet overview</h1>", live)
+
+
+def _queue_rows(queues: Sequence[Mapping[str, Any]], waiting: int, in_broker: Any, in_flight: int) -> list[list[str]]:
+    """A row per queue as the scheduler reported them; before its first report, `default` alone
+    with the job counts."""
+    def num(value: Any) -> str:
+        return "—" if value is None else esc(value)
+
+    if not queues:
+        return [[f'<a href="{url("/jobs", queue="default")}">default</a>', "—", f"{waiting}", num(in_broker),
+                 f"{in_flight}", "—", "—"]]
+    return [[f'<a href="{url("/jobs", queue=str(q.get("name")))}">{esc(q.get("name"))}</a>', num(q.get("weight")),
+             num(q.get("waiting_in_daemon")), num(q.get("waiting_in_broker")), num(q.get("running")),
+             esc(", ".join(f"{k} {amount(k, float(v))}" for k, v in sorted((q.get("held") or {}).items())) or "—"),
+             "—" if q.get("dominant_share") is None else f"{float(q['dominant_share']):.1%}"]
+            for q in queues]
 
 
 def _report_note(report_age: float | None) -> str:
@@ -99,12 +113,13 @@ class JobsView:
     paged: bool                        # this is not the first page
     clusters: Sequence[str]
     error: str | None = None
+    queues: Sequence[str] = ("default",)
 
 
 def jobs(v: JobsView) -> Parts:
     f = v.filters
     states = "".join(f'<option{" selected" if f.get("state") == s else ""}>{s}</option>' for s in sorted(STATES))
-    queues = "".join(f'<option{" selected" if f.get("queue") == q else ""}>{esc(q)}</option>' for q in QUEUES)
+    queues = "".join(f'<option{" selected" if f.get("queue") == q else ""}>{esc(q)}</option>' for q in v.queues)
     clusters = "".join(f'<option{" selected" if f.get("cluster") == c else ""}>{esc(c)}</option>'
                        for c in v.clusters)
     form = f"""<h1>Jobs</h1>
@@ -118,7 +133,7 @@ def jobs(v: JobsView) -> Parts:
 </form>"""
     shown = ", ".join(f"{k} {val}" for k, val in f.items() if val) or "all jobs"
     rows = [[f'<a href="{url("/jobs/" + j.submission_id)}">{esc(j.submission_id)}</a>', badge(j.state),
-             "default", esc(j.owner or "—"), esc(j.cluster or "—"), f"{j.attempt}",
+             esc(j.queue), esc(j.owner or "—"), esc(j.cluster or "—"), f"{j.attempt}",
              esc("—" if j.priority is None else j.priority), esc(", ".join(j.tags) or "—"), when(j.updated)]
             for j in v.jobs]
     pager = []

@@ -22,7 +22,7 @@ from ... import access
 from ...rayapi import RayError
 from ..api import STOP_STATUS, Backend, HttpServer, LogsUnavailable, StopTimeout
 from ..records import BadQuery, ListQuery, now_minus
-from ..store import CLUSTERS_REPORT, SCHEDULER_REPORT
+from ..store import CLUSTERS_REPORT, QUEUES_REPORT, SCHEDULER_REPORT
 from . import pages
 from .layout import shell
 
@@ -84,6 +84,15 @@ class Dashboard:
             return None, None
         return orjson.loads(report[0]), max(0.0, time.time() - report[1])
 
+    async def _queues(self) -> list[dict[str, Any]]:
+        """The queues as the scheduler last reported them (as GET /api/v1/queues)."""
+        queues, _ = await self._report(QUEUES_REPORT)
+        return [q for q in queues if isinstance(q, dict)] if isinstance(queues, list) else []
+
+    def _queue_names(self, reported: list[dict[str, Any]]) -> list[str]:
+        names = {"default", *(q.name for q in self.backend.settings.queues), *(str(q.get("name")) for q in reported)}
+        return ["default", *sorted(names - {"default"})]
+
     async def _clusters(self) -> tuple[list[dict[str, Any]], float | None]:
         views, report_age = await self._report(CLUSTERS_REPORT)
         return (views if isinstance(views, list) else []), report_age
@@ -100,7 +109,7 @@ class Dashboard:
         hour = await store.activity(now_minus(3600))
         recent = await store.activity(now_minus(300))
         data = pages.Overview(await store.counts_by_state(), await self._scheduler(), hour["finished"],
-                              recent["dispatched"], views, report_age)
+                              recent["dispatched"], views, report_age, await self._queues())
         return self._answer(request, pages.overview(data))
 
     async def jobs(self, request: web.Request) -> web.Response:
@@ -109,22 +118,24 @@ class Dashboard:
         cursor = given.get("cursor")
         views, _ = await self._clusters()
         names = [str(c.get("name")) for c in views]
+        queues = self._queue_names(await self._queues())
         error = None
         unknown = sorted(set(given) - set(FILTERS) - {"cursor"})
         page = None
         if unknown:
             error = f"unknown filter {unknown[0]!r}; the filters are {', '.join(FILTERS)}"
-        elif filters.get("queue") not in (None, *pages.QUEUES):
-            error = f"no queue {filters['queue']!r}: the only queue is default"
+        elif filters.get("queue") not in (None, *queues):
+            error = f"no queue {filters['queue']!r}; the queues are {', '.join(queues)}"
         else:
             query = ListQuery(state=filters.get("state"), cluster=filters.get("cluster"), tag=filters.get("tag"),
-                              owner=filters.get("owner"), limit=PAGE_SIZE, cursor=cursor, newest_first=True)
+                              owner=filters.get("owner"), queue=filters.get("queue"), limit=PAGE_SIZE, cursor=cursor,
+                              newest_first=True)
             try:
                 page = await self.backend.store.list(query)
             except BadQuery as exc:
                 error = str(exc)
         view = pages.JobsView(filters, page.jobs if page else [], page.next_cursor if page else None,
-                              cursor is not None, names, error)
+                              cursor is not None, names, error, queues)
         return self._answer(request, pages.jobs(view))
 
     async def job(self, request: web.Request, notice: str | None = None, notice_ok: bool = True,
