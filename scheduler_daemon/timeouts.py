@@ -93,6 +93,8 @@ class RunTimeouts:
             state = self.prober.clusters.get(t.cluster)
             if state is not None:
                 state.ledger.forget(job.ray_submission_id)
-            t = await self.book.record(t.moved(JobState.STOPPED), published=False)
-            await self.book.emit(job, JobState.STOPPED, t.cluster, message)
+            # rmcs takes the attempt back, as a preemption does (docs/contract.md): PREEMPTED, not
+            # final, then ACCEPTED as the next attempt, which does not count against max_retries.
+            t = await self.book.record(t.moved(JobState.PREEMPTED), published=False)
+            await self.book.emit(job, JobState.PREEMPTED, t.cluster, message)
             await self.book.queue_retry(t)
