@@ -1,14 +1,16 @@
 """Write-ahead dispatch: the intent is journaled before the POST, and any answer or failure
 that leaves it open is settled on that cluster before the job may go anywhere else. One test
 per window in which a job could run twice or be lost; each ends with one run per attempt.
-On fake dashboards (faults that real Ray cannot show on demand) and the real broker."""
+On fake dashboards (faults that real Ray cannot show on demand) and the real broker; those the
+daemon's own journal serves run on both journals, SQLite and PostgreSQL (a database of their own)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Any
+from typing import Any, AsyncIterator
 
+import asyncpg
 import pytest
 
 from fakeray import FakeCluster, FakeServer
@@ -16,9 +18,22 @@ from builders import job as built
 from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import JobState
 from scheduler_daemon.journal import Journal
+from pgkit import create_database, database_url, drop_database
 from support import Events, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def state_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield "sqlite:"
+        return
+    name = await create_database()
+    try:
+        yield database_url(name)
+    finally:
+        await drop_database(name)
 
 
 async def serve(*clusters: FakeCluster) -> list[FakeServer]:
@@ -32,8 +47,8 @@ def runs(*clusters: FakeCluster) -> dict[str, list[str]]:
     return {c.name: [s for _, s in c.submissions] for c in clusters}
 
 
-async def test_a_dashboard_that_creates_the_job_then_answers_504(tmp_path: Any) -> None:
-    s = make_settings(tmp_path)
+async def test_a_dashboard_that_creates_the_job_then_answers_504(tmp_path: Any, state_url: str) -> None:
+    s = make_settings(tmp_path, state_url=state_url)
     gateway, other = FakeCluster("gateway", duration_s=0.2), FakeCluster("other", duration_s=0.2)
     gateway.submit_faults = ["created_then_504"]
     servers = await serve(gateway, other)
@@ -49,8 +64,10 @@ async def test_a_dashboard_that_creates_the_job_then_answers_504(tmp_path: Any) 
             await server.stop()
 
 
-async def test_a_journal_write_that_fails_once_after_the_post(tmp_path: Any) -> None:
-    s = make_settings(tmp_path)
+async def test_a_journal_write_that_fails_once_after_the_post(tmp_path: Any, state_url: str) -> None:
+    s = make_settings(tmp_path, state_url=state_url)
+    error = (sqlite3.OperationalError("disk I/O error") if state_url == "sqlite:" else
+             asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
     first, other = FakeCluster("first", duration_s=0.2), FakeCluster("other", duration_s=0.2)
     servers = await serve(first, other)
     try:
@@ -60,7 +77,7 @@ async def test_a_journal_write_that_fails_once_after_the_post(tmp_path: Any) -> 
             async def fails_once(t: Any) -> None:
                 if t.state == JobState.DISPATCHED and not failed:
                     failed.append(t.job.submission_id)
-                    raise sqlite3.OperationalError("disk I/O error")
+                    raise error
                 await record(t)
 
             daemon.journal.record = fails_once  # type: ignore[method-assign]
@@ -106,8 +123,8 @@ async def test_a_cluster_down_during_the_redelivery_look_up_keeps_the_job_waitin
             await server.stop()
 
 
-async def test_a_lost_clusters_old_attempt_is_stopped_when_it_comes_back(tmp_path: Any) -> None:
-    s = make_settings(tmp_path, lost_after_s=2.0)
+async def test_a_lost_clusters_old_attempt_is_stopped_when_it_comes_back(tmp_path: Any, state_url: str) -> None:
+    s = make_settings(tmp_path, lost_after_s=2.0, state_url=state_url)
     away = FakeCluster("away", duration_of=lambda e: 60.0)
     spare = FakeCluster("spare", duration_of=lambda e: 0.3)
     servers = await serve(away, spare)
