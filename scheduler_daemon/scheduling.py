@@ -209,6 +209,14 @@ class Scheduler:
             return False
         return True
 
+    def _still_ours(self, held: Held, state: ClusterState) -> bool:
+        """`_may_send`; when it says no, the job's reservation on `state`'s cluster goes, and the job too."""
+        if self._may_send(held):
+            return True
+        state.ledger.forget(held.job.ray_submission_id)
+        self._let_go(held)
+        return False
+
     def _let_go(self, held: Held) -> None:
         """After `_may_send` said no. A job whose delivery died with its channel leaves the window:
         the broker has put its message back, and it is held anew when it comes again (to this daemon
@@ -243,14 +251,14 @@ class Scheduler:
         state = self.prober.clusters[cluster]
         t0 = time.perf_counter()
         with structlog.contextvars.bound_contextvars(submission_id=job.submission_id, cluster=cluster):
-            if not self._may_send(held):
-                state.ledger.forget(job.ray_submission_id)
-                self._let_go(held)
+            if not self._still_ours(held, state):
                 return
             # Write-ahead: the intent is journaled before the POST, and until the job is journaled any
             # failure (an exception too) re-checks this cluster first (`_verify`).
             await self.book.journal.intend(job, cluster)
             held.verify_on, held.verify_get = cluster, False
+            if not self._still_ours(held, state):  # asked again: this daemon may have been frozen in the write
+                return
             result = await dispatch(job, state.config, state.dashboard)
             self._observe_dispatch(time.perf_counter() - t0)
             if result.outcome == Outcome.DISPATCHED:

@@ -149,3 +149,35 @@ async def test_a_lost_clusters_old_attempt_is_stopped_when_it_comes_back(tmp_pat
     finally:
         for server in servers:
             await server.stop()
+
+
+async def test_a_leader_that_loses_its_lease_while_writing_the_intent_does_not_post(tmp_path: Any) -> None:
+    """Frozen in the intent's write past its lease (SIGSTOP, a long pause): the write went through,
+    but once thawed the daemon asks again before the POST, and sends nothing."""
+    s = make_settings(tmp_path, failover=True)
+    cluster = FakeCluster("solo", duration_s=0.2)
+    servers = await serve(cluster)
+    try:
+        async with running_daemon(s, (cluster.config(),)) as daemon, Events(s) as ev:
+            assert daemon.leadership is not None
+            intend, written = daemon.journal.intend, []
+
+            async def frozen_meanwhile(job: Any, where: str) -> None:
+                await intend(job, where)
+                written.append(job.submission_id)
+                daemon.leadership.lost = True  # what its own clock says once thawed past the lease
+
+            daemon.journal.intend = frozen_meanwhile  # type: ignore[method-assign]
+            job = sid("fz")
+            await publish(s, {"submission_id": job, "entrypoint": "/bin/true"})
+            await ev.wait_for(lambda: "ACCEPTED" in ev.states(job), 20, "ACCEPTED")
+            deadline = asyncio.get_running_loop().time() + 10
+            while not written:
+                assert asyncio.get_running_loop().time() < deadline, "no intent was written"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            assert written == [job] and "DISPATCHED" not in ev.states(job)
+        assert runs(cluster) == {"solo": []}
+    finally:
+        for server in servers:
+            await server.stop()
