@@ -144,8 +144,9 @@ async def test_rmcs_status_runs_alone_beside_a_daemon_that_starts_none(tmp_path:
     env_proc = daemon()
     env = _env_of(env_proc.pid)
     assert env.get("RMCS_STATUS_SERVICE") == "off"
-    status = subprocess.Popen([sys.executable, "-m", "scheduler_daemon.status", "--clusters",
-                               str(tmp_path / "clusters.yaml")], env=env,
+    script = Path(sys.executable).parent / "rmcs-status"  # the console script, as a deployment runs it
+    assert script.exists(), f"{script} is missing: the project is not installed (make install)"
+    status = subprocess.Popen([str(script), "--clusters", str(tmp_path / "clusters.yaml")], env=env,
                               stdout=open(tmp_path / "status.log", "ab"), stderr=subprocess.STDOUT)
     try:
         await wait_until(lambda: ready(s.http_addr), 30, "rmcs-status to be ready")
