@@ -92,7 +92,7 @@ class ClusterConfig:
             raise ConfigError(str(exc)) from None
 
 
-def _read_yaml(path: str | os.PathLike[str]) -> Any:
+def read_yaml(path: str | os.PathLike[str]) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -186,7 +186,7 @@ def load_clusters(path: str | os.PathLike[str],
                   environ: Mapping[str, str] | None = None) -> tuple[ClusterConfig, ...]:
     """Parse a clusters file (seed 000's keys plus dashboard_url and headers)."""
     environ = os.environ if environ is None else environ
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, Mapping) or not isinstance(data.get("clusters"), Mapping) or not data["clusters"]:
         raise ConfigError(f"{path}: 'clusters' must be a non-empty mapping of cluster name to settings")
     extra = set(data) - {"clusters"}

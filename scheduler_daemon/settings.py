@@ -18,7 +18,7 @@ import yaml
 from producers import tls
 from producers.schema import MAX_MESSAGE_BYTES, RESOURCE_NAME
 
-from .clusterfile import (CLUSTER_NAME, ClusterConfig, ConfigError, Secret, _read_yaml,  # noqa: F401 (re-exported)
+from .clusterfile import (CLUSTER_NAME, ClusterConfig, ConfigError, Secret, read_yaml,  # noqa: F401 (re-exported)
                           load_clusters)
 from .queueconf import QueueConfig, parse_queues
 
@@ -234,7 +234,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     known = {f.name: getattr(base, f.name) for f in fields(Settings)}
     values: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(path)
+        data = read_yaml(path)
         if not isinstance(data, Mapping):
             raise ConfigError(f"settings file {path}: top level must be a mapping of setting names")
         for key, raw in data.items():

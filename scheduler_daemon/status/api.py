@@ -30,7 +30,8 @@ from ..rayapi import RayError
 from ..settings import Settings, parse_http_addr
 from . import guard, openapi
 from .hub import EventHub
-from .params import _CONTROL, ApiError, _limit, _params, _pattern, _stop_reason, _submission_id, _time
+from .params import (CONTROL, ApiError, limit_param, params_of, pattern_param, stop_reason_of, submission_id_of,
+                     time_param)
 from .store import QUEUES_REPORT, BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
@@ -110,7 +111,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 def named_frame(event: Mapping[str, Any]) -> bytes:
     """An event as the API streams it: `event: <routing key>` and `data: <json>`."""
-    name = _CONTROL.sub("", str(event.get("event") or "message"))
+    name = CONTROL.sub("", str(event.get("event") or "message"))
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
@@ -205,12 +206,12 @@ class HttpServer:
     # ---- jobs --------------------------------------------------------------------------
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        q = _params(request, LIST_PARAMS)
+        q = params_of(request, LIST_PARAMS)
         query = ListQuery(
             state=q.get("state"), cluster=q.get("cluster"), tag=q.get("tag"), owner=q.get("owner"),
-            queue=q.get("queue"), since=_time(q["since"], "since") if "since" in q else None,
-            until=_time(q["until"], "until") if "until" in q else None,
-            limit=_limit(q.get("limit")), cursor=q.get("cursor"))
+            queue=q.get("queue"), since=time_param(q["since"], "since") if "since" in q else None,
+            until=time_param(q["until"], "until") if "until" in q else None,
+            limit=limit_param(q.get("limit")), cursor=q.get("cursor"))
         try:
             page = await self.backend.store.list(query)
         except BadQuery as exc:
@@ -218,8 +219,8 @@ class HttpServer:
         return _json({"jobs": [j.to_json() for j in page.jobs], "next_cursor": page.next_cursor})
 
     async def job(self, request: web.Request) -> web.Response:
-        _params(request, ())
-        sid = _submission_id(request)
+        params_of(request, ())
+        sid = submission_id_of(request)
         status = await self.backend.store.get(sid)
         if status is None:
             raise ApiError(404, f"no job {sid!r}")
@@ -229,10 +230,10 @@ class HttpServer:
         """The job's log, its last `tail` characters at most (default and most: max_log_bytes).
         With tokens for reads, only the job's owner or an admin reads it."""
         limit = self.backend.settings.max_log_bytes
-        tail = _params(request, ("tail",)).get("tail")
+        tail = params_of(request, ("tail",)).get("tail")
         if tail is not None and not (tail.isascii() and tail.isdigit() and 1 <= int(tail) <= limit):
             raise ApiError(400, f"tail must be an integer between 1 and {limit}")
-        sid = _submission_id(request)
+        sid = submission_id_of(request)
         if self.backend.settings.api_reads_need_token:
             caller = self.caller(request)
             status = await self.backend.store.get(sid, history=False)
@@ -251,9 +252,9 @@ class HttpServer:
         return _json({"submission_id": sid, "cluster": cluster, "logs": text, "truncated": truncated})
 
     async def stop_job(self, request: web.Request) -> web.Response:
-        _params(request, ())
-        sid = _submission_id(request)
-        reason = _stop_reason(await request.read())
+        params_of(request, ())
+        sid = submission_id_of(request)
+        reason = stop_reason_of(await request.read())
         caller = self.caller(request)
         try:
             answer = await self.backend.request_stop(sid, reason, caller)
@@ -264,12 +265,12 @@ class HttpServer:
     # ---- clusters and events -------------------------------------------------------------
 
     async def clusters(self, request: web.Request) -> web.Response:
-        _params(request, ())
+        params_of(request, ())
         return _json({"clusters": await self.backend.clusters()})
 
     async def queues(self, request: web.Request) -> web.Response:
         """The queues as the scheduler last reported them (docs/queues.md)."""
-        _params(request, ())
+        params_of(request, ())
         report = await self.backend.store.report(QUEUES_REPORT)
         queues = orjson.loads(report[0]) if report is not None else []
         return _json({"queues": queues if isinstance(queues, list) else []})
@@ -280,7 +281,7 @@ class HttpServer:
         The hub gives each stream a bounded queue and drops its oldest events when the client
         reads slowly, so a stream never slows the daemon; a client that takes nothing for
         WRITE_TIMEOUT_S is disconnected."""
-        pattern = _pattern(_params(request, ("pattern",)).get("pattern", "#"))
+        pattern = pattern_param(params_of(request, ("pattern",)).get("pattern", "#"))
         return await self.stream(request, pattern, named_frame)
 
     async def stream(self, request: web.Request, pattern: str,

@@ -18,7 +18,7 @@ from .records import ListQuery
 SUBMISSION_ID = schema.SUBMISSION_ID
 MAX_PARAM_CHARS = 1024
 MAX_REASON_CHARS = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ApiError(Exception):
@@ -32,7 +32,7 @@ class ApiError(Exception):
 
 
 
-def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+def params_of(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
     """The query parameters, each known, given once, non-empty and printable."""
     allowed = tuple(allowed)
     out: dict[str, str] = {}
@@ -44,20 +44,20 @@ def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
             raise ApiError(400, f"query parameter {name!r} given more than once")
         if not value:
             raise ApiError(400, f"query parameter {name!r} is empty")
-        if len(value) > MAX_PARAM_CHARS or _CONTROL.search(value):
+        if len(value) > MAX_PARAM_CHARS or CONTROL.search(value):
             raise ApiError(400, f"query parameter {name!r} is too long or has control characters")
         out[name] = value
     return out
 
 
-def _submission_id(request: web.Request) -> str:
+def submission_id_of(request: web.Request) -> str:
     sid = request.match_info["submission_id"]
     if not SUBMISSION_ID.fullmatch(sid):
         raise ApiError(400, f"submission_id must be {schema.SUBMISSION_ID_RULE}")
     return sid
 
 
-def _time(value: str, name: str) -> str:
+def time_param(value: str, name: str) -> str:
     """An RFC 3339 time (UTC when it has no offset), normalised to UTC with a Z."""
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -68,7 +68,7 @@ def _time(value: str, name: str) -> str:
         raise ApiError(400, f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
 
 
-def _limit(value: str | None) -> int:
+def limit_param(value: str | None) -> int:
     if value is None:
         return ListQuery.limit
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 1000:
@@ -76,14 +76,14 @@ def _limit(value: str | None) -> int:
     return int(value)
 
 
-def _pattern(value: str) -> str:
+def pattern_param(value: str) -> str:
     if len(value) > 255 or any(not word for word in value.split(".")):
         raise ApiError(400, "pattern must be an AMQP topic pattern of non-empty dot-separated words, "
                             "such as job.# or job.*.gpu (at most 255 characters)")
     return value
 
 
-def _stop_reason(body: bytes) -> str | None:
+def stop_reason_of(body: bytes) -> str | None:
     if not body.strip():
         return None
     try:
