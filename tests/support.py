@@ -176,6 +176,33 @@ async def running_daemon(settings: Settings, clusters: tuple[ClusterConfig, ...]
             await delete_topology(settings)
 
 
+@contextlib.asynccontextmanager
+async def failover_pair(settings: Settings, clusters: tuple[ClusterConfig, ...]
+                        ) -> AsyncIterator[Callable[[], Any]]:
+    """Two in-process daemons of a failover pair (`settings` with failover on; they share its
+    state): the first leads. The yielded `hand_over()` stops it and waits until the second leads."""
+    from scheduler_daemon.broker import declare
+
+    await declare(settings)
+    first, second = Daemon(settings, clusters), Daemon(settings, clusters)
+    standby = None
+    try:
+        await first.start()
+        standby = asyncio.create_task(second.start())
+
+        async def hand_over() -> None:
+            await first.stop()
+            await asyncio.wait_for(standby, 30)
+
+        yield hand_over
+    finally:
+        if standby is not None and not standby.done():
+            standby.cancel()
+        await first.stop()
+        await second.stop()
+        await delete_topology(settings)
+
+
 def sid(prefix: str = "s") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

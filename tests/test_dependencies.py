@@ -16,7 +16,7 @@ from producers.pipeline import plan
 from scheduler_daemon.dependencies import Condition, Known, Verdict, condition, resolve
 from scheduler_daemon.jobs import InvalidJob, MessageMeta, parse_job
 from scheduler_daemon.waiting import Waiter, WaitingStore
-from support import Events, make_settings, publish, request_stop, running_daemon, sid
+from support import Events, failover_pair, make_settings, publish, request_stop, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
@@ -178,30 +178,14 @@ def test_cli_submit_after_and_run_timeout() -> None:
 async def test_a_waiting_job_survives_failover(tmp_path) -> None:
     """Two daemons of a failover pair share the state dir: the standby takes over the waiting job
     of the leader that stopped, and runs it once its dependency has SUCCEEDED."""
-    from scheduler_daemon.broker import declare
-    from scheduler_daemon.daemon import Daemon
-    from support import delete_topology
-
     s = make_settings(tmp_path, failover=True)
-    await declare(s)
-    async with fake_fleet(1, name="dagfo") as fleet, Events(s) as ev:
-        first, second = Daemon(s, fleet.configs()), Daemon(s, fleet.configs())
-        standby = None
-        try:
-            await first.start()
-            standby = asyncio.create_task(second.start())
-            a, d = sid("a"), sid("d")
-            await publish(s, _job(a, "/bin/sleep 3"))
-            await publish(s, _job(d, after=[a]))
-            await ev.wait_for(lambda: "WAITING" in ev.states(d) and "RUNNING" in ev.states(a), 15, "D waiting")
-            await first.stop()
-            await asyncio.wait_for(standby, 30)
-            await ev.wait_final([a, d], 30)
-            assert ev.states(d)[-1] == "SUCCEEDED"
-            assert fleet[0].stats()["submissions"] == 2
-        finally:
-            if standby is not None and not standby.done():
-                standby.cancel()
-            await first.stop()
-            await second.stop()
-            await delete_topology(s)
+    async with fake_fleet(1, name="dagfo") as fleet, failover_pair(s, fleet.configs()) as hand_over, \
+            Events(s) as ev:
+        a, d = sid("a"), sid("d")
+        await publish(s, _job(a, "/bin/sleep 3"))
+        await publish(s, _job(d, after=[a]))
+        await ev.wait_for(lambda: "WAITING" in ev.states(d) and "RUNNING" in ev.states(a), 15, "D waiting")
+        await hand_over()
+        await ev.wait_final([a, d], 30)
+        assert ev.states(d)[-1] == "SUCCEEDED"
+        assert fleet[0].stats()["submissions"] == 2

@@ -11,7 +11,7 @@ import pytest
 from fakeray import fake_fleet
 from scheduler_daemon.jobs import InvalidJob, Job, JobState, MessageMeta, parse_job
 from scheduler_daemon.tracking import Tracked, overdue, stop_message
-from support import Events, make_settings, publish, running_daemon, sid
+from support import Events, failover_pair, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
@@ -88,32 +88,16 @@ async def test_run_timeout_on_real_ray(tmp_path, ray_clusters) -> None:
 async def test_run_timeout_holds_across_failover(tmp_path) -> None:
     """On the simulator: the leader of a failover pair stops while the job runs; the standby takes
     over and stops it at its deadline, counted from the RUNNING the leader saw (journaled)."""
-    from scheduler_daemon.broker import declare
-    from scheduler_daemon.daemon import Daemon
-    from support import delete_topology
-
     s = make_settings(tmp_path, failover=True)
-    await declare(s)
-    async with fake_fleet(1, name="rtofo") as fleet, Events(s) as ev:
-        first, second = Daemon(s, fleet.configs()), Daemon(s, fleet.configs())
-        standby = None
-        try:
-            await first.start()
-            standby = asyncio.create_task(second.start())
-            timed = sid("timed")
-            await publish(s, {"submission_id": timed, "entrypoint": "/bin/sleep 60", "run_timeout_s": 3})
-            await ev.wait_for(lambda: "RUNNING" in ev.states(timed), 15, "RUNNING")
-            await asyncio.sleep(0.5)
-            await first.stop()
-            await asyncio.wait_for(standby, 30)
-            await ev.wait_final([timed], 30)
-            assert ev.states(timed)[-1] == "STOPPED"
-            assert "run_timeout_s=3" in ev.of(timed)[-1]["message"]
-            assert 3.0 <= _span(ev, timed) < 30.0  # not before its deadline; by the standby, not by sleep's end
-            assert fleet[0].stats()["submissions"] == 1
-        finally:
-            if standby is not None and not standby.done():
-                standby.cancel()
-            await first.stop()
-            await second.stop()
-            await delete_topology(s)
+    async with fake_fleet(1, name="rtofo") as fleet, failover_pair(s, fleet.configs()) as hand_over, \
+            Events(s) as ev:
+        timed = sid("timed")
+        await publish(s, {"submission_id": timed, "entrypoint": "/bin/sleep 60", "run_timeout_s": 3})
+        await ev.wait_for(lambda: "RUNNING" in ev.states(timed), 15, "RUNNING")
+        await asyncio.sleep(0.5)
+        await hand_over()
+        await ev.wait_final([timed], 30)
+        assert ev.states(timed)[-1] == "STOPPED"
+        assert "run_timeout_s=3" in ev.of(timed)[-1]["message"]
+        assert 3.0 <= _span(ev, timed) < 30.0  # not before its deadline; by the standby, not by sleep's end
+        assert fleet[0].stats()["submissions"] == 1
