@@ -17,7 +17,7 @@ from fakeray import FakeCluster, FakeServer
 from builders import job as built
 from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import JobState
-from scheduler_daemon.journal import Journal
+from scheduler_daemon.state import journal_for
 from pgkit import create_database, database_url, drop_database
 from support import Events, make_settings, publish, running_daemon, sid
 
@@ -92,16 +92,17 @@ async def test_a_journal_write_that_fails_once_after_the_post(tmp_path: Any, sta
             await server.stop()
 
 
-async def test_a_cluster_down_during_the_redelivery_look_up_keeps_the_job_waiting(tmp_path: Any) -> None:
+async def test_a_cluster_down_during_the_redelivery_look_up_keeps_the_job_waiting(tmp_path: Any,
+                                                                                   state_url: str) -> None:
     """The daemon died after the POST and before its journal record: the intent names the
     cluster. That cluster is down when the message comes back: the job waits for it (it is
     never taken for "not there"), and is found there once it answers."""
-    s = make_settings(tmp_path, lost_after_s=60.0)
+    s = make_settings(tmp_path, lost_after_s=60.0, state_url=state_url)
     down, other = FakeCluster("down", duration_s=0.5), FakeCluster("other", duration_s=0.2)
     servers = await serve(down, other)
     job = sid("rd")
     body = {"submission_id": job, "entrypoint": "/bin/true"}
-    journal = Journal(f"{s.state_dir}/daemon.db")
+    journal = journal_for(s)
     await journal.open()
     await journal.intend(built(job), "down")  # what the dead daemon wrote before its POST
     await journal.close()
