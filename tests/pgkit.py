@@ -44,3 +44,16 @@ async def pg_url() -> AsyncIterator[str]:
         yield database_url(name)
     finally:
         await drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def state_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The test runs twice: on SQLite (`sqlite:`), then on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield "sqlite:"
+        return
+    name = await create_database()
+    try:
+        yield database_url(name)
+    finally:
+        await drop_database(name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Any, AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,22 +18,10 @@ from builders import job as built
 from scheduler_daemon.dispatch import submit_body
 from scheduler_daemon.jobs import JobState
 from scheduler_daemon.state import journal_for
-from pgkit import create_database, database_url, drop_database
+from pgkit import state_url  # noqa: F401  (fixture)
 from support import Events, make_settings, publish, running_daemon, sid
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def state_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield "sqlite:"
-        return
-    name = await create_database()
-    try:
-        yield database_url(name)
-    finally:
-        await drop_database(name)
 
 
 async def serve(*clusters: FakeCluster) -> list[FakeServer]:
