@@ -105,6 +105,8 @@ async def test_a_frozen_leader_thawed_changes_nothing_and_steps_down(tmp_path: A
         try:
             late = await conn.fetchval("SELECT count(*) FROM rmcs_tracked WHERE epoch = 1 AND updated > $1", frozen)
             assert late == 0, "the frozen leader wrote after it was frozen"
+            late = await conn.fetchval("SELECT count(*) FROM rmcs_intents WHERE epoch = 1 AND ts > $1", frozen)
+            assert late == 0, "the frozen leader meant to dispatch after it was frozen"
             epochs = {r[0]: r[1] for r in await conn.fetch(
                 "SELECT submission_id, epoch FROM rmcs_tracked WHERE submission_id = ANY($1)", during)}
             assert epochs == {j: 2 for j in during}, epochs
