@@ -81,7 +81,7 @@ class Daemon:
         self.prober = Prober(settings, clusters, self.health.changed, self._on_probed, on_view=self.placer.update)
         self.tenancy = Tenancy(settings, book=self.book, window=self.window, placer=self.placer)
         self.preempting = Preempting(book=self.book, prober=self.prober, placer=self.placer, tenancy=self.tenancy,
-                                     work=self.work)
+                                     work=self.work, waits=lambda sid: self.window.get(sid) is not None)
         self.follower = Follower(settings, self.book, self.prober, self._wake, preempted=self.preempting.take)
         self.timeouts = RunTimeouts(self.book, self.prober, self.work, settings.autoscale_timeout_s)
         self.scheduler = Scheduler(settings, self.configs, window=self.window, placer=self.placer,

@@ -29,17 +29,21 @@ PENDING_S = 30.0  # a stop not seen through by then no longer counts as coming
 
 class Preempting:
     def __init__(self, *, book: JobBook, prober: Prober, placer: Placer, tenancy: Tenancy, work: Work,
+                 waits: Callable[[str], bool] = lambda sid: False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.book = book
         self.prober = prober
         self.placer = placer
         self.tenancy = tenancy
         self._work = work
+        self._waits = waits  # whether a job is still in the window, not placed yet
         self.clock = clock
         self._pending: dict[str, tuple[str, float, str]] = {}  # victim -> (reason, asked at, for job)
-        # Waiting jobs whose victims are being stopped -> (queue, resources): they count as held by
-        # their queue, so that the next waiting job of the queue preempts only for its own share.
-        self._claims: dict[str, tuple[str, dict[str, float]]] = {}
+        # Waiting jobs whose victims are being stopped, or were stopped while the job still waits ->
+        # (queue, resources, asked at): they count as held by their queue, so that the next waiting
+        # job of the queue preempts only for its own share, and the job itself does not preempt
+        # again while Ray frees what its victims held (a second or two after their stop is seen).
+        self._claims: dict[str, tuple[str, dict[str, float], float]] = {}
         self.preempted = 0
 
     def take(self, submission_id: str) -> str | None:
@@ -54,8 +58,9 @@ class Preempting:
             if t is None or t.final or now - at > PENDING_S:
                 del self._pending[sid]
         waiting_for = {for_job for _, _, for_job in self._pending.values()}
-        for sid in [s for s in self._claims if s not in waiting_for]:
-            del self._claims[sid]
+        for sid, (_, _, at) in list(self._claims.items()):
+            if sid not in waiting_for and (not self._waits(sid) or now - at > PENDING_S):
+                del self._claims[sid]
 
     def consider(self, job: Job) -> bool:
         """`job` waits and fits nowhere now: stop jobs for it if its queue is owed its guarantee.
@@ -82,7 +87,7 @@ class Preempting:
         held = {name: dict(u.held) for name, u in self.tenancy.usage.items()}
         # As it will be once the stops under way are through: the victims' queues hold less, the
         # queues they were stopped for hold more.
-        changes = [(q_, res, 1.0) for q_, res in self._claims.values()]
+        changes = [(q_, res, 1.0) for q_, res, _ in self._claims.values()]
         changes += [(t.job.queue, t.job.resources, -1.0) for sid in self._pending if (t := self.book.get(sid))]
         for queue, resources, sign in changes:
             for r, a in resources.items():
@@ -95,7 +100,7 @@ class Preempting:
         log.info("preemption", submission_id=job.submission_id, queue=job.queue, cluster=decision.cluster,
                  victims=[v.submission_id for v in decision.victims], explanation=decision.explanation)
         now = self.clock()
-        self._claims[job.submission_id] = (job.queue, dict(job.resources))
+        self._claims[job.submission_id] = (job.queue, dict(job.resources), now)
         for victim in decision.victims:
             self._pending[victim.submission_id] = (reason, now, job.submission_id)
             self.preempted += 1

@@ -129,6 +129,7 @@ class FakeJob:
     ended_at: float | None = None
     final: str | None = None          # SUCCEEDED / FAILED / STOPPED once ended
     stop_requested: bool = False
+    release_at: float | None = None  # stopped, its resources still held until then (`stop_lag_s`)
 
     def status(self, now: float) -> str:
         if self.final is not None:
@@ -163,7 +164,7 @@ class FakeCluster:
                  duration_s: float = 0.5, duration_of: Callable[[str], float | None] = sleep_rule,
                  start_delay_s: float = 0.0, snapshot_every_s: float | None = None,
                  clock: Callable[[], float] = time.time, latency_s: float = 0.0,
-                 status_latency_s: float = 0.0) -> None:
+                 status_latency_s: float = 0.0, stop_lag_s: float = 0.0) -> None:
         self.name = name
         if nodes is None:
             nodes = {uuid.uuid4().hex + uuid.uuid4().hex[:24]: DEFAULT_NODE}
@@ -175,6 +176,9 @@ class FakeCluster:
         self.clock = clock
         self.latency_s = latency_s  # every answer waits this long (wall seconds)
         self.status_latency_s = status_latency_s  # and /api/cluster_status this much more
+        # A stopped job's status says STOPPED at once; its resources come back this much later
+        # (real Ray reports the stop before the worker is gone).
+        self.stop_lag_s = stop_lag_s
         # Faults for the next job submissions, one popped per POST /api/jobs/:
         # "no_agent" (500, job not created), "refuse" (400), "hang_after_create", "created_then_504".
         self.submit_faults: list[str] = []
@@ -239,13 +243,17 @@ class FakeCluster:
         """Apply every job end and snapshot refresh due by `now`, in time order."""
         now = self.clock() if now is None else now
         while True:
-            t_end = min((j.end_at for j in self._active if j.end_at is not None), default=math.inf)
+            t_end = min(min((j.end_at for j in self._active if j.end_at is not None), default=math.inf),
+                        min((j.release_at for j in self._active if j.release_at is not None), default=math.inf))
             t_snap = self._next_snap
             if min(t_end, t_snap) > now:
                 break
             if t_end <= t_snap:
                 for job in [j for j in self._active if j.end_at == t_end]:
                     self._end(job, "FAILED" if job.fail else "SUCCEEDED", t_end)
+                for job in [j for j in self._active if j.release_at == t_end]:
+                    self._active.remove(job)
+                    job.release_at = None
                 self._start_waiting(t_end)
             else:
                 assert self.snapshot_every_s
@@ -520,6 +528,9 @@ class FakeCluster:
             job.stop_requested = True  # like Ray: stays PENDING until it gets a slot
         else:
             self._end(job, "STOPPED", now)
+            if self.stop_lag_s > 0:  # STOPPED already, but still holding its resources a while
+                job.release_at = now + self.stop_lag_s
+                self._active.append(job)
             self._start_waiting(now)
         return 200, {"stopped": True}
 

@@ -201,3 +201,20 @@ async def test_several_waiting_jobs_preempt_at_once_and_never_below_a_guarantee(
         dispatched = {e["submission_id"] if e["attempt"] == 1 else f"{e['submission_id']}~{e['attempt']}"
                       for x in batch + prod for e in ev.of(x) if e["state"] == "DISPATCHED"}
         assert len(ray_ids) == len(set(ray_ids)) and set(ray_ids) == dispatched  # each attempt once
+
+
+async def test_a_waiting_job_does_not_preempt_again_while_ray_frees_its_victims_share(tmp_path: Any) -> None:
+    """Ray shows a stopped job STOPPED before its resources are back (here 2 s later): the job its
+    stop was for waits for them, and stops nobody else meanwhile."""
+    s = queued(tmp_path, {"prod": {"guaranteed": {"CPU": 1}}, "batch": {}})
+    cluster = FakeCluster("c0", nodes={"n": {"CPU": 2, "memory": 8 * 2**30}}, stop_lag_s=2.0)
+    async with fleet(cluster) as configs, running_daemon(s, configs), Events(s) as ev:
+        batch = [sid("batch") for _ in range(2)]
+        await publish_many(s, [({"submission_id": b, "entrypoint": "/bin/sleep 6"}, 0) for b in batch], queue="batch")
+        await ev.wait_for(lambda: all("RUNNING" in ev.states(b) for b in batch), 15, "batch holds the fleet")
+        prod = sid("prod")
+        await publish(s, {"submission_id": prod, "entrypoint": "/bin/sleep 1"}, queue="prod")
+        await ev.wait_final(batch + [prod], 40)
+        preempted = [b for b in batch if "PREEMPTED" in ev.states(b)]
+        assert len(preempted) == 1, {b: ev.states(b) for b in batch}
+        assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + [prod])
