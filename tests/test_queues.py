@@ -217,4 +217,7 @@ async def test_a_waiting_job_does_not_preempt_again_while_ray_frees_its_victims_
         await ev.wait_final(batch + [prod], 40)
         preempted = [b for b in batch if "PREEMPTED" in ev.states(b)]
         assert len(preempted) == 1, {b: ev.states(b) for b in batch}
+        other = next(b for b in batch if b not in preempted)
+        # The freed share went to prod, not to the victim's next attempt.
+        assert ev.first(prod, "DISPATCHED") < ev.first(other, "SUCCEEDED"), ev.items
         assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + [prod])
