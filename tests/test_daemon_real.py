@@ -13,7 +13,7 @@ import pytest
 
 from scheduler_daemon.rayapi import RayDashboard
 from support import (Events, assert_each_ran_once_on_ray, daemon_launcher, make_settings, publish, publish_many,
-                     queue_depth, running_daemon, sid, wait_idle)
+                     queue_depth, request_stop, running_daemon, sid, wait_idle)
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
@@ -145,7 +145,9 @@ async def test_queue_timeout_expires_a_waiting_job(tmp_path, ray_clusters):
         await wait_idle(daemon)
         blocker, waiting = sid("block"), sid("exp")
         # All 2 GPUs busy, then a GPU job that may wait 2 s.
-        await publish(s, {"submission_id": blocker, "entrypoint": "/bin/sleep 6",
+        # Long enough that its end never races the waiting job's 2 s (Ray may take seconds to
+        # show the GPUs used); stopped once the waiting job has expired.
+        await publish(s, {"submission_id": blocker, "entrypoint": "/bin/sleep 60",
                           "resource_requirements": {"GPU": 2}})
         # Until a snapshot shows the GPUs used: the daemon's reservation ends with the first
         # snapshot after the job's start on Ray, which may come before its driver holds them.
@@ -156,6 +158,7 @@ async def test_queue_timeout_expires_a_waiting_job(tmp_path, ray_clusters):
                           "resource_requirements": {"GPU": 1}, "queue_timeout_s": 2})
         await ev.wait_final([waiting], timeout=30)
         assert ev.states(waiting) == ["ACCEPTED", "EXPIRED"]
+        await request_stop(s, blocker)
         await ev.wait_final([blocker], timeout=30)
 
 
