@@ -2,7 +2,8 @@
 
 Its queue is durable, on the event exchange, so nothing is missed while the status service is
 down: `rmcs.status` (bound to `job.#` and `cluster.#`). A message is acknowledged once the store
-has it; one the store fails on (its database session ended, say) goes back to the queue. (Stop requests are the scheduler's own: `control.py`.)
+has it; one the store fails on (its database session ended, say) goes back to the queue. (Stop
+requests are the scheduler's own: `control.py`.)
 """
 
 from __future__ import annotations
