@@ -85,8 +85,11 @@ async def test_a_frozen_leader_thawed_changes_nothing_and_steps_down(tmp_path: A
         await until_epoch(pg_url, 1)
         await pair.launch("b")
         async with Events(base, "job.#") as ev:
-            await publish_many(base, [({"submission_id": j, "entrypoint": "/bin/true"}, 0) for j in before])
-            await ev.wait_final(before, timeout=120)
+            # Frozen while it follows running jobs: thawed, its tracking would record their ends.
+            await publish_many(base, [({"submission_id": j, "entrypoint": "sleep 6",
+                                        "resource_requirements": {"CPU": 0.5}}, 0) for j in before])
+            await ev.wait_for(lambda: all(ev.states(j)[-1:] == ["RUNNING"] for j in before), 120,
+                              "the first jobs running")
             dispatched_by_a = log_events(pair.logs["a"]).count("job dispatched")
             pair.procs["a"].send_signal(signal.SIGSTOP)
             frozen = time.time()
@@ -108,8 +111,8 @@ async def test_a_frozen_leader_thawed_changes_nothing_and_steps_down(tmp_path: A
             late = await conn.fetchval("SELECT count(*) FROM rmcs_intents WHERE epoch = 1 AND ts > $1", frozen)
             assert late == 0, "the frozen leader meant to dispatch after it was frozen"
             epochs = {r[0]: r[1] for r in await conn.fetch(
-                "SELECT submission_id, epoch FROM rmcs_tracked WHERE submission_id = ANY($1)", during)}
-            assert epochs == {j: 2 for j in during}, epochs
+                "SELECT submission_id, epoch FROM rmcs_tracked WHERE submission_id = ANY($1)", before + during)}
+            assert epochs == {j: 2 for j in before + during}, epochs  # the first jobs' ends: b's
         finally:
             await conn.close()
     finally:
@@ -174,11 +177,20 @@ async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(t
             assert (await ready(http, hosts["a"]))["role"] == "leader"
             await publish_many(base, [({"submission_id": j, "entrypoint": "/bin/sleep 1",
                                         "resource_requirements": {"CPU": 0.5}}, 0) for j in jobs])
-            await ev.wait_for(lambda: sum("RUNNING" in ev.states(j) for j in jobs) >= 3, 90, "jobs running")
+
+            def stages() -> dict[str, int]:
+                """How many of the jobs are queued, dispatched (not yet running) and running now."""
+                last = [ev.states(j)[-1:] for j in jobs]
+                return {"queued": sum(s in ([], ["ACCEPTED"]) for s in last),
+                        "dispatched": sum(s == ["DISPATCHED"] for s in last),
+                        "running": sum(s == ["RUNNING"] for s in last)}
+
+            # Killed with jobs in each stage: Ray takes a second or more to start a dispatched job.
+            await ev.wait_for(lambda: all(n > 0 for n in stages().values()) and stages()["running"] >= 2, 90,
+                              "jobs queued, dispatched and running")
+            left = stages()
             pair.procs["a"].send_signal(signal.SIGKILL)
             await asyncio.to_thread(pair.procs["a"].wait, 30)
-            left = {"queued": sum(not ev.states(j) or ev.states(j) == ["ACCEPTED"] for j in jobs),
-                    "running": sum(ev.states(j)[-1:] == ["RUNNING"] for j in jobs)}
             await until_epoch(pg_url, 2)
             assert (await ready(http, hosts["b"], lambda body: body["role"] == "leader"))["ready"]
             await request_stop(base, long_job, "enough")  # as its owner (the default owner, both)
@@ -189,7 +201,7 @@ async def test_the_standby_takes_over_every_job_of_a_killed_leader_on_real_ray(t
             for j in jobs + [long_job]:
                 body = await api_job(http, f"{api_b}/{j}", until=lambda b: b["final"])
                 assert [t["state"] for t in body["transitions"]][:2] == ["ACCEPTED", "DISPATCHED"], body
-        assert left["queued"] > 0 and left["running"] > 0, left
+        assert all(n > 0 for n in left.values()), left  # as the events showed them at the kill
         await assert_each_ran_once_on_ray(ray_clusters, jobs)
     finally:
         await pair.close()
