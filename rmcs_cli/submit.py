@@ -18,8 +18,11 @@ from producers.amqp import EventStream
 from producers.errors import NotConfirmed, NotRouted
 from producers.job import FIELDS, build_job as build_contract_job
 from producers.wire import submit_key
-from producers.schema import check_submission_id
+from producers.schema import check_priority, check_submission_id
 from producers.wire import JobState
+
+from scheduler_daemon.formats import translate
+from scheduler_daemon.invalid import InvalidJob
 
 from .context import Ctx
 from .output import JOB_FAILED, OK, TIMED_OUT, UNREACHABLE, USAGE, CliError, dumps, transition_line
@@ -114,12 +117,7 @@ def build_job(args: argparse.Namespace) -> tuple[dict[str, Any], str, int | None
         if extra:
             raise CliError(USAGE, f"{args.file} is not in the contract's format (no 'entrypoint'); options like "
                                   f"--{extra[0].replace('_', '-')} apply only to contract-format files")
-        try:
-            sid = check_submission_id(fields.get("submission_id") or body.get("submission_id")
-                                      or f"sub_{uuid.uuid4().hex}")
-        except ValueError as exc:
-            raise CliError(USAGE, str(exc)) from None
-        return body, sid, fields.get("priority")
+        return body, *_foreign_id_and_priority(args.file, body, fields)
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise CliError(USAGE, f"{args.file}: unknown field {unknown[0]!r}")
@@ -133,6 +131,39 @@ def build_job(args: argparse.Namespace) -> tuple[dict[str, Any], str, int | None
     return job, job["submission_id"], priority
 
 
+def _foreign_id_and_priority(path: str, body: dict[str, Any], fields: dict[str, Any]) -> tuple[str, int | None]:
+    """A seed-003 or seed-004 job, sent as it is: the submission id the daemon will give it (the
+    file's own, as a PaddleFlow `id`, or the option's, or a new one) and its AMQP priority (the
+    file's, so that RabbitMQ orders it as the daemon will). Translated here as the daemon does,
+    so that a job it would refuse is refused before it is sent."""
+    try:
+        native = translate(body)
+    except InvalidJob as exc:
+        raise CliError(USAGE, f"{path}: {exc.reason}") from None
+    if native is None:
+        raise CliError(USAGE, f"{path} is neither a contract job (no 'entrypoint') nor a job in the "
+                              "seed-003 or seed-004 format (docs/formats.md)")
+    own, given = native.get("submission_id"), fields.get("submission_id")
+    if own is not None and given is not None and own != given:
+        raise CliError(USAGE, f"--submission-id {given} disagrees with the id in {path} ({own}), which the "
+                              "daemon would take; leave the option out or change the file")
+    try:
+        sid = check_submission_id(given or own or f"sub_{uuid.uuid4().hex}")
+        own_priority = None if native.get("priority") is None else check_priority(native["priority"], path)
+    except ValueError as exc:
+        raise CliError(USAGE, str(exc)) from None
+    priority = fields.get("priority", own_priority)
+    if own_priority is not None and priority != own_priority:
+        raise CliError(USAGE, f"--priority {priority} disagrees with the job's priority in {path} ({own_priority}, "
+                              "its format's default if the file names none); set it in the file")
+    return sid, priority
+
+
+def _named(args: argparse.Namespace, body: dict[str, Any], sid: str) -> bool:
+    """Whether the submission id is the caller's (the option's or the file's), not a new one."""
+    return args.submission_id is not None or sid in (body.get("submission_id"), body.get("id"))
+
+
 async def cmd_submit(ctx: Ctx) -> int:
     args = ctx.args
     body, sid, priority = build_job(args)
@@ -143,7 +174,8 @@ async def cmd_submit(ctx: Ctx) -> int:
         events = await ctx.client.subscribe(["job.*.*"]) if args.wait else None
         try:
             try:
-                await ctx.client.submit_as(sid, body, priority)
+                # An id the caller chose may be taken already: said at once, as Ray does (best effort).
+                await ctx.client.submit_as(sid, body, priority, check_duplicate=_named(args, body, sid))
             except NotRouted:
                 key = submit_key(body.get("queue") if "entrypoint" in body else None, s.intake_routing_key)
                 raise CliError(UNREACHABLE, f"no queue is bound to exchange {s.intake_exchange!r} with key "
@@ -154,6 +186,8 @@ async def cmd_submit(ctx: Ctx) -> int:
                                             "it may or may not be queued") from None
             except ValueError as exc:  # too large, or not JSON
                 raise CliError(USAGE, str(exc)) from None
+            except RuntimeError as exc:  # the id is taken
+                raise CliError(USAGE, f"{exc}; the job was not queued") from None
             ctx.io.out(sid)
             if events is None:
                 return OK

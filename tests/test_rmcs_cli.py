@@ -147,12 +147,25 @@ def test_entrypoint_words_and_job_files(tmp_path: Path) -> None:
                     "submission_id": "mine-1"} and sub == "mine-1" and prio == 9
 
     seed = tmp_path / "seed.json"  # another format the daemon translates: passed as it is
-    seed.write_text(json.dumps({"name": "train", "flavour": {"name": "flavour1"}}))
-    body, sub, prio = job("--file", str(seed), "--priority", "7")
-    assert body == {"name": "train", "flavour": {"name": "flavour1"}} and prio == 7 and sub.startswith("sub_")
+    paddle = {"name": "train", "command": "/bin/true", "flavour": {"name": "small", "cpu": "1", "mem": "1Gi"}}
+    seed.write_text(json.dumps(paddle))
+    body, sub, prio = job("--file", str(seed))
+    assert body == paddle and prio == 5 and sub.startswith("sub_")  # PaddleFlow's default: NORMAL
     with pytest.raises(CliError) as refused:
         job("--file", str(seed), "--cpus", "1")
     assert refused.value.code == 2 and "contract" in refused.value.message
+    # Its own id and priority are the daemon's: the CLI prints that id and publishes that priority.
+    seed.write_text(json.dumps({**paddle, "id": "job-abc", "schedulingPolicy": {"priority": "HIGH"}}))
+    body, sub, prio = job("--file", str(seed))
+    assert body["id"] == "job-abc" and sub == "job-abc" and prio == 9
+    for option, value in (("--submission-id", "other"), ("--priority", "1")):
+        with pytest.raises(CliError) as disagrees:
+            job("--file", str(seed), option, value)
+        assert disagrees.value.code == 2 and "disagrees" in disagrees.value.message
+    seed.write_text(json.dumps({"name": "train", "flavour": {"name": "flavour1"}}))  # refused before it is sent
+    with pytest.raises(CliError) as invalid:
+        job("--file", str(seed))
+    assert invalid.value.code == 2 and "command is required" in invalid.value.message
     with pytest.raises(CliError) as both:
         job("--file", str(contract), "--", "/bin/true")
     assert both.value.code == 2
@@ -203,6 +216,22 @@ async def test_submit_wait_exits_1_when_the_job_fails(env: Env, tmp_path: Path) 
     events = [json.loads(line) for line in r.out.splitlines()[1:]]
     assert events[-1]["state"] == "FAILED" and events[-1]["final"] and events[-1]["tags"] == ["override"]
     assert f"job {job} ended FAILED" in r.err and "Traceback" not in r.err
+
+
+async def test_a_paddleflow_file_with_its_own_id_is_followed_by_that_id(env: Env, tmp_path: Path) -> None:
+    job = sid("cli-paddle")
+    spec = tmp_path / "paddle.json"
+    spec.write_text(json.dumps({"id": job, "name": "train", "command": "/bin/sleep 0.2",
+                                "flavour": {"name": "small", "cpu": "1", "mem": "1Gi"},
+                                "schedulingPolicy": {"priority": "HIGH"}}))
+    r = await env.rmcs("submit", "--file", str(spec), "--wait")
+    assert r.code == 0 and r.out.splitlines()[0] == job and "SUCCEEDED" in r.out.splitlines()[-1], r
+    shown = json.loads((await env.rmcs("show", job, "--json")).out)
+    assert shown["priority"] == 9 and shown["job_id"] == "train", shown
+    again = await env.rmcs("submit", "--file", str(spec))  # the id is taken: said at once
+    assert again.code == 2 and "already exists" in again.err and "not queued" in again.err, again
+    again = await env.rmcs("submit", "--submission-id", job, "--", "/bin/true")
+    assert again.code == 2 and "already exists" in again.err, again
 
 
 async def test_a_rejected_job_ends_the_wait_with_1(env: Env) -> None:
