@@ -174,6 +174,30 @@ async def test_failed_job_is_retried_with_max_retries(tmp_path, ray_clusters):
         assert_in_order(ev, [job])
 
 
+async def test_a_seed003_task_with_min_failed_task_count_null_succeeds_whatever_it_does(tmp_path, ray_clusters):
+    """Seed 003: "if set to null means the job will always succeed regardless any task failure"."""
+    s = make_settings(tmp_path)
+
+    def seed003(count):
+        return {"jobName": "pai", "taskRoles": [{"name": "main", "taskNumber": 1, "cpuNumber": 1, "memoryMB": 256,
+                                                "gpuNumber": 0, "command": "/bin/false",
+                                                "minFailedTaskCount": count}]}
+
+    async with running_daemon(s, ray_clusters), Events(s) as ev:
+        forgiven, counted = sid("pai-null"), sid("pai-one")
+        await publish(s, seed003(None), message_id=forgiven)
+        await publish(s, seed003(1), message_id=counted)
+        await ev.wait_final([forgiven, counted], timeout=60)
+        assert ev.states(forgiven)[-1] == "SUCCEEDED" and ev.states(counted)[-1] == "FAILED"
+        cluster = next(c for c in ray_clusters if c.name == ev.of(forgiven)[-1]["cluster"])
+        dash = RayDashboard(cluster, 10)
+        try:
+            logs = await dash.logs(forgiven)
+        finally:
+            await dash.close()
+        assert "rmcs: the task exited with 1; the job succeeds anyway" in logs, logs
+
+
 async def test_sigkill_mid_stream_then_restart_runs_every_job_exactly_once(tmp_path, ray_clusters):
     s = make_settings(tmp_path, window_size=4)
     start = daemon_launcher(s, ray_clusters, tmp_path)

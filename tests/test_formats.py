@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler_daemon.formats import parse_quantity, translate
+from scheduler_daemon.formats.seed003 import always_succeeds
 from scheduler_daemon.jobs import GIB, InvalidJob, Job, MessageMeta, parse_job
 
 # --- the seeds' examples, verbatim ---------------------------------------------------------------
@@ -231,7 +232,8 @@ def test_seed003_helloworld() -> None:
     assert out is not None
     assert out["job_id"] == "helloworld_16be675e"
     assert "submission_id" not in out  # the dialect has no id: message_id or a generated one
-    assert out["entrypoint"] == "nvidia-smi"
+    # minFailedTaskCount null: "the job will always succeed regardless any task failure".
+    assert out["entrypoint"] == always_succeeds("nvidia-smi")
     assert out["resource_requirements"] == {"CPU": 1, "GPU": 1, "memory": 8.0,
                                             "accelerator_type:TITANX": 0.001}
     assert out["max_retries"] == 0
@@ -239,11 +241,14 @@ def test_seed003_helloworld() -> None:
     assert out["runtime_env"]["env_vars"]["PAI_JOB_NAME"] == "helloworld_16be675e"
     assert out["runtime_env"]["env_vars"]["PAI_CURRENT_TASK_ROLE_NAME"] == "task_1"
     assert out["metadata"] == {"rmcs_format": "seed003", "rmcs_task_role": "task_1", "rmcs_gpu_type": "TITANX",
-                               "rmcs_shm_mb": "64", "rmcs_storage_gb": "5"}
+                               "rmcs_shm_mb": "64", "rmcs_storage_gb": "5", "rmcs_min_failed_task_count": "null"}
+    env = out["runtime_env"]["env_vars"]
+    assert env["PAI_RESOURCE_task_1"] == "1,1,8192,64"  # gpuNumber, cpuNumber, memoryMB, shmMB
+    assert env["PAI_MIN_FAILED_TASK_COUNT_task_1"] == "" and env["PAI_MIN_SUCCEEDED_TASK_COUNT_task_1"] == ""
     assert "cluster_tags" not in out and "priority" not in out
 
     job = parse(out, MessageMeta(message_id="m-1", priority=4))
-    assert (job.submission_id, job.job_id, job.entrypoint) == ("m-1", "helloworld_16be675e", "nvidia-smi")
+    assert (job.submission_id, job.job_id) == ("m-1", "helloworld_16be675e")
     assert job.priority == 4  # no priority in the dialect: the message's property rules
     assert job.ray_resources == {"CPU": 1.0, "GPU": 1.0, "memory": 8.0 * GIB, "accelerator_type:TITANX": 0.001}
 
@@ -356,9 +361,14 @@ def test_seed003_details() -> None:
     assert out["runtime_env"]["env_vars"]["PAI_JOB_NAME"] == "mine"  # jobEnvs win
     assert out["runtime_env"]["env_vars"]["N"] == "2" and out["runtime_env"]["env_vars"]["ON"] == "true"
     assert (out["queue_timeout_s"], out["preferred_cluster"], out["submission_id"]) == (30, "gpu_cluster", "s-003")
+    assert out["entrypoint"] == "nvidia-smi"  # minFailedTaskCount 1: the task's failure fails the job
+    assert out["runtime_env"]["env_vars"]["PAI_MIN_FAILED_TASK_COUNT_task_1"] == "1"
     job = parse(out)
     assert job.submission_id == "s-003" and job.queue_timeout_s == 30.0
     assert job.resources == {"CPU": 1.0, "memory": 8.0}
+    del role["minFailedTaskCount"]  # absent: the default, 1
+    out = translate(data)
+    assert out is not None and out["entrypoint"] == "nvidia-smi" and "rmcs_min_failed_task_count" not in out["metadata"]
 
 
 def test_seed003_gpu_type_without_gpus_only_recorded() -> None:

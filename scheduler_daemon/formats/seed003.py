@@ -4,6 +4,7 @@ One task role with one task becomes one Ray job; whatever else changes how the j
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from producers.schema import SUBMISSION_ID
@@ -16,6 +17,13 @@ _003_FIELDS = {"jobName", "image", "authFile", "dataDir", "outputDir", "codeDir"
 _003_HDFS_FIELDS = ("authFile", "dataDir", "outputDir", "codeDir")
 _003_ROLE_FIELDS = {"name", "taskNumber", "cpuNumber", "memoryMB", "shmMB", "gpuNumber", "storageGB",
                     "portList", "command", "minFailedTaskCount", "minSucceededTaskCount"}
+
+
+def always_succeeds(command: str) -> str:
+    """`command` run by a shell of its own, its exit status written to the log and then ignored:
+    the job succeeds whatever the task does (a `minFailedTaskCount` of null)."""
+    return (f"/bin/sh -c {shlex.quote(command)}; code=$?; if [ $code -ne 0 ]; then echo \"rmcs: the task "
+            "exited with $code; the job succeeds anyway (minFailedTaskCount: null)\" >&2; fi; exit 0")
 
 
 class Seed003(Dialect):
@@ -84,6 +92,10 @@ class Seed003(Dialect):
             if value is not None and (isinstance(value, bool) or value != 1):
                 raise self.fail(f"{where}: {key} {value!r} cannot be expressed: a Ray job is one "
                                 "task, which fails or succeeds the job by itself (only null or 1 fit)")
+        if "minFailedTaskCount" in role and role["minFailedTaskCount"] is None:
+            # "null means the job will always succeed regardless any task failure" (absent: 1).
+            out["entrypoint"] = always_succeeds(command)
+            metadata["rmcs_min_failed_task_count"] = "null"
 
         retries = d.get("retryCount")
         if retries is not None:
@@ -92,6 +104,8 @@ class Seed003(Dialect):
         if vc:  # the virtual cluster selects the rmcs queue of that name (docs/queues.md)
             out["queue"] = vc
         env = self.pai_env(job_name, role_name)
+        if role_name:
+            env.update(self.role_env(role_name, role, cpu, gpu, memory_mb))
         env.update(self.job_envs(d.get("jobEnvs")))
         for key, value in self.obj(d.get("extras"), "extras").items():
             try:
@@ -133,6 +147,17 @@ class Seed003(Dialect):
                         f"PAI_TASK_ROLE_TASK_COUNT_{role}": "1", "PAI_CURRENT_TASK_ROLE_NAME": role,
                         "PAI_CURRENT_TASK_ROLE_CURRENT_TASK_INDEX": "0"})
         return env
+
+    def role_env(self, role_name: str, role: dict[str, Any], cpu: float | None, gpu: float | None,
+                 memory_mb: float | None) -> dict[str, str]:
+        """The task role's variables: its resources (as the cluster manager lists them: gpuNumber,
+        cpuNumber, memoryMB, shmMB) and its two task counts (an empty value for null)."""
+        shm = self.number(role.get("shmMB"), "shmMB")
+        counts = {key: "" if role.get(key) is None else str(role[key])
+                  for key in ("minFailedTaskCount", "minSucceededTaskCount")}
+        return {f"PAI_RESOURCE_{role_name}": ",".join("" if v is None else f"{v:g}" for v in (gpu, cpu, memory_mb, shm)),
+                f"PAI_MIN_FAILED_TASK_COUNT_{role_name}": counts["minFailedTaskCount"],
+                f"PAI_MIN_SUCCEEDED_TASK_COUNT_{role_name}": counts["minSucceededTaskCount"]}
 
     def job_envs(self, raw: Any) -> dict[str, str]:
         envs = dict(self.obj(raw, "jobEnvs"))
