@@ -20,7 +20,7 @@ import orjson
 
 from .amqp import Broker, EventStream
 from .config import ProducerConfig
-from .errors import BrokerUnreachable, DaemonUnreachable, MissingExchange, StreamBroken, describe  # noqa: F401
+from .errors import BrokerUnreachable, DaemonUnreachable, DuplicateJob, MissingExchange, StreamBroken, describe  # noqa: F401
 from .job import build_job, finite  # noqa: F401  (build_job: re-exported, the one job builder)
 from .schema import MAX_MESSAGE_BYTES, check_submission_id
 from .state import is_ours, note_submitted
@@ -134,7 +134,7 @@ class Client:
             with contextlib.suppress(DaemonUnreachable):
                 status, _ = await self.http("GET", f"/api/v1/jobs/{sid}", timeout=min(2.0, self.config.request_timeout_s))
                 if status == 200:
-                    raise RuntimeError(f"a job with submission id {sid!r} already exists")
+                    raise DuplicateJob(sid)
         message = self.broker.job_message(data, sid, amqp_priority)
         # A native body's queue picks the routing key (submit.<queue>); a seed format goes to `submit`.
         queue = body.get("queue") if "entrypoint" in body else None

@@ -61,5 +61,13 @@ class NotConfirmed(RuntimeError):
         self.reason = reason
 
 
+class DuplicateJob(RuntimeError):
+    """A job with this submission id exists already (seed 002: Ray refuses a second one)."""
+
+    def __init__(self, submission_id: str) -> None:
+        super().__init__(f"a job with submission id {submission_id!r} already exists")
+        self.submission_id = submission_id
+
+
 class StreamBroken(RuntimeError):
     """An event stream ended: its channel or connection closed."""

@@ -189,12 +189,13 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p = command("list", "list jobs (HTTP API)",
                 "List jobs known to the daemon, in the order they arrived, one page at a time (--all for every page).",
                 "  rmcs list --state RUNNING --cluster gpu_cluster\n"
-                "  rmcs list --owner svc-train\n"
+                "  rmcs list --owner svc-train --queue research\n"
                 "  rmcs list --tag training --since 2h --all --json")
     p.add_argument("--state", type=_state, help="only jobs in this state")
     p.add_argument("--cluster", help="only jobs on this cluster")
     p.add_argument("--tag", help="only jobs with this tag")
     p.add_argument("--owner", help="only jobs submitted by this broker user")
+    p.add_argument("--queue", help="only jobs of this queue")
     p.add_argument("--since", type=_time, metavar="TIME", help="created at or after: RFC 3339, or 30s/10m/2h/7d ago")
     p.add_argument("--until", type=_time, metavar="TIME", help="created before: RFC 3339, or a duration ago")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="jobs per page (API default 100, at most 1000)")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from producers.amqp import EventStream
-from producers.errors import NotConfirmed, NotRouted
+from producers.errors import DuplicateJob, NotConfirmed, NotRouted
 from producers.job import FIELDS, build_job as build_contract_job
 from producers.wire import submit_key
 from producers.schema import check_priority, check_submission_id
@@ -186,7 +186,7 @@ async def cmd_submit(ctx: Ctx) -> int:
                                             "it may or may not be queued") from None
             except ValueError as exc:  # too large, or not JSON
                 raise CliError(USAGE, str(exc)) from None
-            except RuntimeError as exc:  # the id is taken
+            except DuplicateJob as exc:
                 raise CliError(USAGE, f"{exc}; the job was not queued") from None
             ctx.io.out(sid)
             if events is None:

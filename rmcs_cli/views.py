@@ -12,17 +12,19 @@ from .output import GIB, JOB_FAILED, NOT_FOUND, OK, CliError, clip, dumps, num, 
 
 
 def _job_row(j: dict[str, Any]) -> list[str]:
-    return [str(j.get("submission_id")), str(j.get("state")), j.get("cluster") or "-", str(j.get("attempt", "-")),
+    return [str(j.get("submission_id")), str(j.get("state")), j.get("queue") or "-", j.get("cluster") or "-",
+            str(j.get("attempt", "-")),
             short_ts(j.get("created")), short_ts(j.get("updated")), ",".join(j.get("tags") or []) or "-",
             clip(j.get("message"), 50)]
 
 
-JOB_HEADER = ["SUBMISSION ID", "STATE", "CLUSTER", "ATTEMPT", "CREATED", "UPDATED", "TAGS", "MESSAGE"]
+JOB_HEADER = ["SUBMISSION ID", "STATE", "QUEUE", "CLUSTER", "ATTEMPT", "CREATED", "UPDATED", "TAGS", "MESSAGE"]
 
 
 async def cmd_list(ctx: Ctx) -> int:
     a = ctx.args
     params = {k: v for k, v in (("state", a.state), ("cluster", a.cluster), ("tag", a.tag), ("owner", a.owner),
+                                ("queue", a.queue),
                                 ("since", a.since),
                                 ("until", a.until), ("limit", a.limit), ("cursor", a.cursor)) if v is not None}
     jobs: list[dict[str, Any]] = []

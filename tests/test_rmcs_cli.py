@@ -262,12 +262,17 @@ async def test_list_table_json_and_pages(env: Env) -> None:
     mine = json.loads((await env.rmcs("list", "--tag", tag, "--owner", "guest", "--json")).out)
     assert {j["submission_id"] for j in mine["jobs"]} == set(jobs)
     assert json.loads((await env.rmcs("list", "--tag", tag, "--owner", "someone-else", "--json")).out)["jobs"] == []
+    default = json.loads((await env.rmcs("list", "--tag", tag, "--queue", "default", "--json")).out)
+    assert {j["submission_id"] for j in default["jobs"]} == set(jobs)
+    other = await env.rmcs("list", "--tag", tag, "--queue", "research")
+    assert other.code == 0 and other.out == "" and "no jobs" in other.err, other
 
     table = await env.rmcs("list", "--tag", tag, "--since", "10m")
     assert table.code == 0, table
     header, *rows = table.out.splitlines()
-    assert header.split()[:3] == ["SUBMISSION", "ID", "STATE"] and len(rows) == 3
+    assert header.split()[:4] == ["SUBMISSION", "ID", "STATE", "QUEUE"] and len(rows) == 3
     assert all(any(row.startswith(j) for row in rows) for j in jobs) and all("SUCCEEDED" in row for row in rows)
+    assert all(row.split()[2] == "default" for row in rows)
 
     first = await env.rmcs("list", "--tag", tag, "--limit", "2", "--json")
     page = json.loads(first.out)
