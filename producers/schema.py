@@ -13,13 +13,14 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-# 1 to 128 of [A-Za-z0-9._-], at least one a letter or digit: `.` and `..` are path segments
-# that URL libraries rewrite (`/api/jobs/..` is `/api/`), so no id may be only dots and dashes.
+# The contract's 1 to 128 of [A-Za-z0-9._-], except ids made only of dots: `.` and `..` are path
+# segments that URL libraries rewrite (`/api/jobs/..` is `/api/`), so the contract's own
+# `GET /api/v1/jobs/{submission_id}` could not name them. `-`, `_` or `-.-` are ids like any other.
 # The pattern has no look-ahead (OpenAPI's regex dialect); the length is MAX_SUBMISSION_ID.
-SUBMISSION_ID_PATTERN = "^[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*$"
+SUBMISSION_ID_PATTERN = "^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 MAX_SUBMISSION_ID = 128
-SUBMISSION_ID = re.compile(r"^(?=[A-Za-z0-9._-]{1,128}$)[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*$")
-SUBMISSION_ID_RULE = "1 to 128 of [A-Za-z0-9._-] with at least one letter or digit"
+SUBMISSION_ID = re.compile(r"^(?=[A-Za-z0-9._-]{1,128}$)[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+SUBMISSION_ID_RULE = "1 to 128 of [A-Za-z0-9._-], not only dots"
 PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
 
 # Size limits. The daemon's message limit is a setting (max_message_bytes) with this default.

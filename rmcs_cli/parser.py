@@ -155,7 +155,7 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p.add_argument("entrypoint", nargs="*", metavar="ENTRYPOINT", help="the command to run on the cluster")
     p.add_argument("-f", "--file", metavar="PATH", help="job JSON (or YAML) file, '-' for stdin")
     p.add_argument("--submission-id", type=_submission_id, metavar="ID",
-                   help="the job's identity (1 to 128 of [A-Za-z0-9._-], at least one letter or digit); default sub_<uuid>")
+                   help="the job's identity (1 to 128 of [A-Za-z0-9._-], not only dots); default sub_<uuid>")
     p.add_argument("--job-id", metavar="NAME", help="your name for the job (default job_<uuid>)")
     p.add_argument("--cpus", type=_non_negative(float), metavar="N", help="CPUs the job needs")
     p.add_argument("--gpus", type=_non_negative(float), metavar="N", help="GPUs the job needs")

@@ -4,6 +4,8 @@ With queues (docs/queues.md) each queue Q other than `default` has its own Rabbi
 `<intake_queue>.Q`, bound with key `submit.Q`. A message routed to no queue goes, once the
 policy of `alternate_exchange_policy` is applied (`rmcs declare` does it), to the alternate
 exchange `<intake_exchange>.unrouted` and its queue, where the daemon dead-letters it with a reason.
+The daemon applies that policy itself at start when the broker runs on its host
+(`unrouted_policy`); elsewhere `rmcs declare`, run where the broker is, does.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ async def declare(s: Settings) -> None:
     connection = await aio_pika.connect(s.amqp_url, **s.amqp_connect_kwargs())
     async with connection:
         await declare_topology(await connection.channel(), s)
+
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+async def apply_policy_here(s: Settings) -> str:
+    """`apply_policy` when the broker of `amqp_url` runs on this host (`rabbitmqctl` speaks to
+    the local node); RuntimeError saying what to run otherwise, or why it failed."""
+    host = urlsplit(s.amqp_url).hostname or "localhost"
+    if host not in LOOPBACK:
+        name, pattern, definition = alternate_exchange_policy(s)
+        raise RuntimeError(f"the broker {host} is not on this host: run `rmcs declare` where it is, or "
+                           f"rabbitmqctl set_policy --apply-to exchanges {name} '{pattern}' '{definition}'")
+    return await asyncio.wait_for(apply_policy(s), POLICY_TIMEOUT_S)
+
+
+POLICY_TIMEOUT_S = 60.0
 
 
 async def apply_policy(s: Settings) -> str:

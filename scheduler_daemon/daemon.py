@@ -18,6 +18,7 @@ import structlog
 from .access import check_exposure, load_api_tokens
 from .admission import Window
 from .book import JobBook
+from .broker import apply_policy_here
 from .control import Control
 from .dependents import Dependents
 from .events import EventPublisher, PublishAborted
@@ -143,6 +144,8 @@ class Daemon:
         assert self.intake.connection is not None
         await self.control.start(self.intake.connection)
         await self.intake.consume_unrouted(self.receiver.on_unrouted)
+        if self.settings.unrouted_policy:
+            self.work.spawn(self._unrouted_policy(), "unrouted-policy")
         await self._check_removed_queues()
         self.depths = await self.queue_depths()
         self.tenancy.report(self.depths)
@@ -162,6 +165,13 @@ class Daemon:
         if self.intake.user is None:
             log.warning("amqp_url names no broker user (certificate login): retries cannot be told from "
                         "forged ones and are dropped as duplicates; put the user name in amqp_url")
+
+    async def _unrouted_policy(self) -> None:
+        try:
+            log.info("unroutable messages go to the alternate exchange", policy=await apply_policy_here(self.settings))
+        except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("alternate-exchange policy not applied: a message published without `mandatory` to a key "
+                        "no queue is bound to is dropped by RabbitMQ", error=str(exc) or type(exc).__name__)
 
     async def _start_status_service(self) -> None:
         if self.service is not None:

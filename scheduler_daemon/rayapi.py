@@ -50,7 +50,7 @@ class RayNotFound(RayRejected):
 def job_path(ray_id: str, rest: str = "") -> str:
     """`/api/jobs/<id><rest>` with the id as one encoded segment. An id that is empty or only
     dots would be read as a path step (`/api/jobs/..` is `/api/`), so it is refused (RayRejected)
-    rather than sent; ids of rmcs always hold a letter or digit (producers/schema.py)."""
+    rather than sent; ids of rmcs are never only dots (producers/schema.py)."""
     if not ray_id.strip(".~"):
         raise RayRejected(400, f"job id {ray_id!r} is not a path segment")
     return f"/api/jobs/{quote(ray_id, safe='')}{rest}"

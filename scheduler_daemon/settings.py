@@ -72,6 +72,9 @@ class Settings:
     ray_job_retention_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     failover: bool = False
+    # At start, give the intake exchange its alternate exchange (the contract: a message routed to
+    # no queue never vanishes) with `rabbitmqctl`, when the broker runs on this host (broker.py).
+    unrouted_policy: bool = True
     leader_tick_s: float = 0.5
     log_level: str = "info"
     # Access (docs/security.md): the owner of a job submitted without an AMQP user_id, the broker

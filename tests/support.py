@@ -39,6 +39,7 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         lost_after_s=5.0,
         window_size=4,
         status_service="inline",  # the status service in the test's event loop; real processes use "process"
+        unrouted_policy=False,  # a `rabbitmqctl` run per daemon (0.8 s of CPU); tests/test_queues.py turns it on
     )
     return replace(base, **overrides).validate()
 

@@ -17,7 +17,7 @@ from fakeray import FakeCluster, FakeServer
 from support import Events, make_settings, publish, publish_many, queue_depth, running_daemon, sid
 
 from producers.wire import REASON_HEADER
-from scheduler_daemon.broker import alternate_exchange_policy, apply_policy, declare
+from scheduler_daemon.broker import alternate_exchange_policy, apply_policy, apply_policy_here, declare
 from scheduler_daemon.queueconf import parse_queues, queue_of_key
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
@@ -106,13 +106,21 @@ async def test_a_full_queue_is_not_consumed_and_its_backlog_stays_in_rabbitmq(tm
         assert await queue_depth(s, queue_of_key(s.intake_queue, "small")) >= 20 - 1 - s.window_size
 
 
-async def test_unrouted_messages_are_dead_lettered_with_a_reason(tmp_path: Any) -> None:
-    s = queued(tmp_path, {"research": {}})
-    await declare(s)
+@pytest.mark.parametrize("by", ["rmcs-declare", "the-daemon"])
+async def test_unrouted_messages_are_dead_lettered_with_a_reason(tmp_path: Any, by: str) -> None:
+    """The alternate-exchange policy, applied by `rmcs declare` (its `apply_policy`) before the
+    daemon runs, or by the daemon itself at start (the broker is on its host)."""
+    s = queued(tmp_path, {"research": {}}, unrouted_policy=by == "the-daemon")
     name = alternate_exchange_policy(s)[0]
     try:
-        await apply_policy(s)
+        if by == "rmcs-declare":
+            await declare(s)
+            await apply_policy(s)
         async with fleet(FakeCluster("c0")) as configs, running_daemon(s, configs):
+            for _ in range(60):  # the daemon applies it in the background
+                if name in await asyncio.to_thread(rabbitmqctl, "list_policies", "-p", "/"):
+                    break
+                await asyncio.sleep(0.5)
             lost = sid("x")
             async with Events(s) as ev:
                 await publish(s, {"submission_id": lost, "entrypoint": "/bin/true"}, message_id=lost,
@@ -221,3 +229,9 @@ async def test_a_waiting_job_does_not_preempt_again_while_ray_frees_its_victims_
         # The freed share went to prod, not to the victim's next attempt.
         assert ev.first(prod, "DISPATCHED") < ev.first(other, "SUCCEEDED"), ev.items
         assert all(ev.states(x)[-1] == "SUCCEEDED" for x in batch + [prod])
+
+
+async def test_the_daemon_says_what_to_run_when_the_broker_is_elsewhere(tmp_path: Any) -> None:
+    s = queued(tmp_path, {}, amqp_url="amqp://guest:guest@broker.example:5672/")
+    with pytest.raises(RuntimeError, match="not on this host: run `rmcs declare` where it is"):
+        await apply_policy_here(s)
