@@ -8,7 +8,7 @@ import math
 import uuid
 from typing import Any, Mapping
 
-from .schema import (QUEUE_NAME, check_depends_on, check_entrypoint, check_metadata, check_priority,
+from .schema import (QUEUE_NAME, check_depends_on, check_entrypoint, check_max_retries, check_metadata, check_priority,
                      check_resources, check_seconds, check_strings, check_submission_id)
 
 # The contract's body fields, the parameters of build_job.
@@ -56,9 +56,7 @@ def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, meta
         amqp_priority = check_priority(priority)
         body["priority"] = priority.upper() if isinstance(priority, str) else priority
     if max_retries is not None:
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
-            raise ValueError("max_retries must be an integer from 0 to 100")
-        body["max_retries"] = max_retries
+        body["max_retries"] = check_max_retries(max_retries)
     if queue_timeout_s is not None:
         if not finite(queue_timeout_s) or queue_timeout_s <= 0:
             raise ValueError("queue_timeout_s must be a finite number > 0")

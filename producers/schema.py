@@ -23,6 +23,18 @@ SUBMISSION_ID = re.compile(r"^(?=[A-Za-z0-9._-]{1,128}$)[A-Za-z0-9._-]*[A-Za-z0-
 SUBMISSION_ID_RULE = "1 to 128 of [A-Za-z0-9._-], not only dots"
 PRIORITY_NAMES = {"HIGH": 9, "NORMAL": 5, "LOW": 1}
 
+# Retries made at most, whatever `max_retries` a job asks for (the contract takes any integer
+# >= 0): a job that always fails cannot hold a cluster for ever.
+MAX_RETRIES = 100
+
+
+def check_max_retries(raw: Any) -> int:
+    """`max_retries` as the contract has it: an integer >= 0 (ValueError otherwise)."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, got {raw!r}")
+    return raw
+
+
 # Size limits. The daemon's message limit is a setting (max_message_bytes) with this default.
 MAX_MESSAGE_BYTES = 1_048_576
 MAX_ENTRYPOINT = 16_384

@@ -214,9 +214,10 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         priority = parse_priority(data["priority"])
     elif meta.priority is not None and not 0 <= meta.priority <= 9:
         raise InvalidJob(f"message priority must be 0..9, got {meta.priority}")
-    max_retries = data.get("max_retries", 0)
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 100:
-        raise InvalidJob("max_retries must be an integer from 0 to 100")
+    try:  # any integer >= 0 (the contract); at most MAX_RETRIES retries are made
+        max_retries = min(schema.check_max_retries(data.get("max_retries", 0)), schema.MAX_RETRIES)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
     timeout = data.get("queue_timeout_s")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:

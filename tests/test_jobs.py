@@ -85,6 +85,9 @@ def test_full_body() -> None:
     assert job.cluster_tags == frozenset({"gpu"})
     assert job.priority == 9
     assert job.max_retries == 2
+    # The contract takes any integer >= 0; at most MAX_RETRIES (100) retries are made.
+    big = parse({"entrypoint": "/bin/true", "max_retries": 1000})
+    assert big.max_retries == 100
     assert job.queue_timeout_s == 30.0
     assert (job.correlation_id, job.reply_to) == ("c1", "r1")
     assert job.body == json.dumps(body).encode()
