@@ -20,6 +20,7 @@ import orjson
 
 from .amqp import Broker, EventStream
 from .config import ProducerConfig
+from .packages import local_paths, pack, package_name, with_uris
 from .errors import BrokerUnreachable, DaemonUnreachable, DuplicateJob, MissingExchange, StreamBroken, describe  # noqa: F401
 from .job import build_job, finite  # noqa: F401  (build_job: re-exported, the one job builder)
 from .schema import MAX_MESSAGE_BYTES, check_submission_id
@@ -60,16 +61,16 @@ class Client:
     # ---- HTTP -------------------------------------------------------------------------------
 
     async def http(self, method: str, path: str, body: Any = None, timeout: float | None = None,
-                   params: Mapping[str, str] | None = None) -> tuple[int, Any]:
-        """One request to the daemon's API: (status, the JSON answer, or its text when it is not
-        JSON). DaemonUnreachable when no answer came."""
+                   params: Mapping[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+        """One request to the daemon's API, with a JSON `body` or `raw` bytes: (status, the JSON
+        answer, or its text when it is not JSON). DaemonUnreachable when no answer came."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_s),
                 headers={"Accept": "application/json", "User-Agent": self.name})
         url = self.config.http_base + path
-        data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        data = orjson.dumps(body) if body is not None else raw
+        headers = {"Content-Type": "application/json" if raw is None else "application/zip"} if data is not None else {}
         if self.config.api_token:
             headers["Authorization"] = f"Bearer {self.config.api_token}"
         try:
@@ -124,6 +125,8 @@ class Client:
         """Publish `body` with message_id `sid`: a contract body carries it as its submission_id,
         a body in a format the daemon translates may not (the daemon then takes the message_id)."""
         check_submission_id(sid)
+        if "entrypoint" in body and isinstance(body.get("runtime_env"), Mapping):
+            body = {**body, "runtime_env": await self.ship_local_code(body["runtime_env"])}
         try:
             data = orjson.dumps(body)
         except TypeError as exc:
@@ -142,6 +145,29 @@ class Client:
                            message, f"job {sid}")
         note_submitted(sid)
         return sid
+
+    async def ship_local_code(self, runtime_env: Mapping[str, Any]) -> dict[str, Any]:
+        """`runtime_env` with each local `working_dir` or `py_modules` path zipped, uploaded to
+        rmcs once, and named by its package's URI (packages.py)."""
+        found = local_paths(runtime_env)
+        uris: dict[tuple[str, int | None], str] = {}
+        excludes = runtime_env.get("excludes") or ()
+        for key, index, path in found:
+            data = await asyncio.to_thread(pack, path, parent=key == "py_modules", excludes=excludes)
+            name = package_name(data)
+            try:
+                status, answer = await self.http("GET", f"/api/v1/packages/{name}")
+                if status == 404:
+                    status, answer = await self.http("PUT", f"/api/v1/packages/{name}", raw=data,
+                                                     timeout=max(60.0, self.config.request_timeout_s))
+            except DaemonUnreachable as exc:
+                raise RuntimeError(f"runtime_env.{key} {path!r} is uploaded to rmcs for the cluster the job goes "
+                                   f"to, and the daemon's API did not answer: {exc}") from None
+            if status not in (200, 201):
+                raise RuntimeError(f"the rmcs daemon refused the package of runtime_env.{key} {path!r}: "
+                                   f"{self._error(status, answer)}")
+            uris[(key, index)] = f"gcs://{name}"
+        return with_uris(runtime_env, uris)
 
     async def status(self, sid: str) -> str:
         job = await self.job(sid)

@@ -27,7 +27,7 @@ def build_job(entrypoint: Any, runtime_env: Any = None, job_id: Any = None, meta
               queue_timeout_s: Any = None, depends_on: Any = None, run_timeout_s: Any = None,
               queue: Any = None) -> tuple[dict[str, Any], int | None]:
     """The contract's job body and the AMQP priority. ValueError for anything invalid."""
-    check_entrypoint(entrypoint)
+    check_entrypoint(entrypoint, in_working_dir=isinstance(runtime_env, Mapping) and bool(runtime_env.get("working_dir")))
     sid = check_submission_id(submission_id) if submission_id is not None else f"sub_{uuid.uuid4().hex}"
     body: dict[str, Any] = {"entrypoint": entrypoint, "submission_id": sid}
     if job_id is not None:

@@ -95,11 +95,11 @@ def check_priority(raw: Any, where: str = "priority") -> int:
     raise ValueError(f"{where} must be an integer 0..9 or HIGH, NORMAL or LOW, got {raw!r}")
 
 
-def check_entrypoint(entrypoint: Any) -> None:
+def check_entrypoint(entrypoint: Any, *, in_working_dir: bool = False) -> None:
     """Scripts and programs must be named by absolute path (seed 000), with no `..`; ValueError
     says why not. Only plain path-like words are looked at; quoted code (`python -c '...'`) is
-    left alone."""
-    command_of(entrypoint)
+    left alone. A job with a `working_dir` runs in it: there a relative path names a file of it."""
+    command_of(entrypoint, in_working_dir=in_working_dir)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Command:
     assignments: tuple[str, ...] = ()  # the names of leading NAME=value words (environment for the program)
 
 
-def command_of(entrypoint: Any) -> Command:
+def command_of(entrypoint: Any, *, in_working_dir: bool = False) -> Command:
     """Check an entrypoint and say what it runs (ValueError if it breaks a rule)."""
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise ValueError("entrypoint must be a non-empty string")
@@ -131,10 +131,13 @@ def command_of(entrypoint: Any) -> Command:
             raise ValueError(f"entrypoint path {word!r} contains '..'")
         if word.startswith("-"):
             continue
-        if word.endswith(_SCRIPT_SUFFIXES) and not word.startswith("/"):
-            raise ValueError(f"entrypoint names script {word!r} by a relative path; use an absolute path")
-        if "/" in word and not word.startswith("/"):
-            raise ValueError(f"entrypoint names {word!r} by a relative path; use an absolute path")
+        if not word.startswith("/") and not in_working_dir:
+            if word.endswith(_SCRIPT_SUFFIXES):
+                raise ValueError(f"entrypoint names script {word!r} by a relative path; use an absolute path "
+                                 "(or ship it in a working_dir)")
+            if "/" in word:
+                raise ValueError(f"entrypoint names {word!r} by a relative path; use an absolute path "
+                                 "(or ship it in a working_dir)")
         if word.endswith(_SCRIPT_SUFFIXES):
             scripts.append(posixpath.normpath(word))
     rest = [w for w in words]

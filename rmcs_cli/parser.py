@@ -178,6 +178,9 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
                    help="stop the job once it has been RUNNING this long (run_timeout_s)")
     p.add_argument("--runtime-env", metavar="JSON",
                    help="Ray runtime environment as JSON, or @FILE (JSON or YAML)")
+    p.add_argument("--working-dir", metavar="DIR",
+                   help="run in a copy of this local directory (or .zip), uploaded through rmcs to the job's "
+                        "cluster; relative paths in the entrypoint name its files")
     p.add_argument("--metadata", type=_key_value, action="append", default=[], metavar="K=V",
                    help="Ray job metadata (repeatable)")
     p.add_argument("--wait", action="store_true",

@@ -91,6 +91,9 @@ def _fields(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
         fields["queue"] = args.queue
     if args.runtime_env is not None:
         fields["runtime_env"] = _runtime_env(args.runtime_env)
+    if args.working_dir is not None:
+        fields["runtime_env"] = {**fields.get("runtime_env", body.get("runtime_env") or {}),
+                                 "working_dir": args.working_dir}
     if args.metadata:
         fields["metadata"] = {**(body.get("metadata") or {}), **dict(args.metadata)}
     if args.submission_id is not None:

@@ -33,6 +33,7 @@ from .probing import Prober
 from .queueconf import queue_of_key
 from .receiving import Receiver
 from .scheduling import Scheduler
+from .shipping import Shipper
 from .settings import ClusterConfig, Settings
 from .status.service import StatusService
 from .state import journal_for, leadership_for
@@ -89,7 +90,7 @@ class Daemon:
                                    prober=self.prober, book=self.book, follower=self.follower,
                                    intake=self.intake, work=self.work, may_send=lambda: not self.lost_leadership,
                                    observe_dispatch=self.metrics.dispatch_latency, tenancy=self.tenancy,
-                                   preempt=self.preempting.consider, clock=clock)
+                                   preempt=self.preempting.consider, shipper=Shipper(self.store), clock=clock)
         self.receiver = Receiver(settings, window=self.window, book=self.book, publisher=self.publisher,
                                  intake=lambda: self.intake, stopping=self.stopping, wake=self._wake, clock=clock,
                                  dependents=self.dependents, store=self.store)

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 from . import lockdown
 from .jobs import Job, merge_runtime_env
-from .rayapi import RayAmbiguous, RayDashboard, RayNotFound, RayRejected, RayUnreachable
+from .rayapi import RayAmbiguous, RayDashboard, RayError, RayNotFound, RayRejected, RayUnreachable
 from .settings import ClusterConfig
+from .shipping import PackageMissing, Shipper
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 _STANDARD = {"CPU": "entrypoint_num_cpus", "GPU": "entrypoint_num_gpus", "memory": "entrypoint_memory"}
@@ -80,9 +81,21 @@ def not_ours(info: Mapping[str, Any], job: Job) -> str | None:
     return None
 
 
-async def dispatch(job: Job, cluster: ClusterConfig, dashboard: RayDashboard) -> Result:
+async def dispatch(job: Job, cluster: ClusterConfig, dashboard: RayDashboard,
+                   shipper: Shipper | None = None) -> Result:
+    body = submit_body(job, cluster)
+    if shipper is not None:
+        try:  # the job's code packages first; nothing of the job has reached Ray yet
+            await shipper.ship(body.get("runtime_env") or {}, cluster.name, dashboard)
+        except PackageMissing as exc:
+            return Result(Outcome.REFUSED, str(exc), False)
+        except RayRejected as exc:
+            outcome = Outcome.REFUSED if 400 <= exc.status < 500 else Outcome.UNREACHABLE
+            return Result(outcome, f"package upload: {exc.message}", False)
+        except RayError as exc:
+            return Result(Outcome.UNREACHABLE, f"package upload: {exc}", False)
     try:
-        created = await dashboard.submit(submit_body(job, cluster))
+        created = await dashboard.submit(body)
         if not created:
             # "already exists": ours from an earlier try, or a squatter's; Ray's metadata says which.
             conflict = not_ours(await dashboard.job(job.ray_submission_id), job)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from producers import schema
+from producers import packages, schema
 from producers.job import FIELDS
 from producers.schema import (MAX_ENTRYPOINT, MAX_METADATA_ITEMS, MAX_METADATA_VALUE, MAX_RESOURCE_VALUE,  # noqa: F401
                               MAX_TAG_LEN, MAX_TAGS, PRIORITY_NAMES, SUBMISSION_ID, Command)
@@ -68,7 +68,7 @@ class Job:
     @cached_property
     def command(self) -> Command:
         """What the entrypoint runs, for the per-cluster allow-lists (checked once at parse)."""
-        return schema.command_of(self.entrypoint)
+        return schema.command_of(self.entrypoint, in_working_dir=bool(self.runtime_env.get("working_dir")))
 
     @property
     def ray_resources(self) -> dict[str, float]:
@@ -85,10 +85,11 @@ def ray_id_to_submission(ray_id: str) -> tuple[str, int]:
     return (sid, int(attempt)) if sep and attempt.isdigit() else (ray_id, 1)
 
 
-def check_entrypoint(entrypoint: str) -> None:
-    """Scripts and executables must be named by absolute path (seed 000), with no `..`."""
+def check_entrypoint(entrypoint: str, *, in_working_dir: bool = False) -> None:
+    """Scripts and executables must be named by absolute path (seed 000), with no `..`; in a
+    job's `working_dir`, relative paths name its files."""
     try:
-        schema.check_entrypoint(entrypoint)
+        schema.check_entrypoint(entrypoint, in_working_dir=in_working_dir)
     except ValueError as exc:
         raise InvalidJob(str(exc)) from None
 
@@ -191,17 +192,18 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
     entrypoint = data.get("entrypoint")
     if not isinstance(entrypoint, str):
         raise InvalidJob("entrypoint is required and must be a string")
-    check_entrypoint(entrypoint)
+    runtime_env = data.get("runtime_env")
+    runtime_env = {} if runtime_env is None else runtime_env
+    if not isinstance(runtime_env, dict):
+        raise InvalidJob("runtime_env must be an object")
+    check_runtime_env_locations(runtime_env)
+    check_entrypoint(entrypoint, in_working_dir=bool(runtime_env.get("working_dir")))
     job_id = data.get("job_id")
     if job_id is None:
         # Derived from the submission id, so a redelivered message keeps its job id.
         job_id = f"job_{uuid.uuid5(_JOB_ID_NAMESPACE, sid).hex}"
     if not isinstance(job_id, str) or not 0 < len(job_id) <= 256:
         raise InvalidJob("job_id must be a string of 1 to 256 characters")
-    runtime_env = data.get("runtime_env")
-    runtime_env = {} if runtime_env is None else runtime_env
-    if not isinstance(runtime_env, dict):
-        raise InvalidJob("runtime_env must be an object")
     metadata = data.get("metadata")
     metadata = {} if metadata is None else metadata
     try:
@@ -255,6 +257,17 @@ def _parse_fields(data: dict[str, Any], meta: MessageMeta, sid: Any, default_res
         queue=queue,
         preemptions=meta.preemptions,
     )
+
+
+def check_runtime_env_locations(runtime_env: Mapping[str, Any]) -> None:
+    """A `working_dir` or `py_modules` entry that is a path on the producer's machine cannot be
+    read by the cluster: the producers' helper and `rmcs submit --working-dir` upload it and
+    send its URI instead (producers/packages.py)."""
+    for key, _, path in packages.local_paths(runtime_env):
+        raise InvalidJob(f"runtime_env.{key} {path!r} is a path on the submitting machine, which no cluster "
+                         "can read: submit through the producers' helper or `rmcs submit --working-dir`, which "
+                         "upload it, or name a URI (gcs://, s3://, https://...zip, or local:// for a directory "
+                         "on the cluster's nodes)")
 
 
 def merge_runtime_env(default: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,9 @@ class RayNotFound(RayRejected):
     pass
 
 
+PACKAGE_TIMEOUT_S = 300.0  # an upload of up to max_package_bytes (producers/packages.py)
+
+
 def job_path(ray_id: str, rest: str = "") -> str:
     """`/api/jobs/<id><rest>` with the id as one encoded segment. An id that is empty or only
     dots would be read as a path step (`/api/jobs/..` is `/api/`), so it is refused (RayRejected)
@@ -104,10 +107,11 @@ class RayDashboard:
                 self._urls[path] = url
         return url
 
-    async def _request(self, method: str, path: str, *, body: Any = None,
+    async def _request(self, method: str, path: str, *, body: Any = None, raw: bytes | None = None,
                        timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, bytes]:
-        data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        data = orjson.dumps(body) if body is not None else raw
+        headers = None if data is None else {"Content-Type": "application/json" if raw is None
+                                             else "application/octet-stream"}
         try:
             async with self.session.request(method, self.url(path), data=data, headers=headers,
                                             timeout=timeout or self.timeout) as resp:
@@ -180,6 +184,22 @@ class RayDashboard:
     async def logs(self, ray_id: str) -> str:
         answer = await self._json("GET", job_path(ray_id, "/logs"))
         return str(answer.get("logs", "")) if isinstance(answer, dict) else ""
+
+    async def has_package(self, name: str) -> bool:
+        """Whether the cluster holds the package `gcs://<name>` (Ray pins it for a while then)."""
+        status, raw = await self._request("GET", f"/api/packages/gcs/{quote(name, safe='')}")
+        if status == 404:
+            return False
+        if status >= 400:
+            raise RayRejected(status, self.error_text(raw))
+        return True
+
+    async def put_package(self, name: str, data: bytes) -> None:
+        """Upload a package as Ray's own client does, for jobs that name `gcs://<name>`."""
+        status, raw = await self._request("PUT", f"/api/packages/gcs/{quote(name, safe='')}", raw=data,
+                                          timeout=aiohttp.ClientTimeout(total=PACKAGE_TIMEOUT_S))
+        if status >= 400:
+            raise RayRejected(status, self.error_text(raw))
 
     async def delete(self, ray_id: str) -> bool:
         answer = await self._json("DELETE", job_path(ray_id))

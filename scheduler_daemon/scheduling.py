@@ -26,6 +26,7 @@ from .placement import NoFit, Placer
 from .probing import ClusterState, Prober
 from .rayapi import RayError, RayNotFound
 from .settings import ClusterConfig, Settings
+from .shipping import Shipper
 from .stopping import stop_on_cluster
 from .tasks import Work
 from .tenancy import Tenancy
@@ -44,7 +45,7 @@ class Scheduler:
                  placer: Placer, prober: Prober, book: JobBook, follower: Follower, intake: Intake,
                  work: Work, may_send: Callable[[], bool], observe_dispatch: Callable[[float], None],
                  tenancy: Tenancy, preempt: Callable[[Job], bool] = lambda job: False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 shipper: Shipper | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.configs = configs
         self.window = window
@@ -59,6 +60,7 @@ class Scheduler:
         self.clock = clock
         self.tenancy = tenancy  # the queues (docs/queues.md); off with a lone plain `default`
         self._preempt = preempt
+        self._shipper = shipper  # jobs' code packages onto their cluster, before the POST
         self._wake = asyncio.Event()
         self._probe_wake: asyncio.TimerHandle | None = None
         self._stop_after_dispatch: dict[str, str] = {}
@@ -259,7 +261,7 @@ class Scheduler:
             held.verify_on, held.verify_get = cluster, False
             if not self._still_ours(held, state):  # asked again: this daemon may have been frozen in the write
                 return
-            result = await dispatch(job, state.config, state.dashboard)
+            result = await dispatch(job, state.config, state.dashboard, self._shipper)
             self._observe_dispatch(time.perf_counter() - t0)
             if result.outcome == Outcome.DISPATCHED:
                 await self._dispatched(held, cluster, node_id, JobState.DISPATCHED)
@@ -382,7 +384,7 @@ class Scheduler:
             except RayError as exc:
                 detail = str(exc)
         else:
-            result = await dispatch(held.job, state.config, state.dashboard)
+            result = await dispatch(held.job, state.config, state.dashboard, self._shipper)
             if result.outcome == Outcome.DISPATCHED:
                 return JobState.DISPATCHED, None
             if result.outcome == Outcome.CONFLICT:

@@ -17,6 +17,7 @@ import yaml
 
 from producers import tls
 from producers.schema import MAX_MESSAGE_BYTES, RESOURCE_NAME
+from producers.packages import MAX_PACKAGE_BYTES
 
 from .clusterfile import (CLUSTER_NAME, ClusterConfig, ConfigError, Secret, read_yaml,  # noqa: F401 (re-exported)
                           load_clusters)
@@ -67,6 +68,7 @@ class Settings:
     state_url: str = field(default="sqlite:", repr=False)  # may hold a password
     journal_retention_s: float = 7 * 86400.0
     max_waiting_jobs: int = 100_000  # jobs stored waiting for dependencies (depends_on); more are rejected
+    max_package_bytes: int = MAX_PACKAGE_BYTES  # a job's zipped working_dir or py_modules entry (producers/packages.py)
     log_tail_bytes: int = 65_536  # the end of each job's logs kept when it ends (0: none), docs/scheduling.md
     autoscale_timeout_s: float = 300.0  # a job sent to a node yet to launch, not RUNNING by then, goes elsewhere
     ray_job_retention_s: float = 3600.0
@@ -119,6 +121,7 @@ class Settings:
         _check(self.probe_process_from >= 0, "probe_process_from", "must be >= 0")
         _check(self.max_waiting_jobs >= 0, "max_waiting_jobs", "must be >= 0")
         _check(0 <= self.log_tail_bytes <= 16 * 1024 * 1024, "log_tail_bytes", "must be between 0 and 16 MiB")
+        _check(0 <= self.max_package_bytes <= 1024 ** 3, "max_package_bytes", "must be between 0 and 1 GiB")
         _check(self.down_after_failures >= 1, "down_after_failures", "must be >= 1")
         _check(self.up_after_successes >= 1, "up_after_successes", "must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")

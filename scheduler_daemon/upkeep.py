@@ -99,6 +99,9 @@ class Upkeep:
         forgotten = await self.store.prune(now_minus(s.status_retention_s), s.status_max_jobs)
         if forgotten:
             log.info("status cache pruned", jobs=forgotten)
+        packages = await self.store.prune_packages(time.time() - s.journal_retention_s)
+        if packages:
+            log.info("job packages not used for journal_retention_s forgotten", packages=packages)
 
     async def report(self) -> None:
         """What the status service shows of this daemon: its clusters and its metrics."""

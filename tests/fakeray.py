@@ -188,6 +188,7 @@ class FakeCluster:
         self._mode = "ok"
         self._release = asyncio.Event()
         self.jobs: dict[str, FakeJob] = {}
+        self.packages: dict[str, bytes] = {}  # gcs://<name> uploads (PUT /api/packages/gcs/<name>)
         self._waiting: list[FakeJob] = []   # PENDING without resources, FIFO
         self._active: list[FakeJob] = []    # holding resources
         self._freed: list[float] = []       # times slots were freed and not yet reused
@@ -454,8 +455,11 @@ class FakeCluster:
             return 500, _traceback(f"ValueError: Job with submission_id {sid} already exists. "
                                    "Please use a different submission_id.")
         duration = self.duration_of(entrypoint)
+        # As Ray's runtime env agent: a job whose package is not on the cluster fails to set up.
+        missing = any(isinstance(uri, str) and uri.startswith("gcs://") and uri[6:] not in self.packages
+                      for uri in (runtime_env.get("working_dir"), *(runtime_env.get("py_modules") or ())))
         job = FakeJob(sid, entrypoint, need, dict(metadata), dict(runtime_env), now,
-                      self.duration_s if duration is None else duration, "fail" in entrypoint)
+                      self.duration_s if duration is None else duration, "fail" in entrypoint or missing)
         self.jobs[sid] = job
         self.submissions.append((now, sid))
         node = self._fit(job) if not self._waiting else None
@@ -589,6 +593,13 @@ class FakeCluster:
                 return self.stop_job(rest[0])
             elif len(rest) == 2 and rest[1] == "logs" and method == "GET":
                 return self.logs(rest[0])
+        if parts[:3] == ["api", "packages", "gcs"] and len(parts) == 4:
+            if method == "GET":
+                return (200, "") if parts[3] in self.packages else \
+                    (404, f"Package gcs://{parts[3]} does not exist")
+            if method == "PUT":
+                self.packages[parts[3]] = body
+                return 200, ""
         return 404, "404: Not Found"
 
 
@@ -734,6 +745,8 @@ def _route_name(path: str) -> str:
         if len(parts) == 3:
             return "/api/jobs/{id}"
         return "/api/jobs/{id}/" + parts[3]
+    if parts[:2] == ["api", "packages"]:
+        return "/api/packages"
     return "/" + "/".join(parts)
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
 import re
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -25,6 +27,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from fakeray import GIB, FakeCluster, FakeServer
+from producers.packages import package_name
 from scheduler_daemon.status import openapi
 from scheduler_daemon.daemon import Daemon
 from support import make_settings, publish, publish_many, running_daemon, sid
@@ -42,6 +45,14 @@ def _is_time(value: object) -> bool:
 
 def _pointer(*parts: str) -> str:
     return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
 
 
 class Api:
@@ -170,7 +181,7 @@ async def _ready(api: Api) -> bool:
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     big = FakeCluster("big", nodes={"b1": {"CPU": 64, "memory": 64 * GIB}}, duration_s=0.2)
     solo = FakeCluster("solo", nodes={"s1": {"CPU": 1, "memory": 8 * GIB}}, duration_s=0.2)
-    s = make_settings(tmp_path_factory.mktemp("api"), window_size=8)
+    s = make_settings(tmp_path_factory.mktemp("api"), window_size=8, max_package_bytes=1024)
     async with serving(big, solo):
         configs = (big.config(tags=frozenset({"big"})), solo.config(tags=frozenset({"solo"})))
         async with running_daemon(s, configs) as daemon, api_for(daemon) as api:
@@ -258,7 +269,8 @@ async def test_health_readiness_clusters_and_document(env: Env) -> None:
     assert doc == {**openapi.document(env.daemon.settings.max_log_bytes), "servers": [{"url": api.base}]}
     assert set(doc["paths"]) == {"/healthz", "/readyz", "/api/v1/jobs", "/api/v1/jobs/{submission_id}",
                                  "/api/v1/jobs/{submission_id}/logs", "/api/v1/jobs/{submission_id}/stop",
-                                 "/api/v1/clusters", "/api/v1/queues", "/api/v1/events", "/metrics", "/openapi.json"}
+                                 "/api/v1/clusters", "/api/v1/queues", "/api/v1/packages/{name}", "/api/v1/events",
+                                 "/metrics", "/openapi.json"}
     for schema in doc["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     for path, ops in doc["paths"].items():
@@ -620,6 +632,16 @@ async def test_every_operation_answers_as_documented(env: Env) -> None:
     await api.get("/api/v1/clusters", expect=400, x="1")
     await api.get("/api/v1/queues")
     await api.get("/api/v1/queues", expect=400, x="1")
+    package = zip_of({"run.sh": b"echo hi\n"})
+    name = package_name(package)
+    await api.get(f"/api/v1/packages/{name}", expect=404)
+    assert await api.call("PUT", f"/api/v1/packages/{name}", body=package, expect=201) == {
+        "name": name, "size": len(package)}
+    await api.call("PUT", f"/api/v1/packages/{name}", body=package, expect=200)
+    assert await api.get(f"/api/v1/packages/{name}") == {"name": name, "size": len(package)}
+    await api.call("PUT", f"/api/v1/packages/{package_name(b'other')}", body=package, expect=400)  # not its SHA-1
+    await api.get("/api/v1/packages/run.zip", expect=400)
+    await api.call("PUT", f"/api/v1/packages/{package_name(b'x' * 2000)}", body=b"x" * 2000, expect=413)
     await api.get("/api/v1/jobs", limit=1, queue="default")
     await api.get("/api/v1/jobs", expect=400, limit="x")
     await api.get(f"/api/v1/jobs/{job}")

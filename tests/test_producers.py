@@ -10,12 +10,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -264,8 +266,16 @@ async def test_batch_of_five_with_tags_and_timeout(rig: Rig) -> None:
         assert rig.ray_job(job)[1].entrypoint == f"python /path/to/train.py --job_id job_{i}"
 
 
-async def test_custom_runtime_environment(rig: Rig) -> None:
-    """Seed 000, custom runtime environment: passed through to Ray on the chosen cluster."""
+async def test_custom_runtime_environment(rig: Rig, tmp_path: Path) -> None:
+    """Seed 000, custom runtime environment: passed through to Ray on the chosen cluster. Its
+    `working_dir` is a directory on the submitting machine (seed 002: "automatically zipped and
+    uploaded"): the helper uploads it to rmcs, the job names its package, and the daemon puts the
+    package on the cluster before the POST."""
+    project = tmp_path / "project"
+    (project / "tmp").mkdir(parents=True)
+    (project / "main.py").write_text("print('training')\n")
+    (project / "train.log").write_text("excluded\n")
+    (project / "tmp" / "scratch").write_text("excluded\n")
     custom_env = {
         "pip": [
             "torch==2.0.0",
@@ -276,13 +286,13 @@ async def test_custom_runtime_environment(rig: Rig) -> None:
             "CUDA_VISIBLE_DEVICES": "0,1",
             "PYTHONPATH": "/home/user/code:$PYTHONPATH"
         },
-        "working_dir": "/home/user/project",
+        "working_dir": str(project),
         "excludes": ["*.log", "tmp/*"]
     }
 
     def workflow() -> str:
         submission_id = producers.submit_job(
-            entrypoint="python /home/user/project/main.py",
+            entrypoint="python main.py",  # relative: in its working_dir
             runtime_env=custom_env,
             job_id="torch_training",
             preferred_cluster="gpu_cluster",
@@ -295,7 +305,18 @@ async def test_custom_runtime_environment(rig: Rig) -> None:
     cluster, ray_job = rig.ray_job(submission_id)
     assert cluster is rig.gpu
     for key, value in custom_env.items():
-        assert ray_job.runtime_env[key] == value
+        if key != "working_dir":
+            assert ray_job.runtime_env[key] == value
+    uri = ray_job.runtime_env["working_dir"]
+    assert uri.startswith("gcs://_ray_pkg_") and uri[6:] in rig.gpu.packages
+    with zipfile.ZipFile(io.BytesIO(rig.gpu.packages[uri[6:]])) as z:
+        assert z.namelist() == ["main.py"] and z.read("main.py") == b"print('training')\n"
+    # The same directory again: the same package, not uploaded again.
+    again = await call(lambda: producers.submit_job(entrypoint="python main.py", runtime_env=custom_env,
+                                                    preferred_cluster="gpu_cluster"))
+    await rig.ev.wait_final([again], 30)
+    assert rig.ray_job(again)[1].runtime_env["working_dir"] == uri
+    assert rig.gpu.requests["PUT /api/packages"] == 1, rig.gpu.requests
 
 
 async def test_jobs_in_sequence_with_dependencies(rig: Rig) -> None:

@@ -49,3 +49,31 @@ async def test_helper_functions_against_real_ray(tmp_path, ray_clusters):
             await call(producers.shutdown_scheduler_environment)
     finally:
         os.environ.update(saved)
+
+
+async def test_a_local_working_dir_is_shipped_to_the_cluster_the_job_runs_on(tmp_path, ray_clusters):
+    """Seed 002: "If `working_dir` is a local directory, it will be automatically zipped and
+    uploaded ... the entrypoint command will be run in the remote cluster's copy". Both clusters
+    get a job of the same directory: each gets the package, once, from rmcs."""
+    s = make_settings(tmp_path)
+    project = tmp_path / "project"
+    (project / "lib").mkdir(parents=True)
+    marker = sid("shipped")
+    (project / "run.sh").write_text(f"cat lib/words.txt\necho {marker} in $(basename $PWD)\n")
+    (project / "lib" / "words.txt").write_text("hello from the working_dir\n")
+    saved = {k: os.environ.pop(k) for k in RMCS_ENV if k in os.environ}
+    try:
+        async with running_daemon(s, ray_clusters) as daemon:
+            await wait_idle(daemon)
+            await call(producers.initialize_scheduler_environment, write_config(tmp_path / "rmcs.yaml", s))
+            jobs = [await call(producers.submit_job, "/bin/sh run.sh", runtime_env={"working_dir": str(project)},
+                               preferred_cluster=name, resource_requirements={"CPU": 1})
+                    for name in ("cpu_cluster", "gpu_cluster")]
+            assert await call(producers.wait_for_all_jobs, jobs, 1, 120) is True
+            for job, name in zip(jobs, ("cpu_cluster", "gpu_cluster")):
+                info = await call(producers.get_job_info, job)
+                assert info["cluster"] == name, info
+                assert "hello from the working_dir" in info["logs"] and f"{marker} in " in info["logs"], info["logs"]
+            await call(producers.shutdown_scheduler_environment)
+    finally:
+        os.environ.update(saved)

@@ -234,6 +234,19 @@ async def test_a_paddleflow_file_with_its_own_id_is_followed_by_that_id(env: Env
     assert again.code == 2 and "already exists" in again.err, again
 
 
+async def test_submit_ships_a_local_working_dir(env: Env, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "run.sh").write_text("echo shipped\n")
+    r = await env.rmcs("submit", "--working-dir", str(project), "--wait", "--", "/bin/sh run.sh")
+    assert r.code == 0 and "SUCCEEDED" in r.out.splitlines()[-1], r
+    (ray_job,) = [j for j in env.cluster.jobs.values() if j.submission_id == r.out.splitlines()[0]]
+    uri = ray_job.runtime_env["working_dir"]
+    assert uri.startswith("gcs://_ray_pkg_") and uri[6:] in env.cluster.packages
+    missing = await env.rmcs("submit", "--working-dir", str(tmp_path / "nosuch"), "--", "/bin/sh run.sh")
+    assert missing.code == 2 and "neither a directory nor a .zip" in missing.err, missing
+
+
 async def test_a_rejected_job_ends_the_wait_with_1(env: Env) -> None:
     r = await env.rmcs("submit", "--gpus", "4", "--wait", "--", "/bin/true")
     assert r.code == 1 and "REJECTED" in r.out and "ended REJECTED" in r.err, r

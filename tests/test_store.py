@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pgkit import create_database, database_url, drop_database
+from producers.packages import package_name
 from scheduler_daemon.status.pgstore import PgStatusStore
 from scheduler_daemon.status.store import BadQuery, ListQuery, SqliteStatusStore, decode_cursor, encode_cursor
 
@@ -96,3 +99,15 @@ async def test_what_the_dashboard_asks_newest_first_activity_and_health_history(
     history = await store.cluster_history(per_cluster=HEALTH_KEPT + 10)
     assert len(history["c1"]) == HEALTH_KEPT  # the oldest are dropped
     assert history["c1"][0]["ts"] > history["c1"][-1]["ts"]  # newest first
+
+
+async def test_packages_are_kept_used_and_forgotten(store):
+    name = package_name(b"zip bytes")
+    assert await store.package_size(name) is None and await store.package(name) is None
+    assert await store.put_package(name, b"zip bytes") is True
+    assert await store.put_package(name, b"zip bytes") is False  # kept already
+    assert await store.package_size(name) == len(b"zip bytes")
+    assert await store.prune_packages(time.time() - 60) == 0
+    assert await store.package(name) == b"zip bytes"  # a use keeps it longer
+    assert await store.prune_packages(time.time() + 1) == 1
+    assert await store.package(name) is None

@@ -29,6 +29,7 @@ from .. import access
 from ..rayapi import RayError
 from ..settings import Settings, parse_http_addr
 from . import guard, openapi
+from .packageapi import PackageRoutes
 from .hub import EventHub
 from .params import (CONTROL, ApiError, limit_param, params_of, pattern_param, stop_reason_of, submission_id_of,
                      time_param)
@@ -136,6 +137,7 @@ class HttpServer:
             web.get("/api/v1/events", self.events, allow_head=False),
             web.get("/metrics", self.metrics),
             web.get("/openapi.json", self.openapi),
+            *PackageRoutes(s, backend.store).routes(),
         ])
         self._runner: web.AppRunner | None = None
         self._ended: asyncio.Future[None] | None = None  # done when event streams must end

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from producers.packages import PACKAGE_NAME
 from producers.schema import SUBMISSION_ID_PATTERN
 
 from .store import STATES
@@ -127,6 +128,8 @@ SCHEMAS: dict[str, Any] = {
         "dominant_share": {"type": "number", "description": "weighted dominant resource share"},
     }),
     "QueueList": _object({"queues": {"type": "array", "items": _ref("Queue")}}),
+    "Package": _object({"name": {"type": "string", "pattern": PACKAGE_NAME.pattern},
+                        "size": {"type": "integer", "minimum": 0}}),
     "JobEvent": _object({
         "event": {"type": "string", "description": "routing key job.<state>.<cluster or _>"},
         "state": _STATE,
@@ -162,6 +165,10 @@ SCHEMAS: dict[str, Any] = {
 
 _SID_PARAM = {"name": "submission_id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": SUBMISSION_ID_PATTERN, "minLength": 1, "maxLength": 128}}
+
+
+_PACKAGE_PARAM = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": PACKAGE_NAME.pattern}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -269,6 +276,24 @@ PATHS: dict[str, Any] = {
         "200": _json("QueueList", "every queue, and any removed one whose RabbitMQ queue still exists"),
         "400": _BAD,
     }, op_id="listQueues", tag="clusters")},
+    "/api/v1/packages/{name}": {
+        "get": _op("whether rmcs keeps a job's code package", {
+            "200": _json("Package", "kept"),
+            "400": _BAD,
+            "404": _error("not kept"),
+        }, op_id="getPackage", tag="jobs", parameters=[_PACKAGE_PARAM]),
+        "put": _op("keep a job's code package", {
+            "200": _json("Package", "kept already"),
+            "201": _json("Package", "kept now"),
+            "400": _BAD,
+            "413": _error("more than max_package_bytes"),
+        }, op_id="putPackage", tag="jobs", parameters=[_PACKAGE_PARAM], body={
+            "required": True, "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }, security=[{}, {"bearer": []}], description=(
+            "The zip of a job's local `working_dir` or `py_modules` entry, which the producers' helper "
+            "uploads; jobs then name `gcs://<name>` and the scheduler puts the package on the cluster "
+            "a job goes to before its POST (docs/producers.md). The name must be the SHA-1 of the bytes. "
+            "With API tokens configured it needs one."))},
     "/api/v1/events": {"get": _op("live lifecycle events (server-sent events)", {
         "200": {"description": (
             "An endless `text/event-stream`. Each event: `event: <routing key>` and `data: <JSON>` "

@@ -95,6 +95,14 @@ MIGRATIONS = (
     ALTER TABLE status_jobs ADD COLUMN queue TEXT;
     CREATE INDEX status_jobs_queue ON status_jobs (queue, seq);
     """,
+    # Jobs' code packages (producers/packages.py), for every daemon of the group to ship.
+    """
+    CREATE TABLE status_packages (
+        name TEXT PRIMARY KEY,
+        data BYTEA NOT NULL,
+        used DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 _PG_COLUMNS = JOB_COLUMNS.replace("submission_id,", "j.submission_id,", 1)
 _GONE = "final AND (deleted OR cluster IS NULL)"  # final jobs off their cluster: what prune forgets
@@ -309,6 +317,24 @@ class PgStatusStore(StatusStore):
 
     async def prune_log_tails(self, before: float) -> int:
         status = await self._pool.execute("DELETE FROM status_log_tails WHERE kept < $1", before)
+        return int(status.split()[-1])
+
+    async def put_package(self, name: str, data: bytes) -> bool:
+        status = await self._pool.execute("INSERT INTO status_packages VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+                                          name, data, time.time())
+        return status.split()[-1] == "1"
+
+    async def package(self, name: str) -> bytes | None:
+        data = await self._pool.fetchval("UPDATE status_packages SET used = $2 WHERE name = $1 RETURNING data",
+                                         name, time.time())
+        return None if data is None else bytes(data)
+
+    async def package_size(self, name: str) -> int | None:
+        size = await self._pool.fetchval("SELECT octet_length(data) FROM status_packages WHERE name = $1", name)
+        return None if size is None else int(size)
+
+    async def prune_packages(self, before: float) -> int:
+        status = await self._pool.execute("DELETE FROM status_packages WHERE used < $1", before)
         return int(status.split()[-1])
 
     async def leader(self) -> str | None:

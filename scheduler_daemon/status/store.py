@@ -95,6 +95,11 @@ CREATE TABLE IF NOT EXISTS reports (
     body BLOB NOT NULL,
     written REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS packages (
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    used REAL NOT NULL
+);
 """
 
 
@@ -318,6 +323,27 @@ class SqliteStatusStore(StatusStore):
         written = time.time()
         rows = [(name, body, written) for name, body in reports.items()]
         await self._run(lambda db: db.executemany("INSERT OR REPLACE INTO reports VALUES (?,?,?)", rows))
+
+    async def put_package(self, name: str, data: bytes) -> bool:
+        return bool(await self._run(lambda db: db.execute(
+            "INSERT OR IGNORE INTO packages VALUES (?,?,?)", (name, data, time.time())).rowcount))
+
+    async def package(self, name: str) -> bytes | None:
+        def _read(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute("SELECT data FROM packages WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                db.execute("UPDATE packages SET used = ? WHERE name = ?", (time.time(), name))
+            return None if row is None else bytes(row[0])
+
+        return await self._run(_read)
+
+    async def package_size(self, name: str) -> int | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT length(data) FROM packages WHERE name = ?", (name,)).fetchone(), read=True)
+        return None if row is None else int(row[0])
+
+    async def prune_packages(self, before: float) -> int:
+        return await self._run(lambda db: db.execute("DELETE FROM packages WHERE used < ?", (before,)).rowcount)
 
     async def report(self, name: str) -> tuple[bytes, float] | None:
         def _read(db: sqlite3.Connection) -> tuple[bytes, float] | None:

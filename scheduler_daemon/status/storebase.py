@@ -88,6 +88,21 @@ class StatusStore(abc.ABC):
     async def prune_log_tails(self, before: float) -> int:
         """Forget the tails kept before `before` (Unix time); how many."""
 
+    @abc.abstractmethod
+    async def put_package(self, name: str, data: bytes) -> bool:
+        """Keep a job's code package (producers/packages.py) under its name; False if it was
+        kept already. Every use (`package`) keeps it another `journal_retention_s`."""
+
+    @abc.abstractmethod
+    async def package(self, name: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def package_size(self, name: str) -> int | None: ...
+
+    @abc.abstractmethod
+    async def prune_packages(self, before: float) -> int:
+        """Forget the packages not used since `before` (Unix time); how many."""
+
     async def leader(self) -> str | None:
         """The daemon that leads now (`host:pid`), where leadership is kept with the state; None
         where it is not (SQLite: the status service runs beside the leader only)."""
