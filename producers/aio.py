@@ -20,7 +20,8 @@ from .job import build_job
 from .schema import check_submission_id
 
 __all__ = ["initialize_scheduler_environment", "submit_job", "get_job_status", "get_job_info", "stop_job",
-           "wait_for_all_jobs", "graceful_shutdown_on_keyboard_interrupt", "shutdown_scheduler_environment"]
+           "wait_for_all_jobs", "graceful_shutdown_on_keyboard_interrupt", "shutdown_scheduler_environment",
+           "list_clusters", "list_jobs", "get_job_logs"]
 
 
 async def initialize_scheduler_environment(config_file_path: str | os.PathLike[str] | None = None,
@@ -85,3 +86,21 @@ async def wait_for_all_jobs(submission_ids: Iterable[str], check_interval: float
     """As `producers.wait_for_all_jobs`."""
     ids = list(submission_ids) if not isinstance(submission_ids, str) else submission_ids
     return await clients.loop_client().wait(ids, check_interval, timeout)
+
+
+async def list_clusters() -> list[dict[str, Any]]:
+    """As `producers.list_clusters`."""
+    return await clients.loop_client().clusters()
+
+
+async def list_jobs(*, state: str | None = None, cluster: str | None = None, tag: str | None = None,
+                    queue: str | None = None, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """As `producers.list_jobs`."""
+    filters = {"state": state, "cluster": cluster, "tag": tag, "queue": queue, "owner": owner}
+    return await clients.loop_client().jobs(filters, limit)
+
+
+async def get_job_logs(submission_id: str, cluster_name: str | None = None) -> str:
+    """As `producers.get_job_logs`."""
+    check_submission_id(submission_id)
+    return await clients.loop_client().job_logs(submission_id)

@@ -92,3 +92,35 @@ def wait_for_all_jobs(submission_ids: Iterable[str], check_interval: float = 5,
     `check_interval` is the poll interval used only while the event stream is broken."""
     ids = list(submission_ids) if not isinstance(submission_ids, str) else submission_ids
     return clients.call(lambda c: c.wait(ids, check_interval, timeout))
+
+
+def list_clusters() -> list[dict[str, Any]]:
+    """Each cluster as the daemon sees it: health, total and available resources, nodes, last
+    probe (`GET /api/v1/clusters`). Seed 000's `get_unified_scheduler().list_clusters()`."""
+    return clients.call(lambda c: c.clusters())
+
+
+def list_jobs(*, state: str | None = None, cluster: str | None = None, tag: str | None = None,
+              queue: str | None = None, owner: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """The jobs the daemon knows, in the order they arrived, filtered as `GET /api/v1/jobs`
+    filters (seed 002's `list_jobs()`); `limit` at most."""
+    filters = {"state": state, "cluster": cluster, "tag": tag, "queue": queue, "owner": owner}
+    return clients.call(lambda c: c.jobs(filters, limit))
+
+
+def get_job_logs(submission_id: str, cluster_name: str | None = None) -> str:
+    """The job's logs from its cluster, or their kept tail once the cluster no longer has them
+    (seed 002's `get_job_logs`). RuntimeError when there are none to give."""
+    check_submission_id(submission_id)
+    return clients.call(lambda c: c.job_logs(submission_id))
+
+
+class UnifiedScheduler:
+    """What seed 000's `get_unified_scheduler()` gives its callers: `list_clusters()`."""
+
+    def list_clusters(self) -> list[dict[str, Any]]:
+        return list_clusters()
+
+
+def get_unified_scheduler() -> UnifiedScheduler:
+    return UnifiedScheduler()

@@ -169,6 +169,33 @@ class Client:
             uris[(key, index)] = f"gcs://{name}"
         return with_uris(runtime_env, uris)
 
+    async def _read(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        status, data = await self.http("GET", path, params=params)
+        if status != 200 or not isinstance(data, dict):
+            raise RuntimeError(f"the rmcs daemon answered GET {path} with {self._error(status, data)}")
+        return data
+
+    async def clusters(self) -> list[dict[str, Any]]:
+        return list((await self._read("/api/v1/clusters")).get("clusters") or [])
+
+    async def jobs(self, filters: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+        """Jobs as `GET /api/v1/jobs` lists them (in the order they arrived), `limit` at most."""
+        params = {k: str(v) for k, v in filters.items() if v is not None}
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            page = await self._read("/api/v1/jobs", {**params, "limit": str(min(1000, limit - len(found)))})
+            found.extend(page.get("jobs") or [])
+            if not page.get("next_cursor"):
+                break
+            params["cursor"] = page["next_cursor"]
+        return found
+
+    async def job_logs(self, sid: str) -> str:
+        status, data = await self.http("GET", f"/api/v1/jobs/{sid}/logs")
+        if status == 200 and isinstance(data, dict) and isinstance(data.get("logs"), str):
+            return data["logs"]
+        raise RuntimeError(f"no logs for job {sid!r}: {self._error(status, data)}")
+
     async def status(self, sid: str) -> str:
         job = await self.job(sid)
         if job is None:

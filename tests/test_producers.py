@@ -237,6 +237,32 @@ async def test_quick_start_submit_wait_status_info(rig: Rig) -> None:
         await call(producers.submit_job, "/bin/true", submission_id=mine)
 
 
+async def test_clusters_jobs_and_logs_as_seeds_000_and_002_list_them(rig: Rig) -> None:
+    """Seed 000's `get_unified_scheduler().list_clusters()`; seed 002's `list_jobs()` and
+    `get_job_logs()`."""
+    for _ in range(50):  # the scheduler reports its clusters every second
+        clusters = await call(producers.get_unified_scheduler().list_clusters)
+        if clusters:
+            break
+        await asyncio.sleep(0.1)
+    assert {c["name"] for c in clusters} == {"cpu_cluster", "gpu_cluster", "tiny"}
+    assert {c["name"] for c in await call(producers.list_clusters)} == {c["name"] for c in clusters}
+    assert all({"health", "total", "available"} <= set(c) for c in clusters), clusters[0]
+    tag = sid("listed")
+    jobs = [await call(producers.submit_job, f"/bin/echo {i}", tags=[tag]) for i in range(3)]
+    await call(producers.wait_for_all_jobs, jobs, 1, 20)
+    listed = await call(producers.list_jobs, tag=tag)
+    assert [j["submission_id"] for j in listed] == jobs and all(j["state"] == "SUCCEEDED" for j in listed)
+    assert [j["submission_id"] for j in await call(producers.list_jobs, tag=tag, limit=2)] == jobs[:2]
+    assert await call(producers.list_jobs, tag=tag, state="FAILED") == []
+    assert await call(producers.get_job_logs, jobs[1]) == "fake ray " + listed[1]["cluster"] + ": running /bin/echo 1\n"
+    with pytest.raises(RuntimeError, match="no logs for job"):
+        await call(producers.get_job_logs, "never-submitted")
+    assert [j["submission_id"] for j in await aio.list_jobs(tag=tag)] == jobs
+    assert await aio.get_job_logs(jobs[0]) == await call(producers.get_job_logs, jobs[0])
+    assert {c["name"] for c in await aio.list_clusters()} == {c["name"] for c in clusters}
+
+
 async def test_batch_of_five_with_tags_and_timeout(rig: Rig) -> None:
     """Seed 000, batch submission: five jobs with tags, then wait_for_all_jobs with a timeout."""
     def workflow() -> list[str]:
