@@ -13,6 +13,7 @@ rules the daemon shares. See docs/producers.md.
 """
 
 from .client import (
+    delete_job,
     get_job_info,
     get_job_logs,
     get_job_status,
@@ -40,6 +41,7 @@ __all__ = [
     "list_clusters",
     "list_jobs",
     "get_job_logs",
+    "delete_job",
     "get_unified_scheduler",
     "submit_pipeline",
     "graceful_shutdown_on_keyboard_interrupt",

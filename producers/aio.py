@@ -21,7 +21,7 @@ from .schema import check_submission_id
 
 __all__ = ["initialize_scheduler_environment", "submit_job", "get_job_status", "get_job_info", "stop_job",
            "wait_for_all_jobs", "graceful_shutdown_on_keyboard_interrupt", "shutdown_scheduler_environment",
-           "list_clusters", "list_jobs", "get_job_logs"]
+           "list_clusters", "list_jobs", "get_job_logs", "delete_job"]
 
 
 async def initialize_scheduler_environment(config_file_path: str | os.PathLike[str] | None = None,
@@ -104,3 +104,9 @@ async def get_job_logs(submission_id: str, cluster_name: str | None = None) -> s
     """As `producers.get_job_logs`."""
     check_submission_id(submission_id)
     return await clients.loop_client().job_logs(submission_id)
+
+
+async def delete_job(submission_id: str) -> bool:
+    """As `producers.delete_job`."""
+    check_submission_id(submission_id)
+    return await clients.loop_client().delete(submission_id)

@@ -115,6 +115,14 @@ def get_job_logs(submission_id: str, cluster_name: str | None = None) -> str:
     return clients.call(lambda c: c.job_logs(submission_id))
 
 
+def delete_job(submission_id: str) -> bool:
+    """Delete a job that ended, from its cluster and from rmcs's history (seed 004's
+    `delete_job`). True when deleted, False when the daemon does not know the job; RuntimeError
+    when it has not ended (stop it first) or belongs to someone else."""
+    check_submission_id(submission_id)
+    return clients.call(lambda c: c.delete(submission_id))
+
+
 class UnifiedScheduler:
     """What seed 000's `get_unified_scheduler()` gives its callers: `list_clusters()`."""
 

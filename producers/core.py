@@ -24,7 +24,7 @@ from .packages import local_paths, pack, package_name, with_uris
 from .errors import BrokerUnreachable, DaemonUnreachable, DuplicateJob, MissingExchange, StreamBroken, describe  # noqa: F401
 from .job import build_job, finite  # noqa: F401  (build_job: re-exported, the one job builder)
 from .schema import MAX_MESSAGE_BYTES, check_submission_id
-from .state import is_ours, note_submitted
+from .state import forget_submitted, is_ours, note_submitted
 from .wire import JOB_EVENTS, RAY_STATUS, STOP_KEY, STOP_TAKEN, ray_status, submit_key  # noqa: F401
 
 log = logging.getLogger("producers")
@@ -70,7 +70,7 @@ class Client:
                 headers={"Accept": "application/json", "User-Agent": self.name})
         url = self.config.http_base + path
         data = orjson.dumps(body) if body is not None else raw
-        headers = {"Content-Type": "application/json" if raw is None else "application/zip"} if data is not None else {}
+        headers = {"Content-Type": "application/json" if raw is None else "application/octet-stream"} if data is not None else {}
         if self.config.api_token:
             headers["Authorization"] = f"Bearer {self.config.api_token}"
         try:
@@ -231,6 +231,18 @@ class Client:
         if outcome not in STOP_TAKEN:
             log.info("stop %s: %s", sid, outcome)
         return outcome in STOP_TAKEN
+
+    async def delete(self, sid: str) -> bool:
+        """Delete a job that ended (seed 004's `delete_job`): True when deleted, False when the
+        daemon does not know it; RuntimeError when it may not (not ended, someone else's)."""
+        check_submission_id(sid)
+        status, data = await self.http("DELETE", f"/api/v1/jobs/{sid}")
+        if status == 404:
+            return False
+        if status != 200:
+            raise RuntimeError(f"job {sid!r} not deleted: {self._error(status, data)}")
+        forget_submitted(sid)
+        return True
 
     async def stop_answer(self, sid: str, reason: str, answer_timeout: float = 5.0) -> dict[str, Any] | None:
         """Publish control.stop with a reply queue; the daemon's whole answer (`submission_id`,

@@ -49,6 +49,12 @@ def note_submitted(sid: str) -> None:
             _OURS.popitem(last=False)
 
 
+def forget_submitted(sid: str) -> None:
+    """A job deleted: no longer PENDING-until-seen for this process."""
+    with _state_lock:
+        _OURS.pop(sid, None)
+
+
 def is_ours(sid: str) -> bool:
     with _state_lock:
         return sid in _OURS

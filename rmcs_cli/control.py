@@ -34,6 +34,18 @@ async def cmd_stop(ctx: Ctx) -> int:
     return _stop_outcome(ctx, data)
 
 
+async def cmd_delete(ctx: Ctx) -> int:
+    """Delete a job that ended: from its cluster, then from rmcs's history (seed 004's `job delete`)."""
+    sid = ctx.args.submission_id
+    status, data = await ctx.http("DELETE", f"/api/v1/jobs/{quote(sid, safe='')}", answers=(502,))
+    if status == 404:
+        raise CliError(NOT_FOUND, f"unknown job {sid!r}: {data.get('error') or 'not found'}")
+    if status != 200:
+        raise CliError(JOB_FAILED, f"{sid}: not deleted: {data.get('error') or status}")
+    ctx.io.out(f"{sid}: deleted")
+    return OK
+
+
 def _stop_outcome(ctx: Ctx, answer: dict[str, Any]) -> int:
     """Print what a stop did. cancelled, stopping, recorded (not received yet, for instance
     still in the intake queue: cancelled when it arrives): 0; already final, not followed or

@@ -12,7 +12,7 @@ from typing import IO, Awaitable, Callable, Sequence
 import aio_pika.exceptions
 
 from .context import Ctx
-from .control import cmd_declare, cmd_events, cmd_stop
+from .control import cmd_declare, cmd_delete, cmd_events, cmd_stop
 from .output import INTERRUPTED, JOB_FAILED, OK, UNREACHABLE, USAGE, CliError, Io
 from .parser import build_parser
 from .recover import cmd_recover
@@ -22,7 +22,7 @@ from .views import cmd_clusters, cmd_list, cmd_logs, cmd_show
 
 COMMANDS: dict[str, Callable[[Ctx], Awaitable[int]]] = {
     "submit": cmd_submit, "list": cmd_list, "show": cmd_show, "logs": cmd_logs, "stop": cmd_stop,
-    "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare, "recover": cmd_recover,
+    "delete": cmd_delete, "clusters": cmd_clusters, "events": cmd_events, "declare": cmd_declare, "recover": cmd_recover,
     "queues": cmd_queues}
 
 

@@ -232,6 +232,13 @@ def build_parser(out: IO[str] | None = None, err: IO[str] | None = None) -> argp
     p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                    help="with --via-broker: how long to wait for the daemon's answer (default 10)")
 
+    p = command("delete", "delete a job that ended, from its cluster and from rmcs (HTTP API)",
+                "Delete a job that has ended: each attempt's Ray job from its cluster, then its record,\n"
+                "history and kept log tail. Only its owner or an admin; a job still running is refused\n"
+                "(stop it first).",
+                "  rmcs delete train-42")
+    p.add_argument("submission_id", type=_submission_id, metavar="ID")
+
     p = command("queues", "show the queues: settings, what each holds, who waits (HTTP API)",
                 "Show each queue as the scheduler last reported it: weight, guaranteed, limit, max_running, "
                 "resources held, jobs running and waiting (in the daemon and in RabbitMQ), dominant share.",

@@ -651,9 +651,16 @@ async def test_every_operation_answers_as_documented(env: Env) -> None:
     await api.get(f"/api/v1/jobs/{sid()}/logs", expect=404)
     await api.get(f"/api/v1/jobs/{job}/logs", expect=400, x="1")
     await api.call("POST", f"/api/v1/jobs/{job}/stop", body=b"nope", expect=400)
+    await api.call("DELETE", f"/api/v1/jobs/{job}", expect=409)  # not ended yet
     await api.call("POST", f"/api/v1/jobs/{job}/stop", expect=202)
     await env.wait_state(job, "STOPPED")
     await api.call("POST", f"/api/v1/jobs/{job}/stop", expect=409)
+    assert job in env.big.jobs
+    assert await api.call("DELETE", f"/api/v1/jobs/{job}", expect=200) == {"submission_id": job, "deleted": True}
+    assert job not in env.big.jobs  # deleted from its cluster too
+    await api.get(f"/api/v1/jobs/{job}", expect=404)
+    await api.call("DELETE", f"/api/v1/jobs/{job}", expect=404)
+    await api.call("DELETE", "/api/v1/jobs/no~such", expect=400)
     await api.get("/api/v1/events", expect=400, pattern="a..b")
     async with event_stream(api, "cluster.#"):
         pass

@@ -43,7 +43,7 @@ async def test_a_locked_cluster_refuses_env_prefixes_and_runtime_env_it_does_not
     attacks = {
         sid("preload"): ({"entrypoint": f"LD_PRELOAD=/tmp/x.so {PY} {script}"}, "sets environment variables"),
         sid("pip"): ({"entrypoint": f"{PY} {script}", "runtime_env": {"pip": ["evil"]}}, "'pip' is not allowed"),
-        sid("wd"): ({"entrypoint": f"{PY} {script}", "runtime_env": {"working_dir": "/tmp"}}, "'working_dir'"),
+        sid("wd"): ({"entrypoint": f"{PY} {script}", "runtime_env": {"working_dir": "s3://bucket/code.zip"}}, "'working_dir'"),
         sid("pypath"): ({"entrypoint": f"{PY} {script}", "runtime_env": {"env_vars": {"PYTHONPATH": "/tmp"}}},
                         "PYTHONPATH is refused"),
         sid("ld"): ({"entrypoint": f"{PY} {script}", "runtime_env": {"env_vars": {"LD_PRELOAD": "/tmp/x.so"}}},

@@ -261,6 +261,19 @@ async def test_clusters_jobs_and_logs_as_seeds_000_and_002_list_them(rig: Rig) -
     assert [j["submission_id"] for j in await aio.list_jobs(tag=tag)] == jobs
     assert await aio.get_job_logs(jobs[0]) == await call(producers.get_job_logs, jobs[0])
     assert {c["name"] for c in await aio.list_clusters()} == {c["name"] for c in clusters}
+    # Seed 004's delete: a job that ended goes from its cluster and from the history.
+    cluster, _ = rig.ray_job(jobs[0])
+    assert await call(producers.delete_job, jobs[0]) is True
+    assert jobs[0] not in cluster.jobs
+    assert await call(producers.get_job_info, jobs[0]) is None
+    assert await call(producers.get_job_status, jobs[0]) == "UNKNOWN"
+    assert [j["submission_id"] for j in await call(producers.list_jobs, tag=tag)] == jobs[1:]
+    assert await call(producers.delete_job, "never-submitted") is False
+    running = await call(producers.submit_job, "/bin/sleep 60")
+    await rig.ev.wait_for(lambda: "RUNNING" in rig.ev.states(running), 10)
+    with pytest.raises(RuntimeError, match="stop it first"):
+        await aio.delete_job(running)
+    assert await call(producers.stop_job, running) is True
 
 
 async def test_batch_of_five_with_tags_and_timeout(rig: Rig) -> None:

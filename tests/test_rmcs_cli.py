@@ -33,7 +33,7 @@ from support import delete_topology, make_settings, running_daemon, sid
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
 RMCS = str(Path(sys.executable).with_name("rmcs"))
-SUBCOMMANDS = ("submit", "list", "show", "logs", "stop", "clusters", "events", "declare", "queues")
+SUBCOMMANDS = ("submit", "list", "show", "logs", "stop", "delete", "clusters", "events", "declare", "queues")
 NAME_KEYS = ("amqp_url", "http_addr", "intake_exchange", "intake_queue", "intake_routing_key",
              "dead_letter_exchange", "dead_letter_queue", "events_exchange")
 
@@ -245,6 +245,17 @@ async def test_submit_ships_a_local_working_dir(env: Env, tmp_path: Path) -> Non
     assert uri.startswith("gcs://_ray_pkg_") and uri[6:] in env.cluster.packages
     missing = await env.rmcs("submit", "--working-dir", str(tmp_path / "nosuch"), "--", "/bin/sh run.sh")
     assert missing.code == 2 and "neither a directory nor a .zip" in missing.err, missing
+
+
+async def test_delete_a_job_that_ended(env: Env) -> None:
+    job = sid("cli-del")
+    assert (await env.rmcs("submit", "--submission-id", job, "--wait", "--", "/bin/true")).code == 0
+    r = await env.rmcs("delete", job)
+    assert r.code == 0 and r.out.strip() == f"{job}: deleted", r
+    assert (await env.rmcs("show", job)).code == 4
+    assert all(j.submission_id != job for j in env.cluster.jobs.values())
+    gone = await env.rmcs("delete", job)
+    assert gone.code == 4 and "unknown job" in gone.err, gone
 
 
 async def test_a_rejected_job_ends_the_wait_with_1(env: Env) -> None:

@@ -111,3 +111,14 @@ async def test_packages_are_kept_used_and_forgotten(store):
     assert await store.package(name) == b"zip bytes"  # a use keeps it longer
     assert await store.prune_packages(time.time() + 1) == 1
     assert await store.package(name) is None
+
+
+async def test_forget_takes_only_a_final_job_with_everything_it_had(store):
+    await store.apply(ev("f-1", "ACCEPTED", cluster=None))
+    assert await store.forget("f-1") is False  # not ended
+    await store.apply(ev("f-1", "DISPATCHED", cluster="c"))
+    await store.apply(ev("f-1", "SUCCEEDED", cluster="c", final=True))
+    await store.put_log_tail("f-1", 1, "c", "the end", False)
+    assert await store.forget("f-1") is True
+    assert await store.get("f-1") is None and await store.log_tail("f-1") is None
+    assert await store.forget("f-1") is False

@@ -33,6 +33,7 @@ from .packageapi import PackageRoutes
 from .hub import EventHub
 from .params import (CONTROL, ApiError, limit_param, params_of, pattern_param, stop_reason_of, submission_id_of,
                      time_param)
+from .records import JobStatus
 from .store import QUEUES_REPORT, BadQuery, ListQuery, StatusStore
 
 log = structlog.get_logger("rmcs.api")
@@ -75,6 +76,8 @@ class Backend(Protocol):
 
     async def request_stop(self, submission_id: str, reason: str | None,
                            caller: access.Caller) -> Mapping[str, Any]: ...
+
+    async def delete_job(self, status: JobStatus) -> None: ...
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -132,6 +135,7 @@ class HttpServer:
             web.get("/api/v1/jobs/{submission_id}", self.job),
             web.get("/api/v1/jobs/{submission_id}/logs", self.logs),
             web.post("/api/v1/jobs/{submission_id}/stop", self.stop_job),
+            web.delete("/api/v1/jobs/{submission_id}", self.delete_job),
             web.get("/api/v1/clusters", self.clusters),
             web.get("/api/v1/queues", self.queues),
             web.get("/api/v1/events", self.events, allow_head=False),
@@ -263,6 +267,24 @@ class HttpServer:
         except StopTimeout as exc:
             raise ApiError(504, str(exc)) from None
         return _json(answer, STOP_STATUS.get(str(answer.get("outcome")), 500))
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        """Forget a final job, and delete it from its cluster; only its owner or an admin."""
+        params_of(request, ())
+        sid = submission_id_of(request)
+        caller = self.caller(request)
+        status = await self.backend.store.get(sid)
+        if status is None:
+            raise ApiError(404, f"no job {sid!r}")
+        if not access.may_stop(caller, status.owner):
+            raise ApiError(403, f"{caller.name!r} may not delete this job: only its owner {status.owner!r} or an admin may")
+        if not status.final:
+            raise ApiError(409, f"job {sid!r} is {status.state}: stop it first")
+        try:
+            await self.backend.delete_job(status)
+        except RayError as exc:
+            raise ApiError(502, f"cluster {status.cluster} did not delete the job: {exc}") from None
+        return _json({"submission_id": sid, "deleted": True})
 
     # ---- clusters and events -------------------------------------------------------------
 

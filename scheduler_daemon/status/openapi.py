@@ -37,6 +37,7 @@ def _object(properties: dict[str, Any], *, closed: bool = True, optional: tuple[
 
 
 _STATE = {"type": "string", "enum": sorted(STATES)}
+_PACKAGE_PATTERN = f"^{PACKAGE_NAME.pattern}$"  # JSON Schema patterns are not anchored
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string", "description": "what went wrong, for a person"}}),
@@ -128,7 +129,8 @@ SCHEMAS: dict[str, Any] = {
         "dominant_share": {"type": "number", "description": "weighted dominant resource share"},
     }),
     "QueueList": _object({"queues": {"type": "array", "items": _ref("Queue")}}),
-    "Package": _object({"name": {"type": "string", "pattern": PACKAGE_NAME.pattern},
+    "Deleted": _object({"submission_id": {"type": "string"}, "deleted": {"type": "boolean", "const": True}}),
+    "Package": _object({"name": {"type": "string", "pattern": _PACKAGE_PATTERN},
                         "size": {"type": "integer", "minimum": 0}}),
     "JobEvent": _object({
         "event": {"type": "string", "description": "routing key job.<state>.<cluster or _>"},
@@ -168,7 +170,7 @@ _SID_PARAM = {"name": "submission_id", "in": "path", "required": True,
 
 
 _PACKAGE_PARAM = {"name": "name", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": PACKAGE_NAME.pattern}}
+                  "schema": {"type": "string", "pattern": _PACKAGE_PATTERN}}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -241,7 +243,17 @@ PATHS: dict[str, Any] = {
         "200": _json("Job", "the job"),
         "400": _BAD,
         "404": _error("no job with this id"),
-    }, op_id="getJob", tag="jobs", parameters=[_SID_PARAM])},
+    }, op_id="getJob", tag="jobs", parameters=[_SID_PARAM]), "delete": _op("delete a job that ended", {
+        "200": _json("Deleted", "deleted from its cluster and forgotten"),
+        "400": _BAD,
+        "403": _error("the caller is neither the job's owner nor an admin"),
+        "404": _error("no job with this id"),
+        "409": _error("the job has not ended: stop it first"),
+        "502": _error("its cluster did not delete the job; nothing was forgotten"),
+    }, op_id="deleteJob", tag="jobs", parameters=[_SID_PARAM], security=[{}, {"bearer": []}], description=(
+        "Seed 004's `job delete`: each attempt's Ray job is deleted from its cluster (unless "
+        "`ray_job_retention_s` did already), then the job's record, history and kept log tail are "
+        "forgotten. With API tokens configured it needs one."))},
     "/api/v1/jobs/{submission_id}/logs": {"get": _op("the job's logs, from its cluster", {
         "200": _json("Logs", "the logs"),
         "400": _BAD,
@@ -288,7 +300,7 @@ PATHS: dict[str, Any] = {
             "400": _BAD,
             "413": _error("more than max_package_bytes"),
         }, op_id="putPackage", tag="jobs", parameters=[_PACKAGE_PARAM], body={
-            "required": True, "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         }, security=[{}, {"bearer": []}], description=(
             "The zip of a job's local `working_dir` or `py_modules` entry, which the producers' helper "
             "uploads; jobs then name `gcs://<name>` and the scheduler puts the package on the cluster "

@@ -260,6 +260,15 @@ class PgStatusStore(StatusStore):
     async def mark_deleted(self, submission_id: str) -> None:
         await self._pool.execute("UPDATE status_jobs SET deleted = true WHERE submission_id = $1", submission_id)
 
+    async def forget(self, submission_id: str) -> bool:
+        async with self._pool.acquire() as db, db.transaction():
+            status = await db.execute("DELETE FROM status_jobs WHERE submission_id = $1 AND final", submission_id)
+            if status.split()[-1] == "0":
+                return False
+            for table in ("status_transitions", "status_job_tags", "status_log_tails"):
+                await db.execute(f"DELETE FROM {table} WHERE submission_id = $1", submission_id)
+        return True
+
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None:
         async with self._pool.acquire() as db, db.transaction():
             await db.execute(

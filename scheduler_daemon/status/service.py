@@ -28,7 +28,7 @@ from producers.wire import STOP_KEY
 from ..access import CALLER_ADMIN_HEADER, CALLER_HEADER, Caller, load_api_tokens
 from ..metrics import ServiceMetrics
 from ..jobs import attempt_ray_id
-from ..rayapi import RayDashboard, RayError
+from ..rayapi import RayDashboard, RayError, RayNotFound
 from ..settings import ClusterConfig, Settings
 from .api import HttpServer, LogsUnavailable, StopTimeout
 from .consumer import StatusConsumer
@@ -37,6 +37,7 @@ from .hub import EventHub
 from .backend import status_store
 from .logtail import log_tail
 from .tails import LogKeeper
+from .records import JobStatus
 from .store import CLUSTERS_REPORT, METRICS_REPORT, StatusStore
 
 log = structlog.get_logger("rmcs.status")
@@ -165,6 +166,21 @@ class StatusService:
             if kept is None:
                 raise
             return kept
+
+    async def delete_job(self, status: JobStatus) -> None:
+        """Delete a final job (seed 004's `job delete`): each attempt's Ray job from its cluster,
+        unless retention did already, then the job's record, history and kept log tail."""
+        if not status.deleted_from_cluster:
+            sent = {(t.attempt, t.cluster) for t in status.transitions if t.state == "DISPATCHED" and t.cluster}
+            for attempt, cluster in sorted(sent):
+                dashboard = self.dashboard(cluster)
+                if dashboard is None:
+                    continue  # a cluster removed from the clusters file: nothing to ask
+                try:
+                    await dashboard.delete(attempt_ray_id(status.submission_id, attempt))
+                except RayNotFound:
+                    pass  # gone already
+        await self.store.forget(status.submission_id)
 
     def dashboard(self, cluster: str) -> RayDashboard | None:
         """This service's client for a configured cluster (made on first use), None for another."""

@@ -267,6 +267,16 @@ class SqliteStatusStore(StatusStore):
         await self._run(lambda db: db.execute("UPDATE jobs SET deleted = 1 WHERE submission_id = ?",
                                               (submission_id,)))
 
+    async def forget(self, submission_id: str) -> bool:
+        def _forget(db: sqlite3.Connection) -> bool:
+            if not db.execute("DELETE FROM jobs WHERE submission_id = ? AND final = 1", (submission_id,)).rowcount:
+                return False
+            for table in ("transitions", "job_tags", "log_tails"):
+                db.execute(f"DELETE FROM {table} WHERE submission_id = ?", (submission_id,))
+            return True
+
+        return await self._run(_forget)
+
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None:
         def _set(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO clusters VALUES (?,?,?,?)", (cluster, health, ts, message))

@@ -54,6 +54,11 @@ class StatusStore(abc.ABC):
         `keep` jobs. Returns how many were forgotten."""
 
     @abc.abstractmethod
+    async def forget(self, submission_id: str) -> bool:
+        """Forget a final job now (`DELETE /api/v1/jobs/<id>`): its record, history and kept
+        log tail. False if there was no final job of that id."""
+
+    @abc.abstractmethod
     async def set_cluster_health(self, cluster: str, health: str, ts: str, message: str | None) -> None: ...
 
     @abc.abstractmethod
