@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("rabbitmq")
 ROOT = Path(__file__).resolve().parents[1]
 
 RUNS = {
-    "throughput": (["--jobs", "300", "--clusters", "4", "--probe-clusters", "8", "--control-load", "0.1"],
+    "throughput": (["--jobs", "200", "--clusters", "4", "--probe-clusters", "8", "--control-load", "0.1"],
                    ["ratio to the bare loop", "8 clusters probed every second", "beside a busy loop of 0.1 core",
                     "events confirmed by the last POST"]),
     "latency_fake": (["--n", "30", "--clusters", "4"], ["bare loop (consume, POST, ack), n=30", "p99"]),

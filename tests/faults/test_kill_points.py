@@ -17,8 +17,8 @@ from scheduler_daemon.broker import declare
 
 pytestmark = pytest.mark.usefixtures("rabbitmq")
 
-KILLS = 20
-JOBS = 300
+KILLS = 14
+JOBS = 210
 
 
 async def test_sigkill_at_many_points_loses_nothing_and_runs_nothing_twice(tmp_path: Any) -> None:
