@@ -43,8 +43,11 @@ async def test_two_flooding_queues_weighted_1_to_3_hold_25_and_75_percent(tmp_pa
                       queues=parse_queues({"light": {"weight": 1}, "heavy": {"weight": 3}}))
     try:
         async with running_daemon(s, fleet.configs()):
-            # Jobs of 20 to 40 simulated seconds, more than the fleet can run in the test.
-            await asyncio.gather(flood(s, "light", 600, "/bin/sleep 20"), flood(s, "heavy", 600, "/bin/sleep 30"))
+            # Jobs of 40 and 60 simulated seconds (4 and 6 wall seconds), more than the fleet can run
+            # in the test. Not shorter: each freed slot costs the daemon a wall-clock moment to fill,
+            # ten times as long in simulated time, and on a loaded machine that is what the shares
+            # would measure (light 26.7%, heavy 69.9% with jobs of 20 and 30, in one CI run).
+            await asyncio.gather(flood(s, "light", 600, "/bin/sleep 40"), flood(s, "heavy", 600, "/bin/sleep 60"))
             start = clock()
             samples: list[dict[str, float]] = []
             while clock() - start < 180:
